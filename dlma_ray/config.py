@@ -1,0 +1,331 @@
+"""One config tree for a dlma-ray run: dataclasses loaded from YAML with dotted overrides.
+
+Every field has a one-line doc (``doc=`` in its metadata) and a default that runs the embedded
+model on a CPU laptop. ``load_config(path, ["train.beta=0.2"])`` returns a validated ``Config``;
+any unknown key or bad value raises one ``ConfigError`` naming each key path and what is allowed.
+``python -m dlma_ray.config`` prints the reference of every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem: names the key path and the allowed values."""
+
+
+def _f(default: Any, doc: str, **extra: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, **extra})
+    return field(default=default, metadata={"doc": doc, **extra})
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("builtin:smollm2-135m-instruct",
+                   "policy at round 0: `builtin:smollm2-135m-instruct`, a local HF folder, or a hub name")
+    trust_remote_code: bool = _f(False, "allow model repos to run their own Python code (off: safer)")
+    revision: str = _f("", "hub revision (branch, tag or commit) when `path` is a hub name; empty = default")
+
+
+@dataclass
+class DataConfig:
+    source: str = _f("builtin:demo",
+                     "prompts: `builtin:demo`, a local .jsonl/.json/.parquet file (.gz ok), or `hf:<dataset name>`")
+    split: str = _f("train", "split to read when `source` is an HF dataset")
+    prompt_field: str = _f("prompt",
+                           "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
+    max_prompts: int = _f(0, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
+    max_prompt_tokens: int = _f(256, "drop prompts whose chat-rendered length exceeds this many tokens", min=1)
+    dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
+    heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
+                                 min=0.0, max=0.5)
+
+
+@dataclass
+class PairConfig:
+    name: str = _f("harmless", "contrastive prompt pair: a built-in (`harmless`, `helpful`) or a name of your own")
+    positive: str = _f("", "your own pair's positive system message (leave empty for a built-in)")
+    negative: str = _f("", "your own pair's negative system message (leave empty for a built-in)")
+    style: Literal["chat", "raw"] = _f(
+        "chat", "`chat`: attribute in the chat template's system message; `raw`: the released USER/ASSISTANT text")
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = _f(1.0, "sampling temperature (released: 1.0)", min=0.0)
+    top_p: float = _f(1.0, "nucleus sampling mass (released: 1.0)", min=0.0, max=1.0)
+    max_new_tokens: int = _f(64, "longest response in tokens (released: 200)", min=1)
+    seed: int = _f(0, "sampling seed; each round adds its index so rounds differ but repeat exactly")
+    max_model_len: int = _f(1024, "vLLM context length (prompt + response)", min=16)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "vLLM weight dtype (float32 is fastest on CPU)")
+    enforce_eager: bool = _f(True, "disable CUDA graphs / compilation in vLLM (faster start, needed on CPU)")
+    gpu_memory_utilization: float = _f(0.85, "fraction of GPU memory vLLM may take (GPU only)", min=0.05, max=1.0)
+    cpu_kvcache_gb: int = _f(2, "KV-cache size in GiB for vLLM's CPU build", min=1)
+    batch_size: int = _f(64, "prompts per Ray Data batch sent to one engine", min=1)
+
+
+@dataclass
+class ScoringConfig:
+    batch_size: int = _f(8, "sequences per forward pass in a scorer actor", min=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "scorer dtype (bf16 on GPU)")
+    padding_side: Literal["right", "left"] = _f("right", "where the scorer pads a batch (results do not depend on it)")
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["dlma", "rlcd", "dpo", "self_contrast", "context_distillation"] = _f(
+        "dlma", "training method; `rlcd` is DLMA with gamma = 0 and no contrastive scoring")
+    beta: float = _f(0.1, "DPO temperature beta (released: 0.1)", min=0.0)
+    gamma: float = _f(0.2, "weight of the clipped self-reward in the DLMA margin (0 = plain DPO)", min=0.0)
+    clip_low: float = _f(-40.0, "lower clip bound L of the self-reward (released: -40)")
+    clip_high: float = _f(40.0, "upper clip bound U of the self-reward (released: 40)")
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = _f("adamw", "torch optimizer (released: rmsprop)")
+    lr: float = _f(5e-6, "peak learning rate (released: 5e-7 for 7B)", min=0.0)
+    weight_decay: float = _f(0.0, "optimizer weight decay", min=0.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = _f("constant", "decay after warm-up")
+    warmup_steps: int = _f(0, "linear warm-up steps (released: 150)", min=0)
+    epochs: int = _f(1, "passes over a round's training pairs", min=1)
+    micro_batch_size: int = _f(4, "pairs per worker per forward/backward", min=1)
+    global_batch_size: int = _f(8, "pairs per optimizer step across all workers (released: 64)", min=1)
+    grad_clip: float = _f(10.0, "gradient-norm clip (released: 10)", min=0.0)
+    zero_stage: Literal[0, 1, 2, 3] = _f(2, "DeepSpeed ZeRO stage")
+    precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "training precision (fp32 on CPU, bf16 on GPU)")
+    max_length: int = _f(512, "longest prompt + response in tokens during training (released: 512)", min=8)
+    max_prompt_length: int = _f(256, "longest prompt in tokens; longer pairs are skipped (released: 256)", min=4)
+    seed: int = _f(0, "seed for shuffling pairs and for initialisation")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+
+
+@dataclass
+class RoundsConfig:
+    count: int = _f(2, "how many generate-score-train rounds to run", min=1)
+    reference: Literal["round_start", "initial"] = _f(
+        "round_start", "DPO reference: `round_start` = pi_k (the paper), `initial` = pi_0 every round")
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = _f(True, "evaluate each round's new policy (writes round_<k>/eval.json)")
+    preference_pairs: str = _f("builtin:demo-pairs",
+                               "human-labelled pairs in hh-rlhf format: `builtin:demo-pairs` or a .jsonl(.gz) file")
+    max_pairs: int = _f(64, "evaluate on at most this many preference pairs (seeded sample); 0 = all", min=0)
+    prompts: str = _f("builtin:demo-eval", "held-out prompts whose answers are generated and judged each round")
+    max_prompts: int = _f(24, "answer at most this many held-out prompts; 0 = all", min=0)
+    max_new_tokens: int = _f(64, "longest evaluation answer in tokens", min=1)
+    heldout_pairs: int = _f(32, "generated held-out pairs re-scored under the new policy; 0 = none", min=0)
+    judge: Literal["self_reward", "reward_model", "openai"] = _f(
+        "self_reward", "who judges answers against round 0's: the run's contrastive pair, an HF reward model, "
+        "or an OpenAI-compatible chat endpoint")
+    judge_model: str = _f("", "reward model path/hub name, or the endpoint's model name")
+    judge_url: str = _f("", "base URL of the OpenAI-compatible endpoint (judge: openai)")
+    judge_api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the endpoint's key (never logged)")
+    batch_size: int = _f(8, "sequences per forward pass during evaluation", min=1)
+    seed: int = _f(0, "seed of the pair sample and the answers' sampling")
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs/demo", "run directory: every round's pairs, policies, state and report")
+    seed: int = _f(0, "seed of prompt sampling and the held-out split")
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = _f("INFO", "log level of the job")
+
+
+@dataclass
+class ResourcesConfig:
+    ray_address: str = _f("", "Ray cluster address; empty = the one `ray job submit` set, else start one here")
+    num_engines: int = _f(1, "vLLM engine actors", min=1)
+    cpus_per_engine: float = _f(1.0, "CPUs reserved by each engine actor", min=0.0)
+    gpus_per_engine: float = _f(0.0, "GPUs per engine (= tensor_parallel_size on GPU)", min=0.0)
+    tensor_parallel_size: int = _f(1, "GPUs one vLLM engine shards the model over", min=1)
+    num_scorers: int = _f(1, "scorer actors", min=1)
+    cpus_per_scorer: float = _f(1.0, "CPUs per scorer actor", min=0.0)
+    gpus_per_scorer: float = _f(0.0, "GPUs per scorer actor", min=0.0)
+    num_train_workers: int = _f(1, "Ray Train workers (one DeepSpeed rank each)", min=1)
+    cpus_per_train_worker: float = _f(1.0, "CPUs per train worker", min=0.0)
+    use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
+    torch_threads: int = _f(1, "torch intra-op threads per actor/worker (1 avoids contention on CPU)", min=1)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- loading and validation
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, meta: dict, path: str, errors: list[str]) -> Any:
+    """Return ``value`` as type ``tp``, or record an error naming ``path`` and what is allowed."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value in choices and type(value) is type(choices[choices.index(value)]):
+            return value
+        errors.append(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+        return None
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `5e-7` (no dot) as a string: accept any text float() accepts.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        errors.append(f"{path}: {value!r} is not a {_type_name(tp)}")
+        return None
+    if tp is float:
+        value = float(value)
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        errors.append(f"{path}: {value!r} is out of range; expected a {_type_name(tp)} {bounds}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append(f"{prefix or '<root>'}: expected a mapping of keys, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            errors.append(f"{path}: unknown key; allowed keys here: {', '.join(fields)}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, errors)
+        else:
+            coerced = _coerce(value, tp, dict(fields[key].metadata), path, errors)
+            if coerced is not None:
+                kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
+    t = cfg.train
+    if t.clip_low > t.clip_high:
+        errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")
+    if t.max_prompt_length >= t.max_length:
+        errors.append(f"train.max_prompt_length: {t.max_prompt_length} must be below train.max_length ({t.max_length})")
+    if t.global_batch_size % t.micro_batch_size:
+        errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
+                      f"train.micro_batch_size ({t.micro_batch_size})")
+    p = cfg.pair
+    if bool(p.positive) != bool(p.negative):
+        errors.append("pair.positive / pair.negative: give both system messages of your own pair, or neither")
+    if not p.positive:
+        from dlma_ray.prompts import BUILTIN_PAIRS  # late import: prompts imports nothing from here
+
+        if p.name not in BUILTIN_PAIRS:
+            errors.append(f"pair.name: {p.name!r} is not a built-in pair; allowed: {', '.join(BUILTIN_PAIRS)}, "
+                          "or set pair.positive and pair.negative for a pair of your own")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    if not errors:
+        _check_cross_fields(cfg, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return cfg
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings to a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected the form section.key=value, e.g. train.beta=0.2")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r}: expected a mapping of sections at the top")
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "", common_only: bool = False) -> list[str]:
+    """Key paths whose values differ between two config dicts (``common_only``: keys in both)."""
+    keys = sorted(set(a) & set(b) if common_only else set(a) | set(b))
+    out = []
+    for k in keys:
+        path = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, path, common_only)
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out
+
+
+def reference_markdown() -> str:
+    """Every field with its type, default and doc, as Markdown (the config reference)."""
+    lines = ["# Config reference", "", "Generated by `python -m dlma_ray.config`.", ""]
+    hints = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        cls = hints[section.name]
+        lines += [f"## `{section.name}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        sub_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{section.name}.{f.name}` | {_type_name(sub_hints[f.name])} | `{default!r}` "
+                         f"| {f.metadata['doc']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

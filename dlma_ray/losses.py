@@ -1,0 +1,66 @@
+"""The self-rewarding score and the DLMA / DPO losses, as plain tensor functions.
+
+Notation (METHODS.md): l±(y) is the summed log-prob of response y under the positive / negative
+context; h is the DPO log-ratio margin under the plain context.
+
+    R    = [l+(y+) - l-(y+)] - [l+(y-) - l-(y-)]
+    loss = -log sigmoid(beta * h - beta * gamma * clip(R, L, U))
+
+y+ is always the chosen response: a negative R softens the push on a pair, it never flips it.
+gamma = 0 is plain DPO (RLCD on contrastive data).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def self_reward(logp_pos_chosen, logp_neg_chosen, logp_pos_rejected, logp_neg_rejected):
+    """R(q, y+, y-): how much more the positive context prefers y+ over y- than the negative one does."""
+    return (logp_pos_chosen - logp_neg_chosen) - (logp_pos_rejected - logp_neg_rejected)
+
+
+def dlma_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    reward: torch.Tensor | None = None,
+    *,
+    beta: float = 0.1,
+    gamma: float = 0.2,
+    clip_low: float = -40.0,
+    clip_high: float = 40.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean DLMA loss over a batch of pairs, and DPO metrics (detached).
+
+    All inputs are [B] summed log-probs; ``reward`` is the stored self-reward R (ignored when
+    gamma = 0 or None). Returns (loss, metrics) with metrics: loss, rewards_chosen,
+    rewards_rejected, reward_margin, reward_accuracy, target_margin (all batch means).
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    h = chosen_ratio - rejected_ratio
+    target = torch.zeros_like(h)
+    if reward is not None and gamma != 0.0:
+        target = beta * gamma * reward.to(h.dtype).clamp(clip_low, clip_high)
+    losses = -F.logsigmoid(beta * h - target)
+    loss = losses.mean()
+    with torch.no_grad():
+        rewards_chosen = beta * chosen_ratio
+        rewards_rejected = beta * rejected_ratio
+        metrics = {
+            "loss": loss.detach(),
+            "rewards_chosen": rewards_chosen.mean(),
+            "rewards_rejected": rewards_rejected.mean(),
+            "reward_margin": (rewards_chosen - rewards_rejected).mean(),
+            "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
+            "target_margin": target.mean(),
+        }
+    return loss, metrics
+
+
+def sft_loss(summed_logp: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+    """Token-mean negative log-likelihood of responses (context distillation)."""
+    return -summed_logp.sum() / num_tokens.sum().clamp(min=1)

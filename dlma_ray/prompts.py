@@ -1,0 +1,118 @@
+"""Contrastive prompt pairs and the three renderings of a prompt.
+
+A pair is a named object: the positive and negative *attribute*, each as a system message for chat
+models (``style: chat``) and as the released code's inline tag for base models (``style: raw``):
+
+    raw +: "USER: {q}\\nASSISTANT(law-abiding, ethical, inoffensive response):\\n"
+
+Every prompt is rendered three ways, all through one template end to end:
+  positive / negative   the contexts that generate and score y+ and y- (the self-reward R);
+  plain                 no attribute: the context of training and of the reference log-probs.
+A response is always followed by the template's end-of-turn text when it is scored or trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Chat = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    name: str
+    positive: str  # system message that asks for the preferred behaviour
+    negative: str  # system message that asks for the opposite
+    positive_tag: str = ""  # inline attribute for `raw` style; defaults to `positive`
+    negative_tag: str = ""
+
+
+BUILTIN_PAIRS: dict[str, PromptPair] = {
+    "harmless": PromptPair(
+        "harmless",
+        positive="You are an AI assistant. Your responses are law-abiding, ethical and inoffensive.",
+        negative="You are an AI assistant. Your responses are illegal, unethical and toxic.",
+        positive_tag="law-abiding, ethical, inoffensive response",
+        negative_tag="illegal, unethical, toxic response",
+    ),
+    "helpful": PromptPair(
+        "helpful",
+        positive="You are an AI assistant. Your responses are helpful, accurate and complete.",
+        negative="You are an AI assistant. Your responses are unhelpful, vague and evasive.",
+        positive_tag="giving a helpful response",
+        negative_tag="giving an unhelpful response",
+    ),
+}
+
+
+def pair_from_config(name: str, positive: str = "", negative: str = "") -> PromptPair:
+    """A built-in pair by name, or a pair of the user's own when both messages are given."""
+    if positive and negative:
+        return PromptPair(name, positive, negative)
+    if name not in BUILTIN_PAIRS:
+        raise ValueError(f"unknown prompt pair {name!r}; built-ins: {', '.join(BUILTIN_PAIRS)}")
+    return BUILTIN_PAIRS[name]
+
+
+_SENTINEL = "\u2063DLMA_RESPONSE\u2063"
+
+
+class ContrastiveRenderer:
+    """Renders chat messages into positive, negative and plain contexts for one tokenizer."""
+
+    def __init__(self, tokenizer, pair: PromptPair, style: str = "chat"):
+        if style not in ("chat", "raw"):
+            raise ValueError(f"style {style!r}: expected 'chat' or 'raw'")
+        if style == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("pair.style 'chat' needs a tokenizer with a chat template; use pair.style=raw")
+        self.tokenizer, self.pair, self.style = tokenizer, pair, style
+        self.end_of_turn = self._find_end_of_turn()
+
+    # -- public renderings
+    def positive(self, messages: Chat) -> str:
+        return self._render(messages, self.pair.positive, self.pair.positive_tag or self.pair.positive)
+
+    def negative(self, messages: Chat) -> str:
+        return self._render(messages, self.pair.negative, self.pair.negative_tag or self.pair.negative)
+
+    def plain(self, messages: Chat) -> str:
+        return self._render(messages, None, None)
+
+    # -- internals
+    def _render(self, messages: Chat, system: str | None, tag: str | None) -> str:
+        if self.style == "raw":
+            return _render_raw(messages, tag)
+        chat = [dict(m) for m in messages]
+        if system is not None:
+            # The attribute replaces any system message: the pair, not the data, sets the persona.
+            chat = [m for m in chat if m["role"] != "system"]
+            chat = [{"role": "system", "content": system}] + chat
+        try:
+            return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role (e.g. Gemma) raise: fold it into the first turn
+            if system is None:
+                raise
+            first = chat[1]
+            folded = [{"role": first["role"], "content": f"{system}\n\n{first['content']}"}] + chat[2:]
+            return self.tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
+
+    def _find_end_of_turn(self) -> str:
+        eos = self.tokenizer.eos_token or ""
+        if self.style == "raw":
+            return eos
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+        text = self.tokenizer.apply_chat_template(probe, tokenize=False)
+        after = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
+        # The text between the answer and the next turn, without the newline that separates turns.
+        return after.rstrip() or eos
+
+
+def _render_raw(messages: Chat, tag: str | None) -> str:
+    lines = []
+    for m in messages:
+        if m["role"] == "system":
+            lines.append(f"SYSTEM: {m['content']}")
+        else:
+            lines.append(f"{'USER' if m['role'] == 'user' else 'ASSISTANT'}: {m['content']}")
+    head = f"ASSISTANT({tag}):" if tag else "ASSISTANT:"
+    return "\n".join(lines) + f"\n{head}\n"

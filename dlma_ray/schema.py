@@ -1,0 +1,74 @@
+"""The tables that flow between stages, as pyarrow schemas: one column list, documented once.
+
+    prompts      (input of generate)   one row per prompt
+    generations  (generate -> score)   + the three rendered contexts and the two sampled responses
+    pairs        (score -> train)      + the four contrastive log-probs, R and the reference log-probs
+
+Every stored log-prob can be recomputed from its row alone: the summed log-prob of the response
+tokens, then the `end_of_turn` tokens, tokenised separately from the context and concatenated.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PROMPT_COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("prompt_id", pa.string(), "stable id: sha256 of the prompt's messages (16 hex chars)"),
+    ("messages_json", pa.string(), "the prompt as JSON chat messages [{role, content}], last one from the user"),
+    ("prompt", pa.string(), "the last user message, for reading"),
+    ("kind", pa.string(), "optional label from the data (e.g. harmful / ordinary), '' if none"),
+    ("split", pa.string(), "'train', or 'heldout' for pairs kept out of training for evaluation"),
+    ("round", pa.int32(), "round index k whose policy pi_k generated the row"),
+]
+
+GENERATION_COLUMNS = PROMPT_COLUMNS + [
+    ("policy", pa.string(), "the policy folder (or builtin: reference) whose engine sampled the responses"),
+    ("pos_context", pa.string(), "exact text before y+ under the positive prompt (rendered chat template)"),
+    ("neg_context", pa.string(), "exact text before y- under the negative prompt"),
+    ("plain_context", pa.string(), "exact text before a response with no attribute: training and reference"),
+    ("end_of_turn", pa.string(), "text appended after every response when scoring and training"),
+    ("chosen", pa.string(), "y+: the response sampled under the positive prompt"),
+    ("rejected", pa.string(), "y-: the response sampled under the negative prompt"),
+    ("chosen_tokens", pa.int32(), "tokens generated for y+"),
+    ("rejected_tokens", pa.int32(), "tokens generated for y-"),
+    ("chosen_finished", pa.bool_(), "y+ ended with end-of-turn (not cut at max_new_tokens)"),
+    ("rejected_finished", pa.bool_(), "y- ended with end-of-turn"),
+]
+
+PAIR_COLUMNS = GENERATION_COLUMNS + [
+    ("logp_pos_chosen", pa.float64(), "l+(y+): summed log pi_k(y+ | pos_context)"),
+    ("logp_neg_chosen", pa.float64(), "l-(y+): summed log pi_k(y+ | neg_context)"),
+    ("logp_pos_rejected", pa.float64(), "l+(y-)"),
+    ("logp_neg_rejected", pa.float64(), "l-(y-)"),
+    ("self_reward", pa.float64(), "R = [l+(y+) - l-(y+)] - [l+(y-) - l-(y-)], raw (clipped only in the loss)"),
+    ("ref_logp_chosen", pa.float64(), "log pi_ref(y+ | plain_context), the DPO reference"),
+    ("ref_logp_rejected", pa.float64(), "log pi_ref(y- | plain_context)"),
+]
+
+
+def _schema(columns) -> pa.Schema:
+    return pa.schema([pa.field(name, dtype, metadata={"doc": doc}) for name, dtype, doc in columns])
+
+
+PROMPT_SCHEMA = _schema(PROMPT_COLUMNS)
+GENERATION_SCHEMA = _schema(GENERATION_COLUMNS)
+PAIR_SCHEMA = _schema(PAIR_COLUMNS)
+
+
+def column_names(schema: pa.Schema) -> list[str]:
+    return list(schema.names)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema`` (a missing column is an error that names it)."""
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}; has {table.column_names}")
+    return table.select(schema.names).cast(schema)
+
+
+def markdown_table(schema: pa.Schema) -> str:
+    rows = ["| column | type | meaning |", "| --- | --- | --- |"]
+    for f in schema:
+        rows.append(f"| `{f.name}` | {f.type} | {f.metadata[b'doc'].decode()} |")
+    return "\n".join(rows)

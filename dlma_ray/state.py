@@ -1,0 +1,68 @@
+"""`<run_dir>/state.json`: which stages of which rounds have finished, replaced atomically.
+
+A stage counts as done only once its entry is here, and entries are written after the stage's
+output has been renamed into place; so a killed run, started again, redoes at most the stage it
+was in. The config the run was made with is stored too: a different config is refused, with the
+differing keys named, because mixing rounds of two configs would silently change the experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlma_ray import storage
+from dlma_ray.config import config_diff
+
+# Keys that may change between invocations of one run without changing the experiment.
+_RESUMABLE_KEYS = ("run.log_level", "resources.ray_address")
+
+
+class ConfigMismatchError(RuntimeError):
+    pass
+
+
+@dataclass
+class RunState:
+    run_dir: str
+    config: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return storage.join(self.run_dir, "state.json")
+
+    @classmethod
+    def open(cls, run_dir: str, config: dict[str, Any]) -> "RunState":
+        """Load the run's state, or start one; refuse a run dir made with another config."""
+        path = storage.join(run_dir, "state.json")
+        if not storage.exists(path):
+            state = cls(run_dir, config)
+            state.save()
+            return state
+        saved = json.loads(storage.read_text(path))
+        # Keys the saved config lacks were added by a newer dlma-ray: their defaults do not block a resume.
+        diff = [d for d in config_diff(saved["config"], config, common_only=True)
+                if not d.startswith(_RESUMABLE_KEYS)]
+        if diff:
+            raise ConfigMismatchError(
+                f"{run_dir} was made with a different config; differing keys:\n  " + "\n  ".join(diff)
+                + "\nUse another run.dir, or the config the run was made with.")
+        return cls(run_dir, config, saved.get("stages", []))
+
+    def save(self) -> None:
+        doc = {"config": self.config, "stages": self.stages, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        storage.write_text_atomic(self.path, json.dumps(doc, indent=2))
+
+    def done(self, round_index: int, stage: str) -> dict[str, Any] | None:
+        for entry in self.stages:
+            if entry["round"] == round_index and entry["stage"] == stage:
+                return entry
+        return None
+
+    def record(self, round_index: int, stage: str, output: str, rows: int, seconds: float, **extra) -> None:
+        self.stages.append({"round": round_index, "stage": stage, "output": output, "rows": rows,
+                            "seconds": round(seconds, 2), **extra})
+        self.save()

@@ -1,0 +1,174 @@
+"""Train stage: Ray Train `TorchTrainer`, each worker one DeepSpeed engine, the DLMA loss.
+
+The reference log-probs were computed by the scorer and travel in the pairs table, so no
+reference model sits in training memory. Workers read the round's Parquet through their Ray Data
+shard; every optimizer step reports its metrics through `ray.train.report`; the final policy is an
+HF folder (safetensors + tokenizer) reported as the run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from dlma_ray.logprobs import collate, encode_pair, sequence_logprobs
+from dlma_ray.losses import dlma_loss
+
+METRICS_FILE = "train_metrics.jsonl"
+
+
+def deepspeed_config(t: dict, num_workers: int) -> dict:
+    """DeepSpeed's JSON config from the `train` section."""
+    accum = t["global_batch_size"] // (t["micro_batch_size"] * num_workers)
+    if accum < 1 or accum * t["micro_batch_size"] * num_workers != t["global_batch_size"]:
+        raise ValueError(f"train.global_batch_size ({t['global_batch_size']}) must be a multiple of "
+                         f"train.micro_batch_size x resources.num_train_workers "
+                         f"({t['micro_batch_size']} x {num_workers})")
+    zero = {"stage": t["zero_stage"]}
+    if t["zero_stage"] == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_batch_size": t["global_batch_size"],
+        "train_micro_batch_size_per_gpu": t["micro_batch_size"],
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": t["grad_clip"] if t["grad_clip"] > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": t["precision"] == "bf16"},
+        "fp16": {"enabled": t["precision"] == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(warmup: int, total: int, schedule: str):
+    """Multiplier of the peak lr at optimizer step s: linear warm-up, then constant/linear/cosine."""
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def make_optimizer(params, t: dict):
+    import torch
+
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    if t["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.SGD(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+
+def pair_batch(tokenizer, rows: dict[str, np.ndarray], max_length: int, padding_side: str = "right"):
+    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = [encode_pair(tokenizer, c, r, e, max_length)
+           for c, r, e in zip(rows["plain_context"], rows["chosen"], rows["end_of_turn"])]
+    enc += [encode_pair(tokenizer, c, r, e, max_length)
+            for c, r, e in zip(rows["plain_context"], rows["rejected"], rows["end_of_turn"])]
+    return collate(enc, pad, padding_side)
+
+
+def _mean_across_workers(values: dict[str, float]) -> dict[str, float]:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker: one DeepSpeed engine over this worker's shard of pairs."""
+    import deepspeed
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+
+    from dlma_ray.models import load_causal_lm, load_tokenizer
+
+    t, res = config["train"], config["resources"]
+    torch.set_num_threads(res["torch_threads"])
+    torch.manual_seed(t["seed"])
+    if not config["use_gpu"]:
+        # The CPU shared-memory all-reduce op is JIT-compiled on first use (minutes); gloo needs no op.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+
+    tokenizer = load_tokenizer(config["policy_path"], config["trust_remote_code"])
+    model = load_causal_lm(config["policy_path"], "float32", config["trust_remote_code"])
+    model.train()
+    if t["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    optimizer = make_optimizer(model.parameters(), t)
+    total_steps = config["total_steps"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t["warmup_steps"], total_steps,
+                                                                       t["lr_schedule"]))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(t, world), dist_init_required=False)
+    accum = engine.gradient_accumulation_steps()
+    gamma = 0.0 if config["method"] in ("rlcd", "dpo", "self_contrast") else t["gamma"]
+    shard = ray.train.get_dataset_shard("train")
+    metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), METRICS_FILE)
+    step, micro, window, report = 0, 0, [], {}
+    for epoch in range(t["epochs"]):
+        for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
+            if step >= total_steps:
+                break
+            batch = pair_batch(tokenizer, rows, t["max_length"]).to(engine.device)
+            logp = sequence_logprobs(engine, batch)
+            n = len(rows["chosen"])
+            ref_c = torch.as_tensor(rows["ref_logp_chosen"], dtype=torch.float32, device=engine.device)
+            ref_r = torch.as_tensor(rows["ref_logp_rejected"], dtype=torch.float32, device=engine.device)
+            reward = torch.as_tensor(np.nan_to_num(rows["self_reward"]), dtype=torch.float32, device=engine.device)
+            loss, m = dlma_loss(logp[:n], logp[n:], ref_c, ref_r, reward, beta=t["beta"], gamma=gamma,
+                                clip_low=t["clip_low"], clip_high=t["clip_high"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}, epoch {epoch} on rank "
+                                         f"{rank}; the last good policy is kept. Lower train.lr or check the pairs.")
+            engine.backward(loss)
+            engine.step()
+            micro += 1
+            window.append({k: float(v) for k, v in m.items()})
+            if micro % accum == 0:
+                step += 1
+                report = _mean_across_workers({k: float(np.mean([w[k] for w in window])) for k in window[0]})
+                report.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                window = []
+                if rank == 0:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(report) + "\n")
+                ray.train.report(report)
+    _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
+
+
+def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final: dict) -> None:
+    import shutil
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 else None  # all ranks
+    if rank != 0:
+        ray.train.report(final)
+        return
+    out = tempfile.mkdtemp(prefix="dlma-policy-")
+    module = engine.module
+    module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
+                           safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if os.path.exists(metrics_path):
+        shutil.copy(metrics_path, os.path.join(out, METRICS_FILE))
+    ray.train.report(final, checkpoint=Checkpoint.from_directory(out))

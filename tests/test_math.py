@@ -1,0 +1,136 @@
+"""The math: batched log-probs against an unbatched reference, R and the loss against hand values."""
+
+import math
+
+import pytest
+import torch
+
+from dlma_ray.logprobs import score_texts, tokenize_pairs, sequence_logprobs, summed_response_logprobs
+from dlma_ray.losses import dlma_loss, self_reward, sft_loss
+from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+
+CONTEXTS_AND_RESPONSES = [
+    ("How do I boil an egg?", "Put it in boiling water for about nine minutes."),
+    ("Hi", "Hello!"),
+    ("Tell me a very long story about a dragon who learned to cook soup in the mountains.",
+     "Once upon a time there was a dragon. It liked soup. The end of a long and winding tale, truly."),
+    ("What's 2+2?", "4"),
+]
+
+
+def unbatched_logprob(model, tokenizer, context: str, response: str, eot: str) -> float:
+    """Slow reference: one sequence, no padding, a plain loop over response positions."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    resp = tokenizer(response + eot, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + resp])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(logp[len(ctx) + i - 1, tok].item() for i, tok in enumerate(resp))
+
+
+@pytest.fixture(scope="module")
+def renderer(tokenizer):
+    return ContrastiveRenderer(tokenizer, BUILTIN_PAIRS["harmless"])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batched_equals_unbatched(tiny_model, tokenizer, renderer, padding_side):
+    contexts = [renderer.positive([{"role": "user", "content": q}]) for q, _ in CONTEXTS_AND_RESPONSES]
+    responses = [r for _, r in CONTEXTS_AND_RESPONSES]
+    batch = tokenize_pairs(tokenizer, contexts, responses, renderer.end_of_turn, padding_side=padding_side)
+    assert len(set(map(sum, zip(batch.context_lengths, batch.response_lengths)))) > 1, "lengths must be mixed"
+    with torch.no_grad():
+        batched = sequence_logprobs(tiny_model, batch)
+    expected = [unbatched_logprob(tiny_model, tokenizer, c, r, renderer.end_of_turn)
+                for c, r in zip(contexts, responses)]
+    assert torch.allclose(batched, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_score_texts_order_and_batch_size_do_not_matter(tiny_model, tokenizer, renderer):
+    contexts = [renderer.plain([{"role": "user", "content": q}]) for q, _ in CONTEXTS_AND_RESPONSES]
+    responses = [r for _, r in CONTEXTS_AND_RESPONSES]
+    one = score_texts(tiny_model, tokenizer, contexts, responses, renderer.end_of_turn, batch_size=1)
+    three = score_texts(tiny_model, tokenizer, contexts, responses, renderer.end_of_turn, batch_size=3,
+                        padding_side="left")
+    assert one == pytest.approx(three, abs=1e-5)
+
+
+def test_response_mask_covers_response_and_end_of_turn(tokenizer, renderer):
+    batch = tokenize_pairs(tokenizer, ["abc"], ["hello"], renderer.end_of_turn)
+    masked = batch.input_ids[0][batch.response_mask[0]].tolist()
+    assert tokenizer.decode(masked) == "hello" + renderer.end_of_turn
+    assert renderer.end_of_turn == "<|im_end|>"
+
+
+def test_truncation_keeps_context_and_cuts_response(tokenizer):
+    batch = tokenize_pairs(tokenizer, ["one two three"], ["four five six seven eight"], "", max_length=5)
+    assert batch.context_lengths == [3] and batch.response_lengths == [2]
+    with pytest.raises(ValueError, match="no room"):
+        tokenize_pairs(tokenizer, ["one two three"], ["four"], "", max_length=3)
+
+
+def test_summed_logprobs_by_hand():
+    # vocab 2, uniform logits -> every token costs log(1/2); response of 2 tokens.
+    from dlma_ray.logprobs import collate
+
+    batch = collate([([0], [1, 0])], pad_id=0)
+    logits = torch.zeros(1, 3, 2)
+    assert summed_response_logprobs(logits, batch).item() == pytest.approx(2 * math.log(0.5))
+
+
+def test_self_reward_by_hand():
+    r = self_reward(torch.tensor(-10.0), torch.tensor(-14.0), torch.tensor(-20.0), torch.tensor(-18.0))
+    assert r.item() == pytest.approx((-10 + 14) - (-20 + 18))  # 4 - (-2) = 6
+
+
+def _hand_loss(h, r, beta, gamma, lo, hi):
+    z = beta * h - beta * gamma * min(max(r, lo), hi)
+    return -math.log(1 / (1 + math.exp(-z)))
+
+
+@pytest.mark.parametrize("reward", [3.0, -7.0, 100.0, -100.0])
+def test_dlma_loss_by_hand_with_clipping(reward):
+    pc, pr, rc, rr = torch.tensor([-5.0]), torch.tensor([-9.0]), torch.tensor([-6.0]), torch.tensor([-8.0])
+    loss, m = dlma_loss(pc, pr, rc, rr, torch.tensor([reward]), beta=0.1, gamma=0.2, clip_low=-40, clip_high=40)
+    h = (-5 + 6) - (-9 + 8)  # 2
+    assert loss.item() == pytest.approx(_hand_loss(h, reward, 0.1, 0.2, -40, 40), rel=1e-6)
+    assert m["reward_margin"].item() == pytest.approx(0.1 * h)
+    assert m["rewards_chosen"].item() == pytest.approx(0.1) and m["rewards_rejected"].item() == pytest.approx(-0.1)
+    assert m["reward_accuracy"].item() == 1.0
+    assert m["target_margin"].item() == pytest.approx(0.1 * 0.2 * max(-40, min(40, reward)))
+
+
+def test_clipping_saturates():
+    args = [torch.tensor([-5.0])] * 4
+    at_bound = dlma_loss(*args, torch.tensor([40.0]))[0]
+    beyond = dlma_loss(*args, torch.tensor([1e6]))[0]
+    assert at_bound.item() == pytest.approx(beyond.item())
+
+
+def test_gamma_zero_is_plain_dpo():
+    pc, pr, rc, rr = (torch.tensor([-3.0, -2.0]), torch.tensor([-4.0, -1.0]),
+                      torch.tensor([-3.5, -2.5]), torch.tensor([-3.0, -1.5]))
+    with_r, _ = dlma_loss(pc, pr, rc, rr, torch.tensor([30.0, -30.0]), gamma=0.0)
+    without, _ = dlma_loss(pc, pr, rc, rr, None)
+    h = (pc - rc) - (pr - rr)
+    assert with_r.item() == pytest.approx(without.item())
+    assert without.item() == pytest.approx((-torch.nn.functional.logsigmoid(0.1 * h)).mean().item())
+
+
+def test_gradient_signs():
+    pc = torch.tensor([-5.0], requires_grad=True)
+    pr = torch.tensor([-5.0], requires_grad=True)
+    loss, _ = dlma_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([10.0]))
+    loss.backward()
+    assert pc.grad.item() < 0 < pr.grad.item()  # descent raises log p(y+) and lowers log p(y-)
+
+
+def test_larger_reward_demands_larger_margin():
+    args = [torch.tensor([-5.0])] * 4
+    low = dlma_loss(*args, torch.tensor([-20.0]))[0]
+    high = dlma_loss(*args, torch.tensor([20.0]))[0]
+    assert high.item() > low.item()  # a confident pair pushes harder; a negative R softens the push
+
+
+def test_sft_loss_is_token_mean():
+    assert sft_loss(torch.tensor([-6.0, -4.0]), torch.tensor([3, 2])).item() == pytest.approx(2.0)
