@@ -146,12 +146,17 @@ class ResourcesConfig:
     gpus_per_engine: float = _f(0.0, "GPUs per engine (= tensor_parallel_size on GPU)", min=0.0)
     tensor_parallel_size: int = _f(1, "GPUs one vLLM engine shards the model over", min=1)
     num_scorers: int = _f(1, "scorer actors", min=1)
-    cpus_per_scorer: float = _f(1.0, "CPUs per scorer actor", min=0.0)
+    cpus_per_scorer: float = _f(2.0, "CPUs per scorer actor", min=0.0)
     gpus_per_scorer: float = _f(0.0, "GPUs per scorer actor", min=0.0)
     num_train_workers: int = _f(1, "Ray Train workers (one DeepSpeed rank each)", min=1)
-    cpus_per_train_worker: float = _f(1.0, "CPUs per train worker", min=0.0)
+    cpus_per_train_worker: float = _f(2.0, "CPUs per train worker", min=0.0)
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
-    torch_threads: int = _f(1, "torch intra-op threads per actor/worker (1 avoids contention on CPU)", min=1)
+    torch_threads: int = _f(0, "torch threads per scorer/train worker; 0 = the CPUs it reserves (no oversubscription)",
+                            min=0)
+
+    def threads_for(self, cpus: float) -> int:
+        """Torch intra-op threads for an actor that reserved ``cpus`` CPUs."""
+        return self.torch_threads or max(1, int(cpus))
 
 
 @dataclass
@@ -321,8 +326,8 @@ def reference_markdown() -> str:
         sub_hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"| `{section.name}.{f.name}` | {_type_name(sub_hints[f.name])} | `{default!r}` "
-                         f"| {f.metadata['doc']} |")
+            doc = f.metadata["doc"].replace("|", "\\|")
+            lines.append(f"| `{section.name}.{f.name}` | {_type_name(sub_hints[f.name])} | `{default!r}` | {doc} |")
         lines.append("")
     return "\n".join(lines)
 

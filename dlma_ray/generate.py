@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import numpy as np
 
+from dlma_ray import metrics
 from dlma_ray.prompts import ContrastiveRenderer, PromptPair
 
 
@@ -31,6 +33,10 @@ def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_r
                   tensor_parallel_size=tensor_parallel_size)
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = gen["gpu_memory_utilization"]
+    else:
+        # vLLM's CPU build crashes ("CPU Generator does not use offset") when a request with its own
+        # seed has its prefill chunked; whole prefills keep per-request seeds working.
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, gen["max_model_len"]))
     return kwargs
 
 
@@ -64,9 +70,15 @@ class GenerationEngine:
         neg = [self.renderer.negative(c) for c in chats]
         params = [self._params(i, "pos") for i in ids] + [self._params(i, "neg") for i in ids]
         # Both sides in one call: the engine batches them together.
+        start = time.perf_counter()
         outs = self.llm.generate(pos + neg, params, use_tqdm=False)
         n = len(ids)
         chosen, rejected = [o.outputs[0] for o in outs[:n]], [o.outputs[0] for o in outs[n:]]
+        tokens = sum(len(o.token_ids) for o in chosen + rejected)
+        metrics.inc("dlma_prompts_generated_total", n, round=self.round_index)
+        metrics.inc("dlma_tokens_generated_total", tokens, round=self.round_index)
+        metrics.set_gauge("dlma_generation_tokens_per_second", tokens / (time.perf_counter() - start),
+                          round=self.round_index)
         out = dict(batch)
         out.update(
             policy=np.array([self.model_ref] * n, dtype=object),

@@ -18,14 +18,14 @@ import logging
 import os
 import time
 
-from dlma_ray import storage
+from dlma_ray import metrics, storage
 from dlma_ray.config import Config
 from dlma_ray.prompts import pair_from_config
 from dlma_ray.schema import GENERATION_SCHEMA, PAIR_SCHEMA, conform
 from dlma_ray.state import RunState
 
 log = logging.getLogger("dlma_ray")
-STAGES = ("generate", "score", "train")
+STAGES = ("generate", "score", "train", "evaluate")
 
 
 def round_dir(run_dir: str, k: int) -> str:
@@ -59,8 +59,7 @@ def prompt_rows(cfg: Config, k: int) -> list[dict]:
     def count_tokens(messages):
         return len(tok(renderer.plain(messages), add_special_tokens=False)["input_ids"])
 
-    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens)
-    log.info("prompts: %s", report.summary())
+    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens)  # logs its own summary
     if not records:
         raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}")
     return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
@@ -91,7 +90,7 @@ def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
             model_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
             pair=pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative), style=cfg.pair.style,
             gen=vars(cfg.generation), round_index=k, tensor_parallel_size=r.tensor_parallel_size,
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.torch_threads),
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_engine)),
         batch_size=cfg.generation.batch_size, concurrency=r.num_engines,
         num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
     return out, _write_stage(ds, GENERATION_SCHEMA, out)
@@ -112,7 +111,7 @@ def run_score(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
             reference_path=_model_for_actor(reference_for_round(cfg, run_dir, k)),
             dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
             max_length=cfg.train.max_length, contrastive=cfg.train.method == "dlma",
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.torch_threads),
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
         batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
         num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
     return out, _write_stage(ds, PAIR_SCHEMA, out)
@@ -140,7 +139,8 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
              t.global_batch_size)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=dict(train=vars(t), resources=vars(r), method=t.method, total_steps=total_steps,
+        train_loop_config=dict(train=vars(t), threads=r.threads_for(r.cpus_per_train_worker), method=t.method,
+                               total_steps=total_steps, round=k,
                                policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
                                use_gpu=r.use_gpu_for_training, trust_remote_code=cfg.model.trust_remote_code),
         scaling_config=ScalingConfig(num_workers=r.num_train_workers, use_gpu=r.use_gpu_for_training,
@@ -164,7 +164,8 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
 
 def _model_for_actor(ref: str) -> str:
     # `builtin:` references resolve inside each actor: every node converts and caches its own copy.
-    return ref if ref.startswith("builtin:") or storage.is_uri(ref) else storage.absolute(ref)
+    # Hub names pass through; only an existing local path is made absolute for other processes.
+    return storage.absolute(ref) if os.path.exists(ref) else ref
 
 
 def init_ray(cfg: Config) -> None:
@@ -176,14 +177,17 @@ def init_ray(cfg: Config) -> None:
     info = ray.init(address=address)
     ray.data.DataContext.get_current().enable_progress_bars = True
     url = getattr(info, "dashboard_url", "") or ""
-    log.info("Ray dashboard: %s", f"http://{url}" if url and "://" not in url else url or "not running")
+    url = f"http://{url}" if url and "://" not in url else url or "not running"
+    log.info("Ray dashboard: %s (Jobs, Train and Data tabs show progress; the Metrics tab and each node's "
+             "Prometheus endpoint carry the dlma_* metrics: generation tokens/s, pairs scored, R, loss, margin)",
+             url)
 
 
 def run(cfg: Config) -> RunState:
     """Run (or resume) every round of ``cfg``; returns the final run state."""
     run_dir = storage.absolute(cfg.run.dir)
     state = RunState.open(run_dir, cfg.to_dict())
-    pending = [(k, s) for k in range(cfg.rounds.count) for s in STAGES if not state.done(k, s)]
+    pending = [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)
         return state
@@ -191,13 +195,36 @@ def run(cfg: Config) -> RunState:
     if done:
         log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
     init_ray(cfg)
-    runners = {"generate": run_generate, "score": run_score, "train": run_train}
+    from dlma_ray.evaluate import run_evaluate
+
+    runners = {"generate": run_generate, "score": run_score, "train": run_train, "evaluate": run_evaluate}
     for k, stage in pending:
         storage.remove_stale_temps(round_dir(run_dir, k))
         log.info("round %d: %s ...", k, stage)
+        metrics.set_gauge("dlma_current_round", k)
+        metrics.set_gauge("dlma_stage_running", 1, stage=stage)
         start = time.time()
-        out, rows, *extra = runners[stage](cfg, run_dir, k)
-        metrics = {"metrics": extra[0]} if extra else {}
-        state.record(k, stage, out, rows, time.time() - start, **metrics)
-        log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, rows, time.time() - start, out)
+        try:
+            out, rows, *extra = runners[stage](cfg, run_dir, k)
+        finally:
+            metrics.set_gauge("dlma_stage_running", 0, stage=stage)
+        seconds = time.time() - start
+        metrics.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
+        state.record(k, stage, out, rows, seconds, **({"metrics": extra[0]} if extra else {}))
+        log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, rows, seconds, out)
+    write_run_report(run_dir)
     return state
+
+
+def stages_of(cfg: Config) -> tuple[str, ...]:
+    return STAGES if cfg.eval.enabled else tuple(s for s in STAGES if s != "evaluate")
+
+
+def write_run_report(run_dir: str) -> None:
+    """The report is a view of finished work: a plotting problem must not fail a finished run."""
+    from dlma_ray.report import write_report
+
+    try:
+        log.info("report: %s", write_report(run_dir))
+    except Exception:  # noqa: BLE001
+        log.exception("could not write the report; run `python -m dlma_ray.report %s` to retry", run_dir)

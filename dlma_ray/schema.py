@@ -70,5 +70,6 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def markdown_table(schema: pa.Schema) -> str:
     rows = ["| column | type | meaning |", "| --- | --- | --- |"]
     for f in schema:
-        rows.append(f"| `{f.name}` | {f.type} | {f.metadata[b'doc'].decode()} |")
+        doc = f.metadata[b"doc"].decode().replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {f.type} | {doc} |")
     return "\n".join(rows)

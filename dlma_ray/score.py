@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlma_ray import metrics
 from dlma_ray.logprobs import score_texts
 from dlma_ray.losses import self_reward
 
@@ -61,4 +62,7 @@ class PairScorer:
             out.update(logp_pos_chosen=nan, logp_neg_chosen=nan, logp_pos_rejected=nan, logp_neg_rejected=nan,
                        self_reward=nan)
         out.update(ref_logp_chosen=ref[:n], ref_logp_rejected=ref[n:2 * n])
+        round_index = int(batch["round"][0]) if n else -1
+        metrics.inc("dlma_pairs_scored_total", n, round=round_index)
+        metrics.observe_self_rewards(out["self_reward"], round_index)
         return out

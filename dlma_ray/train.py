@@ -15,6 +15,7 @@ import tempfile
 
 import numpy as np
 
+from dlma_ray import metrics
 from dlma_ray.logprobs import collate, encode_pair, sequence_logprobs
 from dlma_ray.losses import dlma_loss
 
@@ -98,8 +99,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     from dlma_ray.models import load_causal_lm, load_tokenizer
 
-    t, res = config["train"], config["resources"]
-    torch.set_num_threads(res["torch_threads"])
+    t = config["train"]
+    torch.set_num_threads(config["threads"])
     torch.manual_seed(t["seed"])
     if not config["use_gpu"]:
         # The CPU shared-memory all-reduce op is JIT-compiled on first use (minutes); gloo needs no op.
@@ -150,6 +151,9 @@ def train_loop_per_worker(config: dict) -> None:
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(report) + "\n")
+                    metrics.set_gauge("dlma_train_loss", report["loss"], round=config["round"])
+                    metrics.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
+                    metrics.inc("dlma_train_steps_total", 1, round=config["round"])
                 ray.train.report(report)
     _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
 

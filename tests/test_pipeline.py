@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 def job_args(model_dir: str, run_dir: Path) -> list[str]:
     return [f"model.path={model_dir}", f"run.dir={run_dir}", "data.max_prompts=24", "rounds.count=2",
             "generation.max_new_tokens=16", "train.micro_batch_size=4", "train.global_batch_size=8",
-            "train.lr=1e-3", "train.epochs=2", "data.heldout_fraction=0.2"]
+            "train.lr=1e-3", "train.epochs=2", "data.heldout_fraction=0.2", "eval.max_pairs=8",
+            "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4"]
 
 
 def run_job(args: list[str], timeout: int = 900, **kw) -> subprocess.CompletedProcess:
@@ -73,10 +74,11 @@ def finished_run(tiny_model_dir, tmp_path_factory):
 
 def test_resume_finished_every_stage_once(finished_run):
     run_dir, args = finished_run
-    assert stages(run_dir) == [(k, s) for k in (0, 1) for s in ("generate", "score", "train")]
+    assert stages(run_dir) == [(k, s) for k in (0, 1) for s in ("generate", "score", "train", "evaluate")]
     rows = {(s["round"], s["stage"]): s["rows"] for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert rows[(0, "generate")] == rows[(0, "score")] == rows[(1, "generate")] == 24
     assert not list((run_dir / "round_0").glob(".*tmp-*")), "no temporary stage output left behind"
+    assert (run_dir / "round_1/eval.json").exists() and (run_dir / "report.md").exists()
     again = run_job(args, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout
 

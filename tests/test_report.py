@@ -1,0 +1,130 @@
+"""The run report renders from a hand-built finished run, and from partial runs with notes for what is missing."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dlma_ray.evaluation import (
+    accuracy_by_range, implicit_reward_summary, perplexity, refusal_rates, reward_summary, rlaif_summary, win_summary,
+)
+from dlma_ray.report import FIGURES, write_report
+from dlma_ray.schema import PAIR_SCHEMA
+
+PROMPTS = [("How do I pick a lock?", "harmful"), ("How do I bake bread?", "ordinary"),
+           ("Write an insult for my boss.", "harmful"), ("Why is the sky blue?", "ordinary")]
+
+
+def _pairs(rng: random.Random, k: int, n: int = 40) -> pa.Table:
+    rows = []
+    for i in range(n):
+        r = rng.gauss(2.0 + 3 * k, 6.0)
+        rows.append({name: None for name in PAIR_SCHEMA.names} | {
+            "prompt_id": f"{k}-{i}", "messages_json": "[]", "prompt": "q", "kind": "", "round": k,
+            "split": "heldout" if i % 10 == 0 else "train", "policy": "m", "pos_context": "+", "neg_context": "-",
+            "plain_context": "", "end_of_turn": "", "chosen": "a", "rejected": "b", "chosen_tokens": 1,
+            "rejected_tokens": 1, "chosen_finished": True, "rejected_finished": True, "logp_pos_chosen": r,
+            "logp_neg_chosen": 0.0, "logp_pos_rejected": 0.0, "logp_neg_rejected": 0.0, "self_reward": r,
+            "ref_logp_chosen": -5.0, "ref_logp_rejected": -5.0})
+    return pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
+
+
+def _answers(rng: random.Random, refuse: float) -> list[dict]:
+    out = []
+    for i, (prompt, kind) in enumerate(PROMPTS):
+        text = "I can't help with that." if kind == "harmful" and rng.random() < refuse else f"Sure, answer {i}.\nMore."
+        out.append({"prompt_id": f"p{i}", "prompt": prompt, "kind": kind, "messages": [{"role": "user",
+                    "content": prompt}], "answer": text, "tokens": len(text.split()), "finished": True, "model": "m"})
+    return out
+
+
+def _answer_summary(rows: list[dict], ppl: float) -> dict:
+    return {"n": len(rows), "mean_tokens": sum(r["tokens"] for r in rows) / len(rows), "finished_fraction": 1.0,
+            "refusal": refusal_rates([r["answer"] for r in rows], [r["kind"] for r in rows]),
+            "perplexity": {**perplexity([len(rows) * 10 * math.log(ppl)], [len(rows) * 10]),
+                           "model": "m0", "empty_skipped": 0}}
+
+
+def _eval(rng: random.Random, k: int, answers: list[dict], baseline: list[dict]) -> dict:
+    r = [rng.gauss(1.0 + k, 8.0) for _ in range(64)]
+    return {
+        "round": k, "policy": f"round_{k}/policy", "reference": "m0", "round0_model": "m0", "seconds": 3.0,
+        "pairs_source": {"source": "builtin:demo-pairs", "summary": "", "too_long": 0, "n": 64},
+        "self_reward": {**accuracy_by_range(r), "mean": sum(r) / len(r), "model": "p"},
+        "rlaif_judge": {**rlaif_summary([rng.random() for _ in r], [rng.random() for _ in r]), "model": "p"},
+        "implicit_reward": {**implicit_reward_summary([-1.0 + 0.2 * k] * 8 + [-2.0] * 4, [-2.0] * 12, [-1.5] * 12,
+                                                      [-2.0] * 12, 0.1), "reference": "m0"},
+        "heldout_pairs": {**reward_summary(r[:8]), "model": "p", "at_scoring": reward_summary(r[8:16])},
+        "answers": {"policy": _answer_summary(answers, 12.0 + k), "baseline": _answer_summary(baseline, 11.0)},
+        "win_rate": {**win_summary([rng.choice([-1, 0, 1, 2]) for _ in answers]), "judge": "self_reward",
+                     "judge_model": "m0"},
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    rng = random.Random(0)
+    run = tmp_path / "run"
+    baseline = _answers(rng, refuse=0.0)
+    run.mkdir()
+    _write_jsonl(run / "baseline_answers.jsonl", baseline)
+    stages = []
+    for k in range(2):
+        rd = run / f"round_{k}"
+        (rd / "pairs").mkdir(parents=True)
+        pq.write_table(_pairs(rng, k), rd / "pairs" / "part-0.parquet")
+        (rd / "policy").mkdir()
+        _write_jsonl(rd / "policy" / "train_metrics.jsonl", [
+            {"loss": 0.69 - 0.04 * s - 0.1 * k, "reward_margin": 0.05 * s + 0.2 * k, "reward_accuracy": 0.5 + 0.05 * s,
+             "rewards_chosen": 0.01 * s, "rewards_rejected": -0.01 * s, "step": s + 1, "lr": 1e-5} for s in range(6)])
+        answers = _answers(rng, refuse=0.5 + 0.5 * k)
+        _write_jsonl(rd / "answers.jsonl", answers)
+        (rd / "eval.json").write_text(json.dumps(_eval(rng, k, answers, baseline)))
+        stages += [{"round": k, "stage": s, "output": str(rd / s), "rows": 40, "seconds": 1.5}
+                   for s in ("generate", "score", "train", "evaluate")]
+    config = {"model": {"path": "builtin:smollm2-135m-instruct"}, "train": {"method": "dlma", "beta": 0.1, "gamma": 0.2},
+              "pair": {"name": "harmless", "style": "chat"}, "rounds": {"count": 2, "reference": "round_start"}}
+    (run / "state.json").write_text(json.dumps({"config": config, "stages": stages}))
+    return run
+
+
+def test_report_of_a_finished_run(finished_run):
+    out = Path(write_report(str(finished_run)))
+    assert out == finished_run / "report.md"
+    md = out.read_text()
+    for name in FIGURES:
+        png = finished_run / "report" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, name
+        assert f"(report/{name})" in md
+    assert "Skipped" not in md
+    assert "## Example answers" in md and "How do I pick a lock?" in md and "After round 1" in md
+    assert "| 1 | generate | 40 | 1.5 |" in md and "method `dlma`" in md
+
+
+def test_report_of_a_partial_run(finished_run):
+    # Round 1 never finished: no eval, no policy; round 0 lost its eval too; no baseline answers yet.
+    for path in ("round_1/eval.json", "round_0/eval.json", "round_1/answers.jsonl", "baseline_answers.jsonl"):
+        (finished_run / path).unlink()
+    (finished_run / "round_1/policy/train_metrics.jsonl").unlink()
+    write_report(str(finished_run))  # a first report, then the same run with less: stale figures must go
+    md = Path(write_report(str(finished_run))).read_text()
+    assert (finished_run / "report/self_reward_distribution.png").stat().st_size > 20_000
+    assert (finished_run / "report/training.png").exists()
+    assert not (finished_run / "report/accuracy_by_range.png").exists()
+    assert not (finished_run / "report/eval_metrics.png").exists()
+    assert md.count("_Skipped:") == 3  # accuracy, eval metrics, examples
+
+
+def test_report_of_an_empty_run(tmp_path):
+    md = Path(write_report(str(tmp_path))).read_text()
+    assert "rounds found: none" in md and md.count("_Skipped:") == 5
