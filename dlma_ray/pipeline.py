@@ -4,6 +4,11 @@
       generate  Ray Data over vLLM engine actors      -> <run>/round_k/generations/  (Parquet)
       score     Ray Data over scorer actors            -> <run>/round_k/pairs/        (Parquet, PAIR_SCHEMA)
       train     Ray Train TorchTrainer + DeepSpeed     -> <run>/round_k/policy/       (HF folder) = pi_{k+1}
+      evaluate  Ray tasks (dlma_ray.evaluate)          -> <run>/round_k/eval.json
+
+Every method (`train.method`) runs these same stages; what differs lives in the stage runners, which
+hand over to dlma_ray.methods (dpo's generate stage reads human pairs, context distillation's score stage
+scores nothing) and dlma_ray.self_contrast (N samples; its score stage embeds, filters, then scores).
 
 Every stage writes under a temporary name, renames into place, then records itself in
 `<run>/state.json`; a rerun skips what is recorded there. Actor pools end with their stage, so the
@@ -47,24 +52,34 @@ def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
-def prompt_rows(cfg: Config, k: int) -> list[dict]:
-    from dlma_ray.data import load_prompts
+def renderer_for(cfg: Config):
+    """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
     from dlma_ray.models import load_tokenizer
     from dlma_ray.prompts import ContrastiveRenderer
 
     tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
-    renderer = ContrastiveRenderer(tok, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
-                                   cfg.pair.style)
+    return tok, ContrastiveRenderer(tok, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
+                                    cfg.pair.style)
+
+
+def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]:
+    """Prompt rows (PROMPT_SCHEMA) for round k; ``require_target`` keeps only prompts with an SFT target and
+    adds it as a `target` column (Self-Contrast's y*)."""
+    from dlma_ray.data import load_prompts
+
+    tok, renderer = renderer_for(cfg)
 
     def count_tokens(messages):
         return len(tok(renderer.plain(messages), add_special_tokens=False)["input_ids"])
 
-    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens)  # logs its own summary
+    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens, require_target)  # logs its summary
     if not records:
-        raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}")
+        raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}"
+                         + ("; self_contrast needs prompts with targets (an hh dialogue ending with an assistant "
+                            "turn, or a target/response column)" if require_target else ""))
     return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
              "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
-             "round": k} for r in records]
+             "round": k, **({"target": r.target} if require_target else {})} for r in records]
 
 
 def _write_stage(ds, schema, out: str) -> int:
@@ -82,6 +97,15 @@ def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
 
     from dlma_ray.generate import GenerationEngine
 
+    if cfg.train.method == "dpo":
+        from dlma_ray.methods import run_human_pairs
+
+        return run_human_pairs(cfg, run_dir, k)
+    if cfg.train.method == "self_contrast":
+        from dlma_ray import self_contrast
+
+        return self_contrast.run_generate(cfg, run_dir, k)
+
     out = storage.join(round_dir(run_dir, k), "generations")
     r = cfg.resources
     ds = ray.data.from_items(prompt_rows(cfg, k)).map_batches(
@@ -96,10 +120,18 @@ def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
     return out, _write_stage(ds, GENERATION_SCHEMA, out)
 
 
-def run_score(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
+def run_score(cfg: Config, run_dir: str, k: int) -> tuple:
     import ray.data
 
+    from dlma_ray.methods import CONTRASTIVE_SCORING, UNSCORED, run_unscored
     from dlma_ray.score import PairScorer
+
+    if cfg.train.method in UNSCORED:
+        return run_unscored(cfg, run_dir, k)
+    if cfg.train.method == "self_contrast":
+        from dlma_ray import self_contrast
+
+        return self_contrast.run_score(cfg, run_dir, k)  # + a summary of kept / dropped prompts
 
     src = storage.join(round_dir(run_dir, k), "generations")
     out = storage.join(round_dir(run_dir, k), "pairs")
@@ -110,7 +142,7 @@ def run_score(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
             policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
             reference_path=_model_for_actor(reference_for_round(cfg, run_dir, k)),
             dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
-            max_length=cfg.train.max_length, contrastive=cfg.train.method == "dlma",
+            max_length=cfg.train.max_length, contrastive=cfg.train.method in CONTRASTIVE_SCORING,
             trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
         batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
         num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
@@ -127,16 +159,23 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
     t, r = cfg.train, cfg.resources
     pairs = storage.join(round_dir(run_dir, k), "pairs")
     ds = ray.data.read_parquet(pairs).filter(lambda row: row["split"] == "train")
+    unit = "pairs"
+    if t.method == "self_contrast":
+        # One row per prompt, its k negatives as lists, BEFORE the shuffle and the shard split: a prompt's
+        # k pairs can then only ever be in one micro-batch on one worker, hence in one optimizer step.
+        from dlma_ray.self_contrast import training_dataset
+
+        ds, unit = training_dataset(ds, ds.count()), "prompts"
     ds = ds.random_shuffle(seed=t.seed + k).materialize()
     n_train = ds.count()
     per_step = t.micro_batch_size * r.num_train_workers
     steps_per_epoch = (n_train // r.num_train_workers) // t.micro_batch_size // (t.global_batch_size // per_step)
     total_steps = steps_per_epoch * t.epochs
     if total_steps < 1:
-        raise ValueError(f"round {k} has {n_train} training pairs, fewer than one optimizer step needs "
+        raise ValueError(f"round {k} has {n_train} training {unit}, fewer than one optimizer step needs "
                          f"(train.global_batch_size={t.global_batch_size}); use more prompts or a smaller batch")
-    log.info("round %d: training on %d pairs, %d optimizer steps of %d pairs", k, n_train, total_steps,
-             t.global_batch_size)
+    log.info("round %d: %s training on %d %s, %d optimizer steps of %d %s", k, t.method, n_train, unit,
+             total_steps, t.global_batch_size, unit)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=dict(train=vars(t), threads=r.threads_for(r.cpus_per_train_worker), method=t.method,

@@ -2,7 +2,14 @@
 
     prompts      (input of generate)   one row per prompt
     generations  (generate -> score)   + the three rendered contexts and the two sampled responses
-    pairs        (score -> train)      + the four contrastive log-probs, R and the reference log-probs
+    pairs        (score -> train)      + the four contrastive log-probs, R, the reference log-probs, and
+                                         Self-Contrast's similarity / negative_index (one table for all methods)
+
+Per method (README, "Methods"): `dlma` fills every column; `rlcd` leaves the four contrastive log-probs and
+R NaN; `context_distillation` leaves every log-prob NaN (its SFT loss needs none); `dpo` takes chosen /
+rejected from human pairs and `self_contrast` takes chosen = the SFT target y* and one row per sampled
+negative (k rows per prompt): for both, the responses were not sampled under pos/neg_context, which are the
+pair's renderings kept for judging (evaluation's held-out R).
 
 Every stored log-prob can be recomputed from its row alone: the summed log-prob of the response
 tokens, then the `end_of_turn` tokens, tokenised separately from the context and concatenated.
@@ -22,16 +29,19 @@ PROMPT_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 
 GENERATION_COLUMNS = PROMPT_COLUMNS + [
-    ("policy", pa.string(), "the policy folder (or builtin: reference) whose engine sampled the responses"),
+    ("policy", pa.string(), "the policy folder (or builtin: reference) whose engine sampled the responses; "
+                            "dpo: `data:<source>`"),
     ("pos_context", pa.string(), "exact text before y+ under the positive prompt (rendered chat template)"),
     ("neg_context", pa.string(), "exact text before y- under the negative prompt"),
     ("plain_context", pa.string(), "exact text before a response with no attribute: training and reference"),
     ("end_of_turn", pa.string(), "text appended after every response when scoring and training"),
-    ("chosen", pa.string(), "y+: the response sampled under the positive prompt"),
-    ("rejected", pa.string(), "y-: the response sampled under the negative prompt"),
-    ("chosen_tokens", pa.int32(), "tokens generated for y+"),
-    ("rejected_tokens", pa.int32(), "tokens generated for y-"),
-    ("chosen_finished", pa.bool_(), "y+ ended with end-of-turn (not cut at max_new_tokens)"),
+    ("chosen", pa.string(), "y+: the response sampled under the positive prompt (dpo: the human-chosen one; "
+                            "self_contrast: the SFT target y*)"),
+    ("rejected", pa.string(), "y-: the response sampled under the negative prompt (dpo: the human-rejected one; "
+                              "self_contrast: a sample of pi_k under the plain context)"),
+    ("chosen_tokens", pa.int32(), "tokens generated for y+ (dpo / self_contrast: tokens of the given text)"),
+    ("rejected_tokens", pa.int32(), "tokens generated for y- (dpo: tokens of the given text)"),
+    ("chosen_finished", pa.bool_(), "y+ ended with end-of-turn (not cut at max_new_tokens); true for given texts"),
     ("rejected_finished", pa.bool_(), "y- ended with end-of-turn"),
 ]
 
@@ -43,6 +53,10 @@ PAIR_COLUMNS = GENERATION_COLUMNS + [
     ("self_reward", pa.float64(), "R = [l+(y+) - l-(y+)] - [l+(y-) - l-(y-)], raw (clipped only in the loss)"),
     ("ref_logp_chosen", pa.float64(), "log pi_ref(y+ | plain_context), the DPO reference"),
     ("ref_logp_rejected", pa.float64(), "log pi_ref(y- | plain_context)"),
+    ("similarity", pa.float64(), "self_contrast: cosine similarity of y- to the target y* (sentence embeddings); "
+                                 "NaN for other methods"),
+    ("negative_index", pa.int32(), "self_contrast: which of the prompt's k negatives this row is (0..k-1); "
+                                   "0 for other methods"),
 ]
 
 

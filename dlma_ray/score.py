@@ -62,6 +62,8 @@ class PairScorer:
             out.update(logp_pos_chosen=nan, logp_neg_chosen=nan, logp_pos_rejected=nan, logp_neg_rejected=nan,
                        self_reward=nan)
         out.update(ref_logp_chosen=ref[:n], ref_logp_rejected=ref[n:2 * n])
+        if "similarity" not in out:  # Self-Contrast's columns: set by its filter, empty for other methods
+            out.update(similarity=np.full(n, np.nan), negative_index=np.zeros(n, dtype=np.int32))
         round_index = int(batch["round"][0]) if n else -1
         metrics.inc("dlma_pairs_scored_total", n, round=round_index)
         metrics.observe_self_rewards(out["self_reward"], round_index)

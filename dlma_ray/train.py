@@ -1,4 +1,5 @@
-"""Train stage: Ray Train `TorchTrainer`, each worker one DeepSpeed engine, the DLMA loss.
+"""Train stage: Ray Train `TorchTrainer`, each worker one DeepSpeed engine, the method's loss (`batch_loss`):
+DLMA (gamma 0 for rlcd / dpo), context distillation's SFT NLL, or Self-Contrast's grouped DPO.
 
 The reference log-probs were computed by the scorer and travel in the pairs table, so no
 reference model sits in training memory. Workers read the round's Parquet through their Ray Data
@@ -17,7 +18,7 @@ import numpy as np
 
 from dlma_ray import metrics
 from dlma_ray.logprobs import collate, encode_pair, sequence_logprobs
-from dlma_ray.losses import dlma_loss
+from dlma_ray.losses import dlma_loss, grouped_dpo_loss, sft_loss
 
 METRICS_FILE = "train_metrics.jsonl"
 
@@ -78,6 +79,51 @@ def pair_batch(tokenizer, rows: dict[str, np.ndarray], max_length: int, padding_
     return collate(enc, pad, padding_side)
 
 
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu"):
+    """The loss of one micro-batch for ``method``, and its metrics (a dict of 0-d tensors).
+
+    dlma / rlcd / dpo: rows are pairs, the DLMA loss (gamma 0 except for dlma: rlcd and dpo have no R).
+    context_distillation: token-mean NLL of chosen (y+) after plain_context; the rejected side is unused.
+    self_contrast: rows are prompts (dlma_ray.self_contrast.group_pairs); y* is encoded once, then each of
+    the prompt's negatives: B + M sequences in one forward.
+    """
+    import torch
+
+    def col(name, values=None):
+        # torch.tensor copies: Ray's numpy batches are read-only, which torch.as_tensor warns about.
+        return torch.tensor(np.asarray(rows[name] if values is None else values, dtype=np.float64),
+                            dtype=torch.float32, device=device)
+
+    if method == "context_distillation":
+        batch = collate([encode_pair(tokenizer, c, r, e, t["max_length"]) for c, r, e in
+                         zip(rows["plain_context"], rows["chosen"], rows["end_of_turn"])], _pad_id(tokenizer))
+        tokens = torch.tensor(batch.response_lengths, dtype=torch.float32, device=device)
+        loss = sft_loss(sequence_logprobs(model, batch.to(device)), tokens)
+        return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean()}
+    if method == "self_contrast":
+        from dlma_ray.self_contrast import expand_groups
+
+        rejected, eot, ref_rejected, group = expand_groups(rows)
+        contexts = list(rows["plain_context"])
+        enc = [encode_pair(tokenizer, c, r, e, t["max_length"])
+               for c, r, e in zip(contexts, rows["chosen"], rows["end_of_turn"])]
+        enc += [encode_pair(tokenizer, contexts[g], r, e, t["max_length"]) for g, r, e in zip(group, rejected, eot)]
+        logp = sequence_logprobs(model, collate(enc, _pad_id(tokenizer)).to(device))
+        n = len(contexts)
+        return grouped_dpo_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col(None, ref_rejected),
+                                torch.as_tensor(group, device=device), beta=t["beta"])
+    gamma = t["gamma"] if method == "dlma" else 0.0
+    logp = sequence_logprobs(model, pair_batch(tokenizer, rows, t["max_length"]).to(device))
+    n = len(rows["chosen"])
+    return dlma_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col("ref_logp_rejected"),
+                     torch.nan_to_num(col("self_reward")), beta=t["beta"], gamma=gamma,
+                     clip_low=t["clip_low"], clip_high=t["clip_high"])
+
+
 def _mean_across_workers(values: dict[str, float]) -> dict[str, float]:
     import torch
     import torch.distributed as dist
@@ -120,7 +166,6 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(t, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
-    gamma = 0.0 if config["method"] in ("rlcd", "dpo", "self_contrast") else t["gamma"]
     shard = ray.train.get_dataset_shard("train")
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), METRICS_FILE)
     step, micro, window, report = 0, 0, [], {}
@@ -128,14 +173,7 @@ def train_loop_per_worker(config: dict) -> None:
         for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
             if step >= total_steps:
                 break
-            batch = pair_batch(tokenizer, rows, t["max_length"]).to(engine.device)
-            logp = sequence_logprobs(engine, batch)
-            n = len(rows["chosen"])
-            ref_c = torch.as_tensor(rows["ref_logp_chosen"], dtype=torch.float32, device=engine.device)
-            ref_r = torch.as_tensor(rows["ref_logp_rejected"], dtype=torch.float32, device=engine.device)
-            reward = torch.as_tensor(np.nan_to_num(rows["self_reward"]), dtype=torch.float32, device=engine.device)
-            loss, m = dlma_loss(logp[:n], logp[n:], ref_c, ref_r, reward, beta=t["beta"], gamma=gamma,
-                                clip_low=t["clip_low"], clip_high=t["clip_high"])
+            loss, m = batch_loss(engine, tokenizer, rows, t, config["method"], engine.device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}, epoch {epoch} on rank "
                                          f"{rank}; the last good policy is kept. Lower train.lr or check the pairs.")
@@ -152,7 +190,8 @@ def train_loop_per_worker(config: dict) -> None:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(report) + "\n")
                     metrics.set_gauge("dlma_train_loss", report["loss"], round=config["round"])
-                    metrics.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
+                    if "reward_margin" in report:  # not for context distillation (no pairs)
+                        metrics.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
                     metrics.inc("dlma_train_steps_total", 1, round=config["round"])
                 ray.train.report(report)
     _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})

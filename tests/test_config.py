@@ -50,7 +50,7 @@ def test_int_accepted_for_float_and_stored_as_float():
     ("train.global_batch_size=7", r"train\.global_batch_size: 7 is not a multiple"),
     ("pair.name=polite", r"pair\.name: 'polite' is not a built-in pair; allowed: harmless, helpful"),
     ("pair.positive=be nice", r"pair\.positive / pair\.negative: give both"),
-    ("train.max_prompt_length=600", r"train\.max_prompt_length: 600 must be below train\.max_length"),
+    ("data.max_prompt_tokens=600", r"data\.max_prompt_tokens: 600 must be below train\.max_length"),
     ("train=3", r"train: expected a mapping"),
     ("no_equals_sign", r"expected the form section\.key=value"),
 ])
@@ -86,3 +86,10 @@ def test_file_errors(tmp_path):
 def test_config_diff_names_keys():
     a, b = load_config().to_dict(), load_config(None, ["train.beta=0.3"]).to_dict()
     assert config_diff(a, b) == ["train.beta: 0.1 -> 0.3"]
+
+
+def test_config_reference_doc_is_current():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+    assert doc.read_text() == reference_markdown(), "regenerate with: python -m dlma_ray.config > docs/CONFIG.md"

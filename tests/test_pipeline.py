@@ -25,6 +25,8 @@ from dlma_ray.schema import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+# Each job starts its own Ray: never join a cluster that something else left running on the machine.
+ENV = {**os.environ, "RAY_ADDRESS": "local"}
 
 
 def job_args(model_dir: str, run_dir: Path) -> list[str]:
@@ -36,7 +38,7 @@ def job_args(model_dir: str, run_dir: Path) -> list[str]:
 
 def run_job(args: list[str], timeout: int = 900, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, timeout=timeout,
-                          capture_output=True, text=True, **kw)
+                          capture_output=True, text=True, env=ENV, **kw)
 
 
 def stages(run_dir: Path) -> list[tuple[int, str]]:
@@ -51,7 +53,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     """A 2-round run, killed during round 0's training and resumed."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     args = job_args(tiny_model_dir, run_dir)
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 600
     while (0, "score") not in stages(run_dir):

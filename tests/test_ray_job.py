@@ -1,12 +1,15 @@
 """`ray job submit` against a local Ray cluster started by the test, with token authentication on,
 while a scraper reads the head node's Prometheus endpoint and finds the pipeline's own metrics."""
 
+import contextlib
 import json
 import os
 import re
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -23,6 +26,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_cluster(temp_dir: str, gcs_port: int) -> None:
+    """Stop this test's cluster only (`ray stop` would stop every Ray instance on the machine)."""
+    import psutil
+
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if any(temp_dir in a or f":{gcs_port}" in a for a in (p.info["cmdline"] or []))]
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:
@@ -46,21 +65,29 @@ def test_job_submit_with_token_auth_and_dashboard_metrics(tiny_model_dir, tmp_pa
     gcs, dash, prom = free_port(), free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    temp_dir = tempfile.mkdtemp(prefix="rayjob-", dir="/tmp")  # short: Ray's socket paths have a length limit
     subprocess.run([RAY, "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
                     "--dashboard-host=127.0.0.1", f"--metrics-export-port={prom}", "--num-cpus=2",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+                    "--disable-usage-stats", f"--temp-dir={temp_dir}"], env=env, check=True, capture_output=True,
+                   timeout=180)
     try:
+        address = ["--address", f"http://127.0.0.1:{dash}"]
+        for _ in range(60):  # the job agent comes up a few seconds after `ray start` returns
+            if subprocess.run([RAY, "job", "list", *address], env=env, capture_output=True, timeout=120).returncode == 0:
+                break
+            time.sleep(2)
         no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
-        refused = subprocess.run([RAY, "job", "list", "--address", f"http://127.0.0.1:{dash}"],
-                                 env={**no_token, "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+        refused = subprocess.run([RAY, "job", "list", *address], env={**no_token, "HOME": str(tmp_path)},
+                                 capture_output=True, text=True, timeout=120)
         assert refused.returncode != 0, "the cluster must refuse clients without the token"
+        assert "auth" in (refused.stdout + refused.stderr).lower() or "401" in refused.stdout + refused.stderr
 
         run_dir = tmp_path / "run"
         args = [f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "data.max_prompts=16", "rounds.count=1",
                 "generation.max_new_tokens=8", "train.micro_batch_size=4", "train.global_batch_size=4",
                 "eval.enabled=false"]
         excludes = json.dumps({"excludes": [".git", ".venv", "runs", "__pycache__", ".pytest_cache"]})
-        job = subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir",
+        job = subprocess.Popen([RAY, "job", "submit", *address, "--working-dir",
                                 str(REPO), "--runtime-env-json", excludes, "--", "python", "jobs/iterate.py", *args],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         seen: dict[tuple[str, str], float] = {}
@@ -94,4 +121,4 @@ def test_job_submit_with_token_auth_and_dashboard_metrics(tiny_model_dir, tmp_pa
         assert metric("ray_dlma_train_steps_total") >= 1
         assert metric("ray_dlma_stage_seconds", max) > 0
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp_dir, gcs)

@@ -1,0 +1,178 @@
+"""One tiny round of each non-DLMA method end to end through jobs/iterate.py (DLMA itself: test_pipeline.py).
+
+Each method runs once, in a subprocess (this process never starts Ray), as a module-scoped fixture; the
+tests read the finished run dir. RAY_ADDRESS=local gives every run a private Ray instance, so runs of
+other test sessions on the same machine are never joined.
+"""
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dlma_ray.schema import PAIR_SCHEMA
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+HH_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
+K, N = 2, 4
+
+
+@pytest.fixture(scope="module")
+def hh_file(tmp_path_factory) -> Path:
+    """16 short hh-rlhf rows (chosen / rejected dialogues) as a jsonl file of the test's own."""
+    if not HH_PAIRS.exists():
+        pytest.skip(f"{HH_PAIRS} is not available")
+    rows = []
+    with gzip.open(HH_PAIRS, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if len(row["chosen"]) < 400 and len(row["rejected"]) < 400:
+                rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})
+            if len(rows) == 16:
+                break
+    path = tmp_path_factory.mktemp("data") / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> Path:
+    args = [f"model.path={tiny_model_dir}", f"run.dir={run_dir}", f"train.method={method}", "rounds.count=1",
+            "eval.enabled=false", "data.max_prompts=8", "data.heldout_fraction=0.2", "generation.max_new_tokens=8",
+            "generation.cpu_kvcache_gb=1", "train.micro_batch_size=2", "train.global_batch_size=4", "train.lr=1e-3",
+            *extra]
+    env = dict(os.environ, RAY_ADDRESS="local")
+    result = subprocess.run([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    stages = [(s["round"], s["stage"]) for s in json.loads((run_dir / "state.json").read_text())["stages"]]
+    assert stages == [(0, "generate"), (0, "score"), (0, "train")]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def rlcd_run(tiny_model_dir, tmp_path_factory):
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("rlcd") / "run", "rlcd")
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tiny_model_dir, tmp_path_factory, hh_file):
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("dpo") / "run", "dpo", f"data.source={hh_file}")
+
+
+@pytest.fixture(scope="module")
+def cd_run(tiny_model_dir, tmp_path_factory):
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("cd") / "run", "context_distillation")
+
+
+@pytest.fixture(scope="module")
+def sc_run(tiny_model_dir, tmp_path_factory, hh_file):
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("sc") / "run", "self_contrast",
+                      f"data.source={hh_file}", "data.prompt_field=chosen", f"self_contrast.num_samples={N}",
+                      f"self_contrast.num_negatives={K}")
+
+
+def pairs(run_dir: Path) -> list[dict]:
+    table = pq.read_table(run_dir / "round_0/pairs")
+    assert table.schema.names == PAIR_SCHEMA.names and [f.type for f in table.schema] == [f.type for f in PAIR_SCHEMA]
+    return table.to_pylist()
+
+
+def train_steps(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "round_0/policy/train_metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def weights_changed(tiny_model_dir: str, run_dir: Path) -> bool:
+    from safetensors.torch import load_file
+
+    before, after = load_file(f"{tiny_model_dir}/model.safetensors"), load_file(run_dir / "round_0/policy/model.safetensors")
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rlcd_has_no_self_reward_and_trains(rlcd_run, tiny_model_dir):
+    rows = pairs(rlcd_run)
+    assert len(rows) == 8
+    for r in rows:
+        assert all(math.isnan(r[c]) for c in ("self_reward", "logp_pos_chosen", "logp_neg_chosen",
+                                               "logp_pos_rejected", "logp_neg_rejected", "similarity"))
+        assert math.isfinite(r["ref_logp_chosen"]) and math.isfinite(r["ref_logp_rejected"])
+        assert r["pos_context"] != r["neg_context"] and r["negative_index"] == 0
+    steps = train_steps(rlcd_run)
+    assert steps and all(s["target_margin"] == 0.0 for s in steps), "gamma = 0: no self-reward margin"
+    assert weights_changed(tiny_model_dir, rlcd_run)
+
+
+def test_dpo_trains_on_the_datas_pairs(dpo_run, hh_file, tiny_model_dir):
+    from dlma_ray.data import load_preference_pairs
+
+    data, _ = load_preference_pairs(str(hh_file))
+    expected = {(p.prompt.prompt_id, p.chosen, p.rejected) for p in data}
+    rows = pairs(dpo_run)
+    assert len(rows) == 8
+    assert {(r["prompt_id"], r["chosen"], r["rejected"]) for r in rows} <= expected
+    for r in rows:
+        assert r["policy"] == f"data:{hh_file}" and r["chosen_finished"] and r["chosen_tokens"] > 0
+        assert math.isnan(r["self_reward"]) and math.isfinite(r["ref_logp_rejected"])
+        assert r["plain_context"].endswith("<|im_start|>assistant\n")
+    assert train_steps(dpo_run) and weights_changed(tiny_model_dir, dpo_run)
+
+
+def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir, tokenizer):
+    from dlma_ray.logprobs import score_texts
+    from dlma_ray.models import load_causal_lm
+
+    rows = pairs(cd_run)
+    assert all(math.isnan(r[c]) for r in rows for c in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
+    steps = train_steps(cd_run)
+    assert steps and "reward_margin" not in steps[0] and steps[0]["loss"] > 0
+    assert weights_changed(tiny_model_dir, cd_run)
+    train = [r for r in rows if r["split"] == "train"]
+    args = ([r["plain_context"] for r in train], [r["chosen"] + r["end_of_turn"] for r in train], "")
+    before = sum(score_texts(load_causal_lm(tiny_model_dir), tokenizer, *args))
+    after = sum(score_texts(load_causal_lm(str(cd_run / "round_0/policy")), tokenizer, *args))
+    assert after > before, "SFT on y+ raised the log-likelihood of the trained y+"
+
+
+def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
+    from dlma_ray.data import record_from_row
+    from dlma_ray.embedding import SentenceEmbedder, cosine
+
+    targets = {}
+    for line in hh_file.read_text().splitlines():
+        try:
+            rec = record_from_row(json.loads(line), "chosen")
+        except ValueError:
+            continue
+        targets.setdefault(rec.prompt_id, rec.target)
+    generations = pq.read_table(sc_run / "round_0/generations").to_pylist()
+    assert len(generations) == 8 * N
+    rows = pairs(sc_run)
+    by_prompt = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    state = json.loads((sc_run / "state.json").read_text())["stages"][1]
+    assert state["metrics"]["kept_prompts"] == len(by_prompt) and state["metrics"]["prompts"] == 8
+    assert len(by_prompt) >= 4
+    for pid, group in by_prompt.items():
+        assert sorted(r["negative_index"] for r in group) == list(range(K))
+        assert len({r["rejected"] for r in group}) == K
+        for r in group:
+            assert r["chosen"] == targets[pid] and r["rejected"].strip() != r["chosen"].strip()
+            assert -1.0 <= r["similarity"] <= 1.0 and math.isnan(r["self_reward"])
+            assert math.isfinite(r["ref_logp_chosen"]) and math.isfinite(r["ref_logp_rejected"])
+        # The negatives are among the min(int(0.75 N), unique - 1) least similar of the prompt's samples.
+        samples = [g for g in generations if g["prompt_id"] == pid]
+        assert all(r["rejected"] in {s["rejected"] for s in samples} for r in group)
+    r = rows[0]
+    vec = SentenceEmbedder().encode([r["rejected"], r["chosen"]])
+    assert cosine(vec[:1], vec[1:])[0] == pytest.approx(r["similarity"], abs=1e-4)
+    steps = train_steps(sc_run)
+    assert steps and weights_changed(tiny_model_dir, sc_run)
