@@ -157,7 +157,8 @@ class RunConfig:
 
 @dataclass
 class ResourcesConfig:
-    ray_address: str = _f("", "Ray cluster address; empty = the one `ray job submit` set, else start one here")
+    ray_address: str = _f("", "Ray address; empty = the one `ray job submit` set, else a new local instance; "
+                          "`auto` joins a running cluster")
     num_engines: int = _f(1, "vLLM engine actors", min=1)
     cpus_per_engine: float = _f(1.0, "CPUs reserved by each engine actor", min=0.0)
     gpus_per_engine: float = _f(0.0, "GPUs per engine (= tensor_parallel_size on GPU)", min=0.0)

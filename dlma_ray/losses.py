@@ -45,20 +45,21 @@ def dlma_loss(
     target = torch.zeros_like(h)
     if reward is not None and gamma != 0.0:
         target = beta * gamma * reward.to(h.dtype).clamp(clip_low, clip_high)
-    losses = -F.logsigmoid(beta * h - target)
-    loss = losses.mean()
-    with torch.no_grad():
-        rewards_chosen = beta * chosen_ratio
-        rewards_rejected = beta * rejected_ratio
-        metrics = {
-            "loss": loss.detach(),
-            "rewards_chosen": rewards_chosen.mean(),
-            "rewards_rejected": rewards_rejected.mean(),
-            "reward_margin": (rewards_chosen - rewards_rejected).mean(),
-            "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
-            "target_margin": target.mean(),
-        }
-    return loss, metrics
+    loss = -F.logsigmoid(beta * h - target).mean()
+    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, target)
+
+
+@torch.no_grad()
+def dpo_metrics(loss, rewards_chosen, rewards_rejected, target) -> dict[str, torch.Tensor]:
+    """Batch means of the implicit rewards beta*(log pi - log ref) of y+ and y-, as TRL reports them."""
+    return {
+        "loss": loss.detach(),
+        "rewards_chosen": rewards_chosen.mean(),
+        "rewards_rejected": rewards_rejected.mean(),
+        "reward_margin": (rewards_chosen - rewards_rejected).mean(),
+        "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
+        "target_margin": target.mean(),
+    }
 
 
 def sft_loss(summed_logp: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
@@ -89,14 +90,4 @@ def grouped_dpo_loss(
     counts = torch.zeros_like(policy_chosen).index_add(0, group, torch.ones_like(pair_losses))
     per_prompt = torch.zeros_like(policy_chosen).index_add(0, group, pair_losses) / counts.clamp(min=1)
     loss = per_prompt[counts > 0].mean()
-    with torch.no_grad():
-        rewards_chosen, rewards_rejected = beta * chosen_ratio, beta * rejected_ratio
-        metrics = {
-            "loss": loss.detach(),
-            "rewards_chosen": rewards_chosen.mean(),
-            "rewards_rejected": rewards_rejected.mean(),
-            "reward_margin": (rewards_chosen - rewards_rejected).mean(),
-            "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
-            "target_margin": torch.zeros((), dtype=loss.dtype),
-        }
-    return loss, metrics
+    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, torch.zeros((), dtype=loss.dtype))

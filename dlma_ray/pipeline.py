@@ -212,7 +212,9 @@ def init_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
-    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or None
+    # `ray job submit` sets RAY_ADDRESS; without it the job starts its own Ray instead of joining
+    # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     info = ray.init(address=address)
     ray.data.DataContext.get_current().enable_progress_bars = True
     url = getattr(info, "dashboard_url", "") or ""
