@@ -42,7 +42,7 @@ class DataConfig:
     split: str = _f("train", "split to read when `source` is an HF dataset")
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
-    max_prompts: int = _f(0, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
+    max_prompts: int = _f(32, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
     max_prompt_tokens: int = _f(256, "drop prompts whose chat-rendered length exceeds this many tokens", min=1)
     dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
     heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
@@ -62,7 +62,7 @@ class PairConfig:
 class GenerationConfig:
     temperature: float = _f(1.0, "sampling temperature (released: 1.0)", min=0.0)
     top_p: float = _f(1.0, "nucleus sampling mass (released: 1.0)", min=0.0, max=1.0)
-    max_new_tokens: int = _f(64, "longest response in tokens (released: 200)", min=1)
+    max_new_tokens: int = _f(48, "longest response in tokens (released: 200)", min=1)
     seed: int = _f(0, "sampling seed; each round adds its index so rounds differ but repeat exactly")
     max_model_len: int = _f(1024, "vLLM context length (prompt + response)", min=16)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "vLLM weight dtype (float32 is fastest on CPU)")
@@ -135,7 +135,7 @@ class EvalConfig:
                                "human-labelled pairs in hh-rlhf format: `builtin:demo-pairs` or a .jsonl(.gz) file")
     max_pairs: int = _f(64, "evaluate on at most this many preference pairs (seeded sample); 0 = all", min=0)
     prompts: str = _f("builtin:demo-eval", "held-out prompts whose answers are generated and judged each round")
-    max_prompts: int = _f(24, "answer at most this many held-out prompts; 0 = all", min=0)
+    max_prompts: int = _f(16, "answer at most this many held-out prompts; 0 = all", min=0)
     max_new_tokens: int = _f(64, "longest evaluation answer in tokens", min=1)
     heldout_pairs: int = _f(32, "generated held-out pairs re-scored under the new policy; 0 = none", min=0)
     judge: Literal["self_reward", "reward_model", "openai"] = _f(

@@ -215,11 +215,11 @@ def test_unreadable_sources_raise_naming_the_source(tmp_path):
 
 
 def test_builtin_demo_sets():
-    demo, report = load_prompts(DataConfig(source="builtin:demo"), 0, count_tokens=words)
+    demo, report = load_prompts(DataConfig(source="builtin:demo", max_prompts=0), 0, count_tokens=words)
     assert len(demo) == 64 and report.rows_read == 64 and not report.skipped and not report.duplicates
     assert sum(r.kind == "harmful" for r in demo) == 32 and sum(r.kind == "ordinary" for r in demo) == 32
     assert max(words(r.as_chat()) for r in demo) < 40  # short enough for a small model's context
-    heldout, _ = load_prompts(DataConfig(source="builtin:demo-eval"), 0)
+    heldout, _ = load_prompts(DataConfig(source="builtin:demo-eval", max_prompts=0), 0)
     assert len(heldout) == 24 and sum(r.kind == "harmful" for r in heldout) == 12
     assert not {r.prompt.lower() for r in demo} & {r.prompt.lower() for r in heldout}
 
