@@ -1,0 +1,170 @@
+"""Generation: the pipeline's generate stage vs standalone vLLM vs HF transformers `generate`.
+
+Same prompts (N of the run's prompt set, each rendered under the positive and the negative prompt =
+2N requests), same sampling (generation.temperature/top_p/max_new_tokens), the pipeline's
+per-request seeds on both vLLM sides.
+  (a) pipeline: `run_generate` (prompt loading, Ray Data, engine actor start, generate, Parquet
+      write); inside the actor, `import vllm`, the engine's start and its generate call are timed.
+  (b) standalone: `import vllm`, `vllm.LLM(...)` with the pipeline's engine arguments, one
+      `llm.generate` over the same rendered prompts.
+  (c) HF: one batched, left-padded `model.generate(do_sample=True, top_k=0)` over the same prompts, with
+      as many torch threads as vLLM's CPU worker computes with (all cores but one).
+tokens/s counts generated tokens, end-of-turn included (HF rows up to their first EOS).
+
+    python bench/bench_generate.py [--prompts 32] [--max-new-tokens 64] [--source builtin:demo]
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import common
+from dlma_ray.generate import GenerationEngine
+
+TIMES_FILE = os.path.join(tempfile.gettempdir(), f"bench-generate-{os.getpid()}.jsonl")
+
+
+class TimedEngine(GenerationEngine):
+    """The pipeline's engine, logging its start and its generate calls to TIMES_FILE."""
+
+    times_file = TIMES_FILE
+
+    def __init__(self, *a, **kw):
+        t0 = time.perf_counter()
+        import vllm  # noqa: F401  (timed apart from the engine start proper)
+
+        t1 = time.perf_counter()
+        super().__init__(*a, **kw)
+        self._log(import_s=t1 - t0, init_s=time.perf_counter() - t1)
+        generate = self.llm.generate
+
+        def timed_generate(*ga, **gk):
+            t = time.perf_counter()
+            outs = generate(*ga, **gk)
+            self._log(generate_s=time.perf_counter() - t)
+            return outs
+
+        self.llm.generate = timed_generate  # an instance attribute: only this engine's calls
+
+    def _log(self, **kw):
+        with open(self.times_file, "a") as fh:
+            fh.write(json.dumps(kw) + "\n")
+
+
+def pipeline_side(cfg, run_dir):
+    import pyarrow.parquet as pq
+    import ray
+
+    import dlma_ray.generate
+    from dlma_ray.pipeline import init_ray, run_generate
+
+    t = {}
+    with common.timed(t, "ray_start"):
+        init_ray(cfg)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dlma_ray.generate.GenerationEngine = TimedEngine  # run_generate imports the class when called
+    try:
+        with common.timed(t, "total"):
+            out, _ = run_generate(cfg, run_dir, 0)
+    finally:
+        dlma_ray.generate.GenerationEngine = GenerationEngine
+        ray.shutdown()
+    logs = [json.loads(line) for line in open(TIMES_FILE)]
+    os.remove(TIMES_FILE)
+    for key in ("import", "init", "generate"):
+        t[key] = sum(x.get(f"{key}_s", 0) for x in logs)
+    table = pq.read_table(out).to_pandas().set_index("prompt_id")
+    t["tokens"] = int(table.chosen_tokens.sum() + table.rejected_tokens.sum())
+    return t, table
+
+
+def vllm_side(g, prompts, seeds):
+    t = {}
+    with common.timed(t, "import"):
+        from vllm import LLM, SamplingParams
+
+        from dlma_ray.generate import engine_kwargs
+    with common.timed(t, "init"):
+        llm = LLM(**engine_kwargs(common.model_dir(), g, 1, False))
+    params = [SamplingParams(temperature=g["temperature"], top_p=g["top_p"], max_tokens=g["max_new_tokens"],
+                             seed=s) for s in seeds]
+    with common.timed(t, "generate"):
+        outs = llm.generate(prompts, params, use_tqdm=False)
+    llm.llm_engine.engine_core.shutdown()  # stop the engine processes before HF runs
+    t["tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
+    t["total"] = t["import"] + t["init"] + t["generate"]
+    return t, [o.outputs[0].text for o in outs]
+
+
+def hf_side(g, prompts):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # vLLM's CPU worker computes on all cores but one (reserved for its scheduler): give HF as many threads.
+    t = {"import": 0.0, "threads": max(1, len(os.sched_getaffinity(0)) - 1)}
+    torch.set_num_threads(t["threads"])
+    with common.timed(t, "init"):
+        tok = AutoTokenizer.from_pretrained(common.model_dir(), padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32).eval()
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(g["seed"])
+    with common.timed(t, "generate"), torch.no_grad():
+        gen = model.generate(**enc, do_sample=True, temperature=g["temperature"], top_p=g["top_p"], top_k=0,
+                             max_new_tokens=g["max_new_tokens"], pad_token_id=tok.pad_token_id)
+    new = gen[:, enc.input_ids.shape[1]:]
+    eos = (new == tok.eos_token_id).int()
+    t["tokens"] = int(torch.where(eos.any(1), eos.argmax(1) + 1, new.shape[1]).sum())
+    t["total"] = t["init"] + t["generate"]
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--source", default="builtin:demo", help="data.source (e.g. an hh-rlhf .jsonl.gz)")
+    args = ap.parse_args()
+    common.setup()
+    from dlma_ray.generate import request_seed
+
+    common.header("bench_generate: pipeline generate stage vs standalone vLLM vs HF generate")
+    run_dir = tempfile.mkdtemp(prefix="bench-generate-")
+    cfg = common.bench_config(f"data.source={args.source}", f"data.max_prompts={args.prompts}",
+                              f"generation.max_new_tokens={args.max_new_tokens}", f"run.dir={run_dir}")
+    g = vars(cfg.generation)
+    pipe, table = pipeline_side(cfg, run_dir)
+    prompts = list(table.pos_context) + list(table.neg_context)
+    seeds = [request_seed(g["seed"], 0, i, side) for side in ("pos", "neg") for i in table.index]
+    common.say(f"{len(table)} prompts x 2 sides = {len(prompts)} requests; temperature {g['temperature']}, "
+               f"top_p {g['top_p']}, max_new_tokens {g['max_new_tokens']}, dtype {g['dtype']}")
+    vl, texts = vllm_side(g, prompts, seeds)
+    hf = hf_side(g, prompts)
+
+    rows = []
+    for name, t in (("(a) pipeline stage", pipe), ("(b) standalone vLLM", vl), ("(c) HF generate, batched", hf)):
+        start = t["import"] + t["init"]
+        rows.append([name, start, t["generate"], t["total"], t["tokens"], t["tokens"] / t["generate"],
+                     t["tokens"] / t["total"]])
+    common.table(["side", "start s (import + engine/model)", "generate s", "total s", "tokens",
+                  "tokens/s generate", "tokens/s total"], rows)
+    common.say(f"start = import + engine: (a) {pipe['import']:.1f} + {pipe['init']:.1f} s in the actor, "
+               f"(b) {vl['import']:.1f} + {vl['init']:.1f} s in this process")
+    rest = pipe["total"] - pipe["import"] - pipe["init"] - pipe["generate"]
+    common.say(f"(a) Ray start {pipe['ray_start']:.1f} s before the stage (not in its total); the stage's rest "
+               f"(prompt loading, Ray Data, actor launch, Parquet write): {rest:.1f} s")
+    same = sum(a == b for a, b in zip(texts, list(table.chosen) + list(table.rejected)))
+    common.say(f"HF torch threads: {hf['threads']}; vLLM binds its own (VLLM_CPU_OMP_THREADS_BIND="
+               f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')})")
+    common.say(f"identical responses pipeline vs standalone vLLM (same seeds): {same}/{len(texts)}")
+    tps = {k: (t["tokens"] / t["generate"], t["tokens"] / t["total"]) for k, t in (("a", pipe), ("b", vl), ("c", hf))}
+    common.say(f"ratio pipeline/standalone vLLM (tokens/s): generate call {tps['a'][0] / tps['b'][0]:.2f}, "
+               f"total {tps['a'][1] / tps['b'][1]:.2f}")
+    common.say(f"ratio vLLM/HF (tokens/s): generate call {tps['b'][0] / tps['c'][0]:.2f}, "
+               f"total {tps['b'][1] / tps['c'][1]:.2f}")
+    common.footer()
+
+
+if __name__ == "__main__":
+    main()

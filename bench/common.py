@@ -1,0 +1,156 @@
+"""Helpers shared by the benchmarks: environment, model, data, timing and printing.
+
+Every benchmark runs its baseline in the same process run as the thing it measures, with the same
+thread settings (`dlma_ray.cli.setup_environment()`, then torch threads = BENCH_THREADS, by default
+what the pipeline gives its scorer and train workers), and prints ratios rather than absolute claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+MODEL = os.environ.get("BENCH_MODEL", "builtin:smollm2-135m-instruct")
+THREADS = int(os.environ.get("BENCH_THREADS", "0"))  # 0: the pipeline's scorer/train worker threads (setup())
+DEMO_PAIRS = REPO / "dlma_ray" / "assets" / "demo_pairs.jsonl"
+
+
+def setup() -> None:
+    """The pipeline's process environment, plus what a standalone vLLM engine needs; sets THREADS."""
+    global THREADS
+    from dlma_ray.cli import setup_environment
+
+    setup_environment()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(bench_config().generation.cpu_kvcache_gb))
+    os.environ.setdefault("RAY_ADDRESS", "local")  # a private Ray instance, never someone else's
+    import torch
+
+    r = bench_config().resources
+    THREADS = THREADS or r.threads_for(r.cpus_per_scorer)  # what the pipeline's scorer and trainer use
+    torch.set_num_threads(THREADS)
+
+
+def model_dir() -> str:
+    from dlma_ray.models import resolve_model_path
+
+    return resolve_model_path(MODEL)
+
+
+def bench_config(*overrides: str):
+    from dlma_ray.config import load_config
+
+    return load_config(None, [f"model.path={MODEL}", *overrides])
+
+
+def renderer(tokenizer, cfg=None):
+    from dlma_ray.prompts import ContrastiveRenderer, pair_from_config
+
+    cfg = cfg or bench_config()
+    return ContrastiveRenderer(tokenizer, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
+                               cfg.pair.style)
+
+
+def preference_pairs(limit: int = 0, path: str | None = None):
+    """hh-rlhf style (prompt chat, chosen, rejected) pairs; the demo pairs shipped with the repo by default."""
+    from dlma_ray.data import load_preference_pairs
+
+    pairs, _ = load_preference_pairs(str(path or DEMO_PAIRS), limit=limit, seed=0)
+    return pairs
+
+
+@contextlib.contextmanager
+def timed(store: dict, key: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        store[key] = time.perf_counter() - start
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 0) -> tuple[dict, dict, dict]:
+    """Call every fn in turn (a, b, a, b, ...): ``warmup`` untimed rounds, then ``repeats`` timed ones.
+
+    Interleaving spreads a change in machine load over every side alike. Returns per name the wall
+    seconds, the process CPU seconds (all threads; less sensitive to other processes than wall time)
+    and the return values of every call, warm-up included.
+    """
+    wall, cpu, out = ({k: [] for k in fns} for _ in range(3))
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            w, c = time.perf_counter(), time.process_time()
+            out[name].append(fn())
+            if i >= warmup:
+                wall[name].append(time.perf_counter() - w)
+                cpu[name].append(time.process_time() - c)
+    return wall, cpu, out
+
+
+def runs(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} ({os.cpu_count()} CPUs)"
+
+
+def say(text: str = "") -> None:
+    """Print a result line; also append it to $BENCH_RESULTS (run_all.py collects them there)."""
+    print(text, flush=True)
+    if os.environ.get("BENCH_RESULTS"):
+        with open(os.environ["BENCH_RESULTS"], "a") as fh:
+            fh.write(text + "\n")
+
+
+def header(name: str) -> None:
+    import torch
+
+    say(f"\n=== {name}  [{time.strftime('%Y-%m-%d %H:%M:%S')}; {load()}; torch threads "
+          f"{torch.get_num_threads()}; model {MODEL}]")
+
+
+def table(columns: list[str], rows: list[list]) -> None:
+    """Print a Markdown table (floats to 3 significant digits)."""
+    def cell(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    say("| " + " | ".join(columns) + " |")
+    say("|" + "---|" * len(columns))
+    for row in rows:
+        say("| " + " | ".join(cell(v) for v in row) + " |")
+
+
+def footer() -> None:
+    say(f"[done; {load()}]")
+
+
+def machine_info() -> str:
+    """Machine, load and library versions, as Markdown list lines."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
+    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+
+    def version(dist: str) -> str:
+        for name in (dist, f"{dist}-cpu"):  # vLLM's CPU build is the `vllm-cpu` distribution
+            try:
+                return f"{dist} {md.version(name)}" + (" (vllm-cpu)" if name != dist else "")
+            except md.PackageNotFoundError:
+                pass
+        return f"{dist} not installed"
+
+    versions = ", ".join(version(d) for d in ("torch", "vllm", "ray", "deepspeed", "transformers"))
+    return "\n".join([f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+                      f"- machine: {os.cpu_count()} CPUs ({model}), {mem_kb / 2 ** 20:.1f} GiB RAM, "
+                      f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+                      f"- {load()}",
+                      f"- versions: {versions}"])
