@@ -11,7 +11,7 @@ per-request seeds on both vLLM sides.
       as many torch threads as vLLM's CPU worker computes with (all cores but one).
 tokens/s counts generated tokens, end-of-turn included (HF rows up to their first EOS).
 
-    python bench/bench_generate.py [--prompts 32] [--max-new-tokens 64] [--source builtin:demo]
+    python bench/bench_generate.py [--prompts 32] [--max-new-tokens 64] [--source builtin:demo] [key=value ...]
 """
 
 import argparse
@@ -107,8 +107,9 @@ def hf_side(g, prompts):
     torch.set_num_threads(t["threads"])
     with common.timed(t, "init"):
         tok = AutoTokenizer.from_pretrained(common.model_dir(), padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32).eval()
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        model = AutoModelForCausalLM.from_pretrained(common.model_dir(), dtype=torch.float32)
+        model = model.to(common.device()).eval()
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(g["seed"])
     with common.timed(t, "generate"), torch.no_grad():
         gen = model.generate(**enc, do_sample=True, temperature=g["temperature"], top_p=g["top_p"], top_k=0,
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--source", default="builtin:demo", help="data.source (e.g. an hh-rlhf .jsonl.gz)")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. resources.gpus_per_engine=1 on a GPU")
     args = ap.parse_args()
     common.setup()
     from dlma_ray.generate import request_seed
@@ -132,7 +134,8 @@ def main() -> None:
     common.header("bench_generate: pipeline generate stage vs standalone vLLM vs HF generate")
     run_dir = tempfile.mkdtemp(prefix="bench-generate-")
     cfg = common.bench_config(f"data.source={args.source}", f"data.max_prompts={args.prompts}",
-                              f"generation.max_new_tokens={args.max_new_tokens}", f"run.dir={run_dir}")
+                              f"generation.max_new_tokens={args.max_new_tokens}", f"run.dir={run_dir}",
+                              *args.overrides)
     g = vars(cfg.generation)
     pipe, table = pipeline_side(cfg, run_dir)
     prompts = list(table.pos_context) + list(table.neg_context)

@@ -35,6 +35,7 @@ def naive_scores(model, tokenizer, contexts, responses, max_length):
     with torch.no_grad():
         for c, r in zip(contexts, responses):
             batch = collate([encode_pair(tokenizer, c, r, "", max_length)], tokenizer.pad_token_id or 0)
+            batch = batch.to(model.device)
             out.append(sequence_logprobs(model, batch).item())
     return out
 
@@ -54,7 +55,7 @@ def main() -> None:
 
     common.header("bench_score: batched score_texts vs one sequence at a time")
     tok = load_tokenizer(common.model_dir())
-    model = load_causal_lm(common.model_dir(), "float32")
+    model = load_causal_lm(common.model_dir(), "float32").to(common.device())
     max_length = common.bench_config().train.max_length
     contexts, responses = build_sequences(tok, common.preference_pairs(args.pairs, args.data))
     lengths = [len(tok(c + r, add_special_tokens=False)["input_ids"]) for c, r in zip(contexts, responses)]

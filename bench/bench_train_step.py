@@ -58,9 +58,10 @@ def main() -> None:
     t = vars(common.bench_config(f"train.micro_batch_size={args.pairs}",
                                  f"train.global_batch_size={args.pairs}", f"train.zero_stage={args.zero_stage}").train)
     rows = pair_rows(args.pairs, path)
-    batch = pair_batch(load_tokenizer(path), rows, t["max_length"])
+    dev = common.device()
+    batch = pair_batch(load_tokenizer(path), rows, t["max_length"]).to(dev)
     n = args.pairs
-    ref_c, ref_r, reward = (torch.as_tensor(rows[k], dtype=torch.float32)
+    ref_c, ref_r, reward = (torch.as_tensor(rows[k], dtype=torch.float32, device=dev)
                             for k in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
     common.say(f"batch: {n} pairs = {2 * n} sequences padded to {batch.input_ids.shape[1]} tokens "
           f"({int(batch.attention_mask.sum())} real, {int(batch.response_mask.sum())} response); "
@@ -72,7 +73,7 @@ def main() -> None:
                          clip_low=t["clip_low"], clip_high=t["clip_high"])[0]
 
     torch.manual_seed(t["seed"])
-    plain = load_causal_lm(path, "float32").train()
+    plain = load_causal_lm(path, "float32").to(dev).train()
     opt = make_optimizer(plain.parameters(), t)
 
     def torch_step():
@@ -84,12 +85,13 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    # DeepSpeed on one process: our own gloo group, no shared-memory comm op (as dlma_ray/train.py).
+    # DeepSpeed on one process: our own gloo (CPU) / NCCL (GPU) group; on CPU no shared-memory comm op,
+    # as dlma_ray/train.py.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    dist.init_process_group("nccl" if dev == "cuda" else "gloo", rank=0, world_size=1)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     ds_model = load_causal_lm(path, "float32").train()
     start = time.perf_counter()

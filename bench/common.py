@@ -37,6 +37,13 @@ def setup() -> None:
     torch.set_num_threads(THREADS)
 
 
+def device() -> str:
+    """Where the in-process models run: the first GPU if torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def model_dir() -> str:
     from dlma_ray.models import resolve_model_path
 
@@ -113,7 +120,7 @@ def header(name: str) -> None:
     import torch
 
     say(f"\n=== {name}  [{time.strftime('%Y-%m-%d %H:%M:%S')}; {load()}; torch threads "
-          f"{torch.get_num_threads()}; model {MODEL}]")
+        f"{torch.get_num_threads()}; device {device()}; model {MODEL}]")
 
 
 def table(columns: list[str], rows: list[list]) -> None:
@@ -149,8 +156,11 @@ def machine_info() -> str:
         return f"{dist} not installed"
 
     versions = ", ".join(version(d) for d in ("torch", "vllm", "ray", "deepspeed", "transformers"))
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return "\n".join([f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
                       f"- machine: {os.cpu_count()} CPUs ({model}), {mem_kb / 2 ** 20:.1f} GiB RAM, "
-                      f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+                      f"{platform.system()} {platform.release()}, Python {platform.python_version()}, GPU: {gpu}",
                       f"- {load()}",
                       f"- versions: {versions}"])

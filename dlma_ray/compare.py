@@ -3,9 +3,9 @@
     python -m dlma_ray.compare BASE_DIR [--methods dlma,rlcd,...]
 
 BASE_DIR holds one run directory per method, `<base>/<method>/` (what jobs/compare.py writes; any run
-dirs named after their method will do). Each method is shown at its LAST evaluated round (the eval.json
-format is documented at the top of dlma_ray/evaluate.py); a method without one gets a row of dashes and
-a note, so a comparison of a partial or failed set still renders.
+dirs named after their method will do). Each method is shown at its LAST evaluated round, every measure
+of dlma_ray.measures with its interval, beside `pi_0`, the untouched initial model on the same items; a
+method without an eval.json gets a column of dashes and a note, so a partial or failed set still renders.
 """
 
 from __future__ import annotations
@@ -18,28 +18,12 @@ import tempfile
 import time
 
 from dlma_ray import storage
-from dlma_ray.report import _get, _num, _pct, _plt, _table
+from dlma_ray.report import _get, _num, _plt, _table
 
 METHOD_ORDER = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
-
-# (row label, key path in eval.json, format, shown in the figure); fractions unless the format says otherwise.
-METRICS = [
-    ("self-reward accuracy (human pairs)", ("self_reward", "accuracy"), "pct", True),
-    ("RLAIF-judge accuracy (human pairs)", ("rlaif_judge", "accuracy"), "pct", True),
-    ("implicit-reward accuracy (human pairs)", ("implicit_reward", "accuracy"), "pct", True),
-    ("implicit-reward mean margin", ("implicit_reward", "mean_margin"), "num", False),
-    ("win rate vs round 0's answers", ("win_rate", "win_rate"), "pct", True),
-    ("refusal rate, harmful prompts", ("answers", "policy", "refusal", "harmful", "rate"), "pct", True),
-    ("refusal rate, ordinary prompts", ("answers", "policy", "refusal", "ordinary", "rate"), "pct", True),
-    ("refusal rate, all prompts", ("answers", "policy", "refusal", "all", "rate"), "pct", False),
-    ("perplexity under round 0's model", ("answers", "policy", "perplexity", "value"), "num", False),
-    ("held-out generated pairs: mean R", ("heldout_pairs", "mean"), "num", False),
-    ("mean answer tokens", ("answers", "policy", "mean_tokens"), "num", False),
-]
-COUNTS = {  # the sample count printed beside a metric: the `n` of its own section
-    ("self_reward",): ("self_reward", "n"), ("rlaif_judge",): ("rlaif_judge", "n"),
-    ("implicit_reward",): ("implicit_reward", "n"), ("win_rate",): ("win_rate", "n"),
-}
+# The measures drawn in the figure (dlma_ray.measures names), each with its 95% interval.
+FIGURE_MEASURES = ("distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
+                   "implicit_reward_accuracy")
 
 
 def _json(path: str):
@@ -72,35 +56,36 @@ def load_method(run_dir: str) -> dict:
             "seconds": sum(s.get("seconds", 0.0) for s in stages)}
 
 
-def metric_value(ev: dict | None, keys: tuple) -> float | None:
-    value = _get(ev, *keys) if ev else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _cell(ev: dict | None, keys: tuple, fmt: str) -> str:
-    value = metric_value(ev, keys)
-    text = _pct(value) if fmt == "pct" else _num(value)
-    n = _get(ev, *COUNTS[keys[:1]]) if ev and keys[:1] in COUNTS else None
-    return f"{text} (n={n})" if n is not None and value is not None else text
+def initial_column(runs: dict[str, dict]) -> dict | None:
+    """pi_0's own values (`*_initial` measures), from the first method evaluated: every method's evaluation
+    answers the same held-out prompts with the same seeds, so pi_0's answers are the same items."""
+    return next((r["eval"]["measures"] for r in runs.values() if r["eval"] and r["eval"].get("measures")), None)
 
 
 def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
+    from dlma_ray.measures import MEASURES, format_summary, is_rate
+
     methods = list(runs)
     md = ["# Method comparison", "", f"`{base_dir}`, generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Each column is "
-          "one method run from the same model, prompts and budget (jobs/compare.py), shown at its last evaluated "
-          "round; accuracies are against human labels (ties wrong), the win rate is judged against round 0's "
-          "answers (evaluate.py). Self-Contrast's batch sizes count prompts (k pairs each).", ""]
-    header = ["metric"] + [f"`{m}`" for m in methods]
-    rows = [["evaluated round"] + [str(runs[m]["eval_round"]) if runs[m]["eval_round"] is not None else "–"
-                                   for m in methods]]
-    rows += [[label] + [_cell(runs[m]["eval"], keys, fmt) for m in methods] for label, keys, fmt, _ in METRICS]
-    rows.append(["win / tie / lose"] + ["/".join(str(_get(runs[m]["eval"], "win_rate", x) or 0)
-                                                 for x in ("win", "tie", "lose")) if runs[m]["eval"] else "–"
-                                        for m in methods])
-    rows.append(["rounds trained"] + [str(runs[m]["rounds_trained"]) for m in methods])
-    rows.append(["training rows (all rounds)"] + [str(runs[m]["train_rows"]) for m in methods])
-    rows.append(["last training loss"] + [_num(runs[m]["last_loss"], 4) for m in methods])
-    rows.append(["stage seconds (all)"] + [_num(runs[m]["seconds"], 0) for m in methods])
+          "one method run from the same model, prompts, seeds and budget (jobs/compare.py), shown at its last "
+          "evaluated round; `pi_0` is the untouched initial model on the same held-out items. Every cell: value "
+          "[95% interval] (n). What each measure shows and who judges it: docs/EVALUATION.md.", ""]
+    evals = {m: (runs[m]["eval"] or {}).get("measures") or {} for m in methods}
+    initial = initial_column(runs) or {}
+    header = ["measure", "`pi_0`"] + [f"`{m}`" for m in methods]
+    rows = [["evaluated round", "–"] + [str(runs[m]["eval_round"]) if runs[m]["eval_round"] is not None else "–"
+                                        for m in methods]]
+    for measure in MEASURES:
+        cells = [evals[m].get(measure.name) for m in methods]
+        if not any(cells):
+            continue
+        pct = is_rate(measure.name, next(c for c in cells if c))
+        better = {"higher": " ↑", "lower": " ↓"}.get(measure.better, "")
+        rows.append([measure.label + better, format_summary(initial.get(measure.initial), pct) if measure.initial
+                     else "–"] + [format_summary(c, pct) for c in cells])
+    rows.append(["rounds trained", "0"] + [str(runs[m]["rounds_trained"]) for m in methods])
+    rows.append(["training rows (all rounds)", "0"] + [str(runs[m]["train_rows"]) for m in methods])
+    rows.append(["stage seconds (all)", "–"] + [_num(runs[m]["seconds"], 0) for m in methods])
     md += _table(header, rows) + [""]
     notes = [f"- `{m}`: no eval.json yet (eval.enabled=false, or the run has not reached an evaluate stage)"
              for m in methods if runs[m]["eval"] is None and m not in (failures or {})]
@@ -113,28 +98,34 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
 
 
 def plot_comparison(runs: dict[str, dict], path: str) -> bool:
-    """Grouped bars of the fraction metrics per method; False (no figure) when no method has an eval.json."""
-    import numpy as np
+    """One panel per figure measure: pi_0 and each method with its 95% interval; False when nothing to draw."""
+    from dlma_ray.measures import BY_NAME, value
 
-    methods = [m for m in runs if runs[m]["eval"]]
+    methods = [m for m in runs if runs[m]["eval"] and runs[m]["eval"].get("measures")]
     if not methods:
         return False
-    shown = [(label, keys) for label, keys, fmt, fig in METRICS if fig]
+    initial = initial_column(runs) or {}
     plt = _plt()
-    x = np.arange(len(shown), dtype=float)
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(12, 5))
-    for i, m in enumerate(methods):
-        values = [metric_value(runs[m]["eval"], keys) for _, keys in shown]
-        ax.bar(x - 0.4 + width * (i + 0.5), [v if v is not None else 0 for v in values], width,
-               label=f"{m} (round {runs[m]['eval_round']})")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks(x)
-    ax.set_xticklabels([label.replace(" (", "\n(") for label, _ in shown], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction")
-    ax.set_title("Methods side by side (last evaluated round; dashed: 0.5)")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(FIGURE_MEASURES), figsize=(4 * len(FIGURE_MEASURES), 4.2))
+    for ax, name in zip(axes, FIGURE_MEASURES):
+        measure = BY_NAME[name]
+        labels = (["pi_0"] if measure.initial else []) + methods
+        cells = ([initial.get(measure.initial)] if measure.initial else []) + \
+            [runs[m]["eval"]["measures"].get(name) for m in methods]
+        for i, (label, cell) in enumerate(zip(labels, cells)):
+            v = value(cell)
+            if v is None:
+                continue
+            lo, hi = cell["ci95"]
+            ax.errorbar([i], [v], yerr=[[v - (lo if lo is not None else v)], [(hi if hi is not None else v) - v]],
+                        fmt="o", capsize=5, color="tab:orange" if label == "pi_0" else f"C{i}")
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize=8, rotation=20)
+        if name.startswith("distillation_gain"):
+            ax.axhline(0, color="grey", linestyle=":")
+        ax.set_title(measure.label, fontsize=9)
+        ax.margins(x=0.2, y=0.2)
+    fig.suptitle("Methods side by side, last evaluated round, 95% intervals (pi_0: the untouched initial model)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -62,6 +62,8 @@ class PairConfig:
 class GenerationConfig:
     temperature: float = _f(1.0, "sampling temperature (released: 1.0)", min=0.0)
     top_p: float = _f(1.0, "nucleus sampling mass (released: 1.0)", min=0.0, max=1.0)
+    top_k: int = _f(50, "sample from the k most likely tokens; -1 = all (the released code sampled with 50)",
+                    min=-1)
     max_new_tokens: int = _f(48, "longest response in tokens (released: 200)", min=1)
     seed: int = _f(0, "sampling seed; each round adds its index so rounds differ but repeat exactly")
     max_model_len: int = _f(1024, "vLLM context length (prompt + response)", min=16)
@@ -77,6 +79,9 @@ class ScoringConfig:
     batch_size: int = _f(8, "sequences per forward pass in a scorer actor", min=1)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "scorer dtype (bf16 on GPU)")
     padding_side: Literal["right", "left"] = _f("right", "where the scorer pads a batch (results do not depend on it)")
+    unfinished: Literal["keep", "drop"] = _f(
+        "keep", "pairs with a response cut at max_new_tokens: `keep` (scored and trained as a prefix, with no "
+        "end-of-turn token) or `drop` (counted in the score stage's summary)")
 
 
 @dataclass
@@ -134,9 +139,12 @@ class EvalConfig:
     preference_pairs: str = _f("builtin:demo-pairs",
                                "human-labelled pairs in hh-rlhf format: `builtin:demo-pairs` or a .jsonl(.gz) file")
     max_pairs: int = _f(64, "evaluate on at most this many preference pairs (seeded sample); 0 = all", min=0)
-    prompts: str = _f("builtin:demo-eval", "held-out prompts whose answers are generated and judged each round")
-    max_prompts: int = _f(16, "answer at most this many held-out prompts; 0 = all", min=0)
-    max_new_tokens: int = _f(64, "longest evaluation answer in tokens", min=1)
+    prompts: str = _f("builtin:heldout", "held-out prompts whose answers are generated and judged each round "
+                      "(never trained on): `builtin:heldout` = 32 harmful + 32 borderline-safe, or a file / hf: name")
+    max_prompts: int = _f(0, "answer at most this many held-out prompts; 0 = all", min=0)
+    max_new_tokens: int = _f(96, "longest evaluation answer in tokens", min=1)
+    neutral_text: str = _f("builtin:neutral-text", "{prompt, text} rows whose perplexity shows whether text quality "
+                           "is kept: `builtin:neutral-text` or a .jsonl file; empty = skip")
     heldout_pairs: int = _f(32, "generated held-out pairs re-scored under the new policy; 0 = none", min=0)
     judge: Literal["self_reward", "reward_model", "openai"] = _f(
         "self_reward", "who judges answers against round 0's: the run's contrastive pair, an HF reward model, "

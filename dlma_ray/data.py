@@ -2,6 +2,7 @@
 
 Sources (``data.source``):
   builtin:demo / builtin:demo-eval   64 / 24 short prompts shipped in ``dlma_ray/assets`` (half harmful)
+  builtin:heldout                    64 evaluation prompts, never trained on: 32 harmful, 32 borderline-safe
   path.jsonl, path.jsonl.gz          one JSON object a line
   path.json, path.json.gz            a top-level list of objects, or of plain strings (each one a prompt)
   path.parquet                       read with pyarrow
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 
 Chat = list[dict[str, str]]
 ASSETS = Path(__file__).resolve().parent / "assets"
-BUILTIN_SOURCES = {"builtin:demo": "demo_prompts.jsonl", "builtin:demo-eval": "demo_eval_prompts.jsonl"}
+BUILTIN_SOURCES = {"builtin:demo": "demo_prompts.jsonl", "builtin:demo-eval": "demo_eval_prompts.jsonl",
+                   "builtin:heldout": "heldout_prompts.jsonl"}
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _TRAILING_EMPTY_ASSISTANT = re.compile(r"\n\nAssistant:\s*$")
 T = TypeVar("T")

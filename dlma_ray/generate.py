@@ -25,6 +25,35 @@ def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) ->
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def sampled_ids(output, stop_ids: set[int]) -> tuple[list[int], bool]:
+    """(content token ids, finished) of one vLLM completion.
+
+    A completion that stopped (finish_reason "stop") ended its turn; vLLM keeps the stop token among its
+    ids, which is dropped here because the tables store the content and every consumer appends the
+    end-of-turn tokens to finished responses (logprobs.response_ids). One cut at max_tokens is kept as is.
+    """
+    ids = [int(i) for i in output.token_ids]
+    finished = output.finish_reason == "stop"
+    if finished and ids and ids[-1] in stop_ids:
+        ids = ids[:-1]
+    return ids, finished
+
+
+def stop_token_ids(tokenizer, end_of_turn: str) -> set[int]:
+    """Ids whose sampling ends a turn: the tokenizer's EOS and the template's end-of-turn token."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eot = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"] if end_of_turn else []
+    return ids | ({eot[0]} if len(eot) == 1 else set())
+
+
+def sampling_params(gen: dict, max_tokens: int, seed: int, stop_ids: set[int]):
+    """vLLM SamplingParams with every setting explicit (the released code left them implicit)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"],
+                          max_tokens=max_tokens, seed=seed, stop_token_ids=sorted(stop_ids))
+
+
 def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_remote_code: bool) -> dict:
     """Arguments of `vllm.LLM` for one engine (CPU build or CUDA build: same call)."""
     import torch
@@ -55,14 +84,21 @@ class GenerationEngine:
         torch.set_num_threads(torch_threads)
         self.llm = LLM(**engine_kwargs(resolve_model_path(model_path), gen, tensor_parallel_size, trust_remote_code))
         self.renderer = ContrastiveRenderer(self.llm.get_tokenizer(), pair, style)
+        self.stop_ids = stop_token_ids(self.llm.get_tokenizer(), self.renderer.end_of_turn)
         self.gen, self.round_index, self.model_ref = gen, round_index, model_path
 
     def _params(self, prompt_id: str, side: str):
-        from vllm import SamplingParams
+        return sampling_params(self.gen, self.gen["max_new_tokens"],
+                               request_seed(self.gen["seed"], self.round_index, prompt_id, side), self.stop_ids)
 
-        return SamplingParams(temperature=self.gen["temperature"], top_p=self.gen["top_p"],
-                              max_tokens=self.gen["max_new_tokens"],
-                              seed=request_seed(self.gen["seed"], self.round_index, prompt_id, side))
+    def _response_columns(self, prefix: str, outputs) -> dict[str, np.ndarray]:
+        """The generation-table columns of one side: text, sampled ids, token count, finished."""
+        sampled = [sampled_ids(o, self.stop_ids) for o in outputs]
+        ids = np.empty(len(sampled), dtype=object)
+        ids[:] = [np.asarray(i, dtype=np.int32) for i, _ in sampled]
+        return {prefix: np.array([o.text for o in outputs], dtype=object), f"{prefix}_token_ids": ids,
+                f"{prefix}_tokens": np.array([len(i) for i, _ in sampled], dtype=np.int32),
+                f"{prefix}_finished": np.array([f for _, f in sampled], dtype=bool)}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chats = [json.loads(m) for m in batch["messages_json"]]
@@ -87,12 +123,7 @@ class GenerationEngine:
             neg_context=np.array(neg, dtype=object),
             plain_context=np.array([self.renderer.plain(c) for c in chats], dtype=object),
             end_of_turn=np.array([self.renderer.end_of_turn] * n, dtype=object),
-            chosen=np.array([c.text for c in chosen], dtype=object),
-            rejected=np.array([r.text for r in rejected], dtype=object),
-            chosen_tokens=np.array([len(c.token_ids) for c in chosen], dtype=np.int32),
-            rejected_tokens=np.array([len(r.token_ids) for r in rejected], dtype=np.int32),
-            chosen_finished=np.array([c.finish_reason == "stop" for c in chosen]),
-            rejected_finished=np.array([r.finish_reason == "stop" for r in rejected]),
+            **self._response_columns("chosen", chosen), **self._response_columns("rejected", rejected),
         )
         return out
 
@@ -125,7 +156,9 @@ class SampleEngine(GenerationEngine):
                           round=self.round_index)
         tok = self.llm.get_tokenizer()
         targets = [str(t) for t in batch["target"]]
-        target_tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
+        target_ids = [np.asarray(tok(t, add_special_tokens=False)["input_ids"], dtype=np.int32) for t in targets]
+        chosen_ids = np.empty(len(owner), dtype=object)
+        chosen_ids[:] = [target_ids[j] for j in owner]
         out = {name: np.asarray(values)[owner] for name, values in batch.items()}
         out.update(
             policy=np.array([self.model_ref] * len(owner), dtype=object),
@@ -133,11 +166,9 @@ class SampleEngine(GenerationEngine):
             neg_context=np.array([neg[j] for j in owner], dtype=object),
             plain_context=np.array([plain[j] for j in owner], dtype=object),
             end_of_turn=np.array([self.renderer.end_of_turn] * len(owner), dtype=object),
-            chosen=np.array([targets[j] for j in owner], dtype=object),
-            rejected=np.array([o.text for o in outs], dtype=object),
-            chosen_tokens=np.array([target_tokens[j] for j in owner], dtype=np.int32),
-            rejected_tokens=np.array([len(o.token_ids) for o in outs], dtype=np.int32),
+            chosen=np.array([targets[j] for j in owner], dtype=object), chosen_token_ids=chosen_ids,
+            chosen_tokens=np.array([len(target_ids[j]) for j in owner], dtype=np.int32),
             chosen_finished=np.ones(len(owner), dtype=bool),
-            rejected_finished=np.array([o.finish_reason == "stop" for o in outs]),
+            **self._response_columns("rejected", outs),
         )
         return out

@@ -5,6 +5,11 @@ token count while padding on the left, which shifts the mask. Here the context a
 are tokenised separately, their ids concatenated, and a per-sequence response mask built before
 padding, so the result does not depend on the tokenizer's padding side. Position ids are derived
 from the attention mask, so left padding does not shift positions either.
+
+A response is scored as token ids: the ids the engine sampled when the table stores them (decoding and
+re-tokenising need not give them back), followed by the end-of-turn tokens only when the response
+finished (``response_ids``). A pair too long for ``max_length`` raises ``ResponseTooLong``: the stages
+drop it, counted, rather than cut its two responses to different lengths.
 """
 
 from __future__ import annotations
@@ -22,27 +27,67 @@ class TokenizedPairs:
     attention_mask: torch.Tensor  # [B, T] long
     response_mask: torch.Tensor  # [B, T] bool
     context_lengths: list[int]
-    response_lengths: list[int]  # response tokens counted, end-of-turn included, after truncation
+    response_lengths: list[int]  # response tokens counted, end-of-turn included when the response finished
 
     def to(self, device) -> "TokenizedPairs":
         return TokenizedPairs(self.input_ids.to(device), self.attention_mask.to(device),
                               self.response_mask.to(device), self.context_lengths, self.response_lengths)
 
 
+class ResponseTooLong(ValueError):
+    """Context + response exceed ``max_length``: the caller drops the pair (cutting one side would bias h)."""
+
+
+def text_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer, text: str, token_ids=None, finished: bool = True, end_of_turn: str = "") -> list[int]:
+    """The token ids a response is scored and trained as.
+
+    ``token_ids`` are the ids the engine sampled (used as they are: decoding then re-tokenising need not
+    round-trip); None means "not stored" (a given text, or a table written before they were kept), and the
+    text is tokenised. The end-of-turn tokens follow only a ``finished`` response: one cut at
+    max_new_tokens did not end its turn, and appending the tokens would add a term the model never produced.
+    """
+    ids = [int(i) for i in token_ids] if token_ids is not None else text_ids(tokenizer, text)
+    return ids + (text_ids(tokenizer, end_of_turn) if finished and end_of_turn else [])
+
+
+def side_ids(tokenizer, rows: dict, side: str) -> list[list[int]]:
+    """``response_ids`` of every row's ``side`` ('chosen' or 'rejected') in a batch of table rows (dict of
+    columns); tables written before `*_token_ids` existed fall back to tokenising the text."""
+    n = len(rows[side])
+    ids = rows.get(f"{side}_token_ids")
+    finished = rows.get(f"{side}_finished")
+    return [response_ids(tokenizer, str(rows[side][i]), None if ids is None else ids[i],
+                         True if finished is None else bool(finished[i]), str(rows["end_of_turn"][i]))
+            for i in range(n)]
+
+
+def check_fits(context_len: int, response_len: int, max_length: int | None) -> None:
+    if response_len < 1:
+        raise ValueError("a response needs at least one token to score")
+    if max_length is not None and context_len + response_len > max_length:
+        raise ResponseTooLong(f"context {context_len} + response {response_len} tokens exceed max_length {max_length}")
+
+
+def encode_response(tokenizer, context: str, ids: list[int], max_length: int | None = None,
+                    ) -> tuple[list[int], list[int]]:
+    """(context ids, response ids), tokenised separately; raises ResponseTooLong past ``max_length``."""
+    ctx = text_ids(tokenizer, context)
+    check_fits(len(ctx), len(ids), max_length)
+    return ctx, list(ids)
+
+
 def encode_pair(tokenizer, context: str, response: str, end_of_turn: str,
                 max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """Token ids of the context and of the response followed by the end-of-turn text.
+    """Token ids of the context and of a response text followed by the end-of-turn text."""
+    return encode_response(tokenizer, context, text_ids(tokenizer, response + end_of_turn), max_length)
 
-    When the whole exceeds ``max_length`` the response is cut from the right (the context is kept:
-    pairs with over-long contexts are dropped upstream).
-    """
-    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    resp = tokenizer(response + end_of_turn, add_special_tokens=False)["input_ids"]
-    if max_length is not None:
-        resp = resp[: max(0, max_length - len(ctx))]
-    if not resp:
-        raise ValueError(f"no room for the response: context is {len(ctx)} tokens, max_length {max_length}")
-    return ctx, resp
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> TokenizedPairs:
@@ -76,9 +121,8 @@ def tokenize_pairs(tokenizer, contexts: list[str], responses: list[str], end_of_
                    padding_side: str = "right", max_length: int | None = None) -> TokenizedPairs:
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_pair(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
-    return collate(encoded, pad_id, padding_side)
+    return collate(encoded, pad_id(tokenizer), padding_side)
 
 
 def gather_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -114,16 +158,39 @@ def sequence_logprobs(model, batch: TokenizedPairs) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
-                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None) -> list[float]:
-    """Summed response log-probs for many pairs, in batches sorted by length to limit padding."""
+def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, batch_size: int = 8,
+                  padding_side: str = "right") -> list[float]:
+    """Summed response log-probs of encoded (context ids, response ids), in batches sorted by length."""
     device = next(model.parameters()).device
-    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]) + len(responses[i]))
-    out = [0.0] * len(contexts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
+    out = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenize_pairs(tokenizer, [contexts[i] for i in idx], [responses[i] for i in idx],
-                               end_of_turn, padding_side, max_length).to(device)
+        batch = collate([encoded[i] for i in idx], pad, padding_side).to(device)
         for i, value in zip(idx, sequence_logprobs(model, batch).tolist()):
             out[i] = value
     return out
+
+
+def score_texts(model, tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
+                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None) -> list[float]:
+    """Summed response log-probs of response texts (each followed by ``end_of_turn``) after their contexts."""
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+    encoded = [encode_pair(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+
+
+def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]], batch_size: int = 8,
+              padding_side: str = "right", max_length: int | None = None) -> list[float]:
+    """Summed log-probs of response token ids (see ``response_ids``) after their context texts."""
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+    cache: dict[str, list[int]] = {}  # the same context is scored with several responses
+    encoded = []
+    for c, r in zip(contexts, responses):
+        if c not in cache:
+            cache[c] = text_ids(tokenizer, c)
+        check_fits(len(cache[c]), len(r), max_length)
+        encoded.append((cache[c], list(r)))
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)

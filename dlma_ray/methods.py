@@ -3,7 +3,7 @@
     dlma                  generate (y+, y-) -> score: 4 contrastive passes + reference -> DLMA loss
     rlcd                  same data         -> score: reference only (R NaN)            -> DPO (gamma 0)
     dpo                   human pairs (`human_pair_rows`, no engine) -> score: reference -> DPO (gamma 0)
-    context_distillation  generate (y+, y-) -> no scoring (`add_unscored_columns`)      -> SFT on y+
+    context_distillation  generate (y+, y-) -> no model, length check only (mode none)  -> SFT on y+
     self_contrast         dlma_ray.self_contrast: N samples -> similarity, filter, reference -> grouped DPO
 
 Every method writes the same generations and pairs tables (dlma_ray.schema), with NaN where it
@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 
 from dlma_ray.config import Config
 
 log = logging.getLogger("dlma_ray")
 CONTRASTIVE_SCORING = ("dlma",)  # the four contrastive passes (and R) are computed only for these
-UNSCORED = ("context_distillation",)  # no scoring pass at all: the SFT loss needs no reference
+UNSCORED = ("context_distillation",)  # no model in the score stage: the SFT loss needs no reference
 
 
 def human_pair_rows(cfg: Config, k: int) -> list[dict]:
@@ -38,7 +37,8 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
 
     tok, renderer = renderer_for(cfg)
     pairs, report = load_preference_pairs(cfg.data.source)
-    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    count = lambda text: len(ids(text))  # noqa: E731
     fit = [p for p in pairs if count(renderer.plain(p.prompt.as_chat())) <= cfg.data.max_prompt_tokens]
     picked = _sample(fit, cfg.data.max_prompts, cfg.run.seed)
     log.info("dpo: %d preference pairs from %s (%s); %d too long, %d left out by data.max_prompts", len(picked),
@@ -56,7 +56,8 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
             "neg_context": renderer.negative(chat), "plain_context": renderer.plain(chat),
             "end_of_turn": renderer.end_of_turn, "chosen": p.chosen, "rejected": p.rejected,
             "chosen_tokens": count(p.chosen), "rejected_tokens": count(p.rejected),
-            "chosen_finished": True, "rejected_finished": True})
+            "chosen_finished": True, "rejected_finished": True,
+            "chosen_token_ids": ids(p.chosen), "rejected_token_ids": ids(p.rejected)})
     return rows
 
 
@@ -70,29 +71,3 @@ def run_human_pairs(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
 
     out = storage.join(round_dir(run_dir, k), "generations")
     return out, _write_stage(ray.data.from_items(human_pair_rows(cfg, k)), GENERATION_SCHEMA, out)
-
-
-def add_unscored_columns(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Pair columns of a method that scores nothing: every log-prob and R NaN, no Self-Contrast values."""
-    n = len(batch["prompt_id"])
-    out = dict(batch)
-    for name in ("logp_pos_chosen", "logp_neg_chosen", "logp_pos_rejected", "logp_neg_rejected", "self_reward",
-                 "ref_logp_chosen", "ref_logp_rejected", "similarity"):
-        out[name] = np.full(n, np.nan)
-    out["negative_index"] = np.zeros(n, dtype=np.int32)
-    return out
-
-
-def run_unscored(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
-    """The score stage of `context_distillation`: no model is loaded, the table just gains NaN columns."""
-    import ray.data
-
-    from dlma_ray import storage
-    from dlma_ray.pipeline import _write_stage, round_dir
-    from dlma_ray.schema import PAIR_SCHEMA
-
-    rd = round_dir(run_dir, k)
-    out = storage.join(rd, "pairs")
-    ds = ray.data.read_parquet(storage.join(rd, "generations")).map_batches(add_unscored_columns,
-                                                                           batch_format="numpy")
-    return out, _write_stage(ds, PAIR_SCHEMA, out)

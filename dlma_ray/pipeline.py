@@ -120,14 +120,50 @@ def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
     return out, _write_stage(ds, GENERATION_SCHEMA, out)
 
 
+def scoring_mode(method: str) -> str:
+    """What the score stage computes for a method (dlma_ray.score): R only where the loss reads it."""
+    from dlma_ray.methods import CONTRASTIVE_SCORING, UNSCORED
+
+    return "contrastive" if method in CONTRASTIVE_SCORING else "none" if method in UNSCORED else "reference"
+
+
+def scorer_stage(ds, cfg: Config, run_dir: str, k: int, mode: str):
+    """``ds`` (generation rows) mapped through the scorer pool of round k: pair rows with `drop_reason`."""
+    from dlma_ray.score import PairScorer
+
+    r = cfg.resources
+    return ds.map_batches(
+        PairScorer,
+        fn_constructor_kwargs=dict(
+            policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
+            reference_path=_model_for_actor(reference_for_round(cfg, run_dir, k)),
+            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
+            max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
+        batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
+        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+
+
+def write_scored(ds, out: str, k: int) -> tuple[int, dict]:
+    """Count the scorer's drop reasons, write the kept rows as the pairs table; (rows, summary)."""
+    ds = ds.materialize()
+    flags = ds.select_columns(["drop_reason", "chosen_finished", "rejected_finished"]).to_pandas()
+    kept = flags[flags.drop_reason == ""]
+    summary = {"rows_in": len(flags), "kept": len(kept),
+               "dropped": {str(k_): int(v) for k_, v in flags.drop_reason[flags.drop_reason != ""].value_counts().items()},
+               "unfinished_kept": int((~(kept.chosen_finished & kept.rejected_finished)).sum())}
+    log.info("round %d: score kept %d of %d pairs (dropped: %s; kept with a response cut at max_new_tokens, "
+             "scored as a prefix: %d)", k, summary["kept"], summary["rows_in"], summary["dropped"] or "none",
+             summary["unfinished_kept"])
+    if not summary["kept"]:
+        raise ValueError(f"round {k}: the score stage dropped every pair ({summary['dropped']}); raise "
+                         "train.max_length or generation.max_new_tokens, or set scoring.unfinished=keep")
+    return _write_stage(ds.filter(lambda row: row["drop_reason"] == ""), PAIR_SCHEMA, out), summary
+
+
 def run_score(cfg: Config, run_dir: str, k: int) -> tuple:
     import ray.data
 
-    from dlma_ray.methods import CONTRASTIVE_SCORING, UNSCORED, run_unscored
-    from dlma_ray.score import PairScorer
-
-    if cfg.train.method in UNSCORED:
-        return run_unscored(cfg, run_dir, k)
     if cfg.train.method == "self_contrast":
         from dlma_ray import self_contrast
 
@@ -135,18 +171,8 @@ def run_score(cfg: Config, run_dir: str, k: int) -> tuple:
 
     src = storage.join(round_dir(run_dir, k), "generations")
     out = storage.join(round_dir(run_dir, k), "pairs")
-    r = cfg.resources
-    ds = ray.data.read_parquet(src).map_batches(
-        PairScorer,
-        fn_constructor_kwargs=dict(
-            policy_path=_model_for_actor(policy_for_round(cfg, run_dir, k)),
-            reference_path=_model_for_actor(reference_for_round(cfg, run_dir, k)),
-            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
-            max_length=cfg.train.max_length, contrastive=cfg.train.method in CONTRASTIVE_SCORING,
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
-        batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
-        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
-    return out, _write_stage(ds, PAIR_SCHEMA, out)
+    ds = scorer_stage(ray.data.read_parquet(src), cfg, run_dir, k, scoring_mode(cfg.train.method))
+    return (out, *write_scored(ds, out, k))
 
 
 def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:

@@ -42,6 +42,15 @@ BUILTIN_PAIRS: dict[str, PromptPair] = {
         positive_tag="giving a helpful response",
         negative_tag="giving an unhelpful response",
     ),
+    # Not one of DLMA's pairs: the pair the embedded 135M model follows most strongly of those measured
+    # (bench/pair_strength.py, bench/RESULTS.md), so that a CPU demo can show distillation at all.
+    "concise": PromptPair(
+        "concise",
+        positive="You are an AI assistant. Your answers are short and precise: one or two sentences.",
+        negative="You are an AI assistant. Your answers are long-winded, rambling and vague.",
+        positive_tag="giving a short, precise response",
+        negative_tag="giving a long-winded, vague response",
+    ),
 }
 
 

@@ -122,32 +122,36 @@ def _bin_label(b: dict) -> str:
 def plot_accuracy(run: dict, path: str) -> str | None:
     import numpy as np
 
-    evals = {k: e for k, e in run["evals"].items() if _get(e, "self_reward", "bins")}
+    evals = {k: e for k, e in run["evals"].items() if _get(e, "details", "self_reward_bins")}
     if not evals:
-        return "no round has eval.json with a self-reward section yet"
+        return "no round has eval.json with self-reward accuracy on human pairs yet"
     plt = _plt()
-    first = next(iter(evals.values()))["self_reward"]["bins"]
+    first = next(iter(evals.values()))["details"]["self_reward_bins"]
     labels = [_bin_label(b) for b in first] + ["all pairs", "RLAIF\ntext judge"]
     x = np.arange(len(labels), dtype=float)
     x[-2:] += 0.5  # a gap between the per-range groups and the overall ones
     width = 0.8 / len(evals)
     fig, ax = plt.subplots(figsize=(11, 5))
     for i, (k, e) in enumerate(evals.items()):
-        sr, rj = e["self_reward"], e.get("rlaif_judge") or {}
-        acc = [b["accuracy"] for b in sr["bins"]] + [sr.get("accuracy"), rj.get("accuracy")]
-        ns = [b["n"] for b in sr["bins"]] + [sr.get("n", 0), rj.get("n", 0)]
+        m = e["measures"]
+        cells = e["details"]["self_reward_bins"] + [m.get("self_reward_accuracy_human") or {},
+                                                    m.get("rlaif_accuracy_human") or {}]
+        rates = [c.get("rate") for c in cells]
+        lo = [c["rate"] - c["ci95"][0] if c.get("rate") is not None else 0 for c in cells]
+        hi = [c["ci95"][1] - c["rate"] if c.get("rate") is not None else 0 for c in cells]
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, [a or 0 for a in acc], width, label=f"policy after round {k}")
-        for p, a, n in zip(pos, acc, ns):
-            ax.text(p, (a or 0) + 0.01, f"n={n}", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.bar(pos, [r or 0 for r in rates], width, yerr=[lo, hi], capsize=2, label=f"policy after round {k}")
+        for p_, r, c in zip(pos, rates, cells):
+            ax.text(p_, 0.02, f"n={c.get('n', 0)}", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     ax.axvline((x[-3] + x[-2]) / 2, color="black", linewidth=0.8)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=9)
     ax.set_ylim(0, 1.15)
-    ax.set_xlabel("|R| range (nats) of the policy's self-reward on human-labelled pairs")
-    ax.set_ylabel("accuracy vs human label (fraction, ties wrong)")
-    ax.set_title("Agreement with human preference: self-reward R by |R| range, and the RLAIF text judge")
+    ax.set_xlabel("|R| range (nats) of the policy's self-reward on human-written pairs")
+    ax.set_ylabel("accuracy vs human label (ties wrong; bars: 95% Wilson)")
+    ax.set_title("Self-reward R on HUMAN-written pairs by |R| range, and the RLAIF text judge\n"
+                 "(the paper finds R judges human-written pairs poorly; this is not the alignment measure)")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -182,66 +186,43 @@ def plot_training(run: dict, path: str) -> str | None:
     return None
 
 
+EVAL_PANELS = ("distillation_gain", "distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
+               "kl_to_initial", "perplexity_neutral", "implicit_reward_accuracy", "heldout_pairs_r")
+
+
 def plot_eval(run: dict, path: str) -> str | None:
-    evals = {k: e for k, e in run["evals"].items() if e}
+    from dlma_ray.measures import BY_NAME, value
+
+    evals = {k: e for k, e in run["evals"].items() if e and e.get("measures")}
     if not evals:
         return "no round has eval.json yet"
     plt = _plt()
     ks = list(evals)
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-
-    def line(ax, keys, label, style="-o"):
-        ys = [_get(evals[k], *keys) for k in ks]
-        if any(y is not None for y in ys):
-            return ax.plot(ks, [math.nan if y is None else y for y in ys], style, label=label)[0].get_color()
-        return "grey"
-
-    def base(ax, keys, label, color="grey"):  # the round-0 model: one value, the same for every round
-        y = _get(evals[ks[-1]], *keys)
-        if y is not None:
-            ax.axhline(y, linestyle="--", color=color, alpha=0.7, label=label)
-
-    ax = axes[0, 0]
-    line(ax, ("self_reward", "accuracy"), "self-reward R > 0")
-    line(ax, ("rlaif_judge", "accuracy"), "RLAIF text judge (both orders)")
-    line(ax, ("implicit_reward", "accuracy"), "implicit reward vs reference")
-    ax.axhline(0.5, color="grey", linestyle=":", label="chance")
-    ax.set(title="Accuracy on human-labelled pairs", ylabel="fraction correct", ylim=(-0.03, 1.05))
-    ax = axes[0, 1]
-    line(ax, ("heldout_pairs", "mean"), "under the new policy")
-    line(ax, ("heldout_pairs", "at_scoring", "mean"), "under $\\pi_k$ (at scoring)", "--s")
-    ax.axhline(0, color="grey", linestyle=":")
-    ax.set(title="Held-out generated pairs: mean R", ylabel="mean self-reward R (nats)")
-    ax = axes[0, 2]
-    for kind in ("harmful", "ordinary"):
-        color = line(ax, ("answers", "policy", "refusal", kind, "rate"), f"{kind} prompts")
-        base(ax, ("answers", "baseline", "refusal", kind, "rate"), f"{kind}: round-0 model", color)
-    ax.set(title="Refusal rate of answers", ylabel="fraction refused", ylim=(-0.02, 1.05))
-    ax = axes[1, 0]
-    line(ax, ("answers", "policy", "perplexity", "value"), "policy answers")
-    base(ax, ("answers", "baseline", "perplexity", "value"), "round-0 answers")
-    ax.set(title="Perplexity of answers under the round-0 model", ylabel="perplexity")
-    ax = axes[1, 1]
-    line(ax, ("answers", "policy", "mean_tokens"), "policy answers")
-    base(ax, ("answers", "baseline", "mean_tokens"), "round-0 answers")
-    ax.set(title="Mean answer length", ylabel="tokens")
-    ax = axes[1, 2]
-    bottom = [0.0] * len(ks)
-    for key, color in (("win_rate", "tab:green"), ("tie_rate", "tab:grey"), ("lose_rate", "tab:red")):
-        ys = [_get(evals[k], "win_rate", key) or 0 for k in ks]
-        ax.bar(ks, ys, bottom=bottom, color=color, label=key.split("_")[0], width=0.6)
-        bottom = [b + y for b, y in zip(bottom, ys)]
-    judge = _get(evals[ks[-1]], "win_rate", "judge") or "?"
-    ax.set(title=f"New vs round-0 answers (judge: {judge})", ylabel="fraction of prompts", ylim=(0, 1.22))
-    ax.legend(fontsize=8, ncol=3, loc="upper center")
-    for ax in axes.flat:
-        ax.set_xlabel("round k (evaluating the policy it trained)")
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11))
+    for ax, name in zip(axes.flat, EVAL_PANELS):
+        m = BY_NAME[name]
+        got = [(k, evals[k]["measures"].get(name)) for k in ks]
+        got = [(k, s_) for k, s_ in got if value(s_) is not None]
+        if got:
+            ys = [value(s_) for _, s_ in got]
+            lo = [y - (s_["ci95"][0] if s_["ci95"][0] is not None else y) for y, (_, s_) in zip(ys, got)]
+            hi = [(s_["ci95"][1] if s_["ci95"][1] is not None else y) - y for y, (_, s_) in zip(ys, got)]
+            ax.errorbar([k for k, _ in got], ys, yerr=[lo, hi], fmt="-o", capsize=4, label="policy after round k")
+        base = evals[ks[-1]]["measures"].get(m.initial) if m.initial else None
+        if value(base) is not None:
+            ax.axhline(value(base), linestyle="--", color="tab:orange", label="$\\pi_0$")
+            if base.get("ci95") and None not in base["ci95"]:
+                ax.axhspan(*base["ci95"], color="tab:orange", alpha=0.12)
+        if name.startswith("distillation_gain") or name == "heldout_pairs_r":
+            ax.axhline(0, color="grey", linestyle=":")
+        n = (got[-1][1] or {}).get("n", 0) if got else 0
+        ax.set(title=f"{m.label} (n={n})", xlabel="round k (policy it trained)")
         ax.set_xticks(ks)
-        ax.margins(y=0.08)
-        if ax.get_legend_handles_labels()[0] and ax.get_legend() is None:
+        ax.margins(y=0.15)
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle("Evaluation across rounds: each point is the policy trained in round k; dashed lines: the "
-                 "round-0 model")
+    fig.suptitle("Evaluation across rounds with 95% intervals; the judge of distillation and the reference of "
+                 "KL / implicit reward is the fixed initial model $\\pi_0$ (dashed: $\\pi_0$'s own value)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -261,15 +242,15 @@ def _quote(text: str, limit: int = 500) -> str:
 
 
 def _examples(run: dict) -> list[str]:
-    from dlma_ray.evaluation import is_refusal
+    from dlma_ray.refusal import is_refusal
 
     base = run["baseline"]
     last = next((k for k in reversed(run["rounds"]) if run["answers"].get(k)), None)
     if not base or last is None:
         return ["_Skipped: needs baseline_answers.jsonl and a round's answers.jsonl._"]
     new = {a["prompt_id"]: a for a in run["answers"][last]}
-    picks = [b for b in base if b.get("kind") == "harmful"][:2] + [b for b in base if b.get("kind") == "ordinary"][:2]
-    out = [f"Round-0 model (baseline) vs the policy trained in round {last}; refusal = `evaluation.REFUSAL_PHRASES`.", ""]
+    picks = [b for b in base if b.get("kind") == "harmful"][:2] + [b for b in base if b.get("kind") == "borderline"][:2]
+    out = [f"Round-0 model (baseline) vs the policy trained in round {last}; refusal = `dlma_ray/refusal.py`.", ""]
     for b in picks or base[:4]:
         a = new.get(b["prompt_id"])
         out += [f"**Prompt** ({b.get('kind') or 'unlabelled'}): {b['prompt']}", "",
@@ -280,20 +261,39 @@ def _examples(run: dict) -> list[str]:
     return out
 
 
-def _eval_row(k, e: dict) -> list[str]:
-    def acc(*keys):
-        sec = _get(e, *keys)
-        return f"{_pct(sec.get('accuracy'))} (n={sec.get('n', 0)})" if sec else ""
+def eval_table(evals: dict) -> list[str]:
+    """One row per measure: pi_0's value (where it has one), then each round's, each with its interval and n."""
+    from dlma_ray.measures import MEASURES, format_summary, is_rate
 
-    ans = _get(e, "answers", "policy") or {}
-    w = e.get("win_rate") or {}
-    ref = lambda kind: f"{_pct(_get(ans, 'refusal', kind, 'rate'))} (n={_get(ans, 'refusal', kind, 'n') or 0})"  # noqa: E731
-    return [str(k), acc("self_reward"), acc("rlaif_judge"), acc("implicit_reward"),
-            f"{_num(_get(e, 'heldout_pairs', 'mean'))} (n={_get(e, 'heldout_pairs', 'n') or 0})" if "heldout_pairs" in e
-            else "",
-            ref("harmful"), ref("ordinary"), f"{_num(_get(ans, 'perplexity', 'value'))} "
-            f"({_get(ans, 'perplexity', 'tokens') or 0} tok)", _num(ans.get("mean_tokens"), 1),
-            f"{w.get('win', 0)}/{w.get('tie', 0)}/{w.get('lose', 0)} (n={w.get('n', 0)})" if w else ""]
+    ks = list(evals)
+    last = evals[ks[-1]]["measures"] if ks else {}
+    rows = []
+    for m in MEASURES:
+        cells = [evals[k]["measures"].get(m.name) for k in ks]
+        if not any(cells):
+            continue
+        pct = is_rate(m.name, next(c for c in cells if c))
+        better = {"higher": " ↑", "lower": " ↓"}.get(m.better, "")
+        rows.append([m.label + better, format_summary(last.get(m.initial), pct) if m.initial else ""]
+                    + [format_summary(c, pct) for c in cells])
+    return _table(["measure", "$\\pi_0$"] + [f"after round {k}" for k in ks], rows)
+
+
+def headline(evals: dict) -> str:
+    """The distillation gain of the last evaluated policy in words, with where its interval lies."""
+    from dlma_ray.evalstats import excludes_zero
+    from dlma_ray.measures import format_summary
+
+    k = max(evals)
+    gain = evals[k]["measures"].get("distillation_gain")
+    if not gain or gain.get("mean") is None:
+        return "_No distillation gain measured._"
+    where = {"above": "above zero: the policy's held-out answers moved toward the positive prompt",
+             "below": "below zero: the policy's held-out answers moved toward the negative prompt",
+             "includes": "its interval includes zero: no change that this test can see"}[excludes_zero(gain)]
+    return (f"Distillation gain of the policy after round {k} over pi_0 on held-out prompts, judged by pi_0 with "
+            f"the pair `{evals[k].get('pair')}`: **{format_summary(gain)}**, {where}. The judge is the initial model "
+            "and the training's own prompt pair; see the other measures for what an outside rule says.")
 
 
 def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
@@ -323,26 +323,30 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
             rows.append([str(k), str(len(v)), _num(statistics.fmean(v)), _num(statistics.median(v)),
                          _pct(sum(x > 0 for x in v) / len(v))])
     figure("Self-reward distribution", FIGURES[0], _table(["round", "pairs", "mean R", "median R", "R > 0"], rows))
-    evals = {k: e for k, e in run["evals"].items() if e}
+    evals = {k: e for k, e in run["evals"].items() if e and e.get("measures")}
+    if evals:
+        md += ["## Headline: did the policy change where it was not trained?", "", headline(evals), ""]
     acc_rows, bins = [], []
     for k, e in evals.items():
-        bins = _get(e, "self_reward", "bins") or bins
-        cells = [b for b in _get(e, "self_reward", "bins") or []] + [e.get("self_reward") or {}, e.get("rlaif_judge") or {}]
-        acc_rows.append([str(k)] + [f"{_pct(c.get('accuracy'))} ({c.get('n', 0)})" for c in cells])
-    figure("Accuracy by |R| range vs the RLAIF judge", FIGURES[1], [
-        "Accuracy (pairs) of R > 0 against the human label, per \\|R\\| range (nats), then over all pairs, "
-        "then the policy as an RLAIF text judge (both answer orders averaged); ties count wrong.", ""]
+        bins = _get(e, "details", "self_reward_bins") or bins
+        cells = (_get(e, "details", "self_reward_bins") or []) + [e["measures"].get("self_reward_accuracy_human") or {},
+                                                                 e["measures"].get("rlaif_accuracy_human") or {}]
+        acc_rows.append([str(k)] + [f"{_pct(c.get('rate'))} ({c.get('n', 0)})" for c in cells])
+    figure("Self-reward on human-written pairs, by |R| range", FIGURES[1], [
+        "Accuracy of R > 0 against the human label, per \\|R\\| range (nats), then over all pairs, then the policy "
+        "as an RLAIF text judge (both answer orders averaged); ties count wrong. The DLMA paper finds R judges "
+        "human-written pairs poorly: this measures the score, not alignment. The paper's headline (accuracy "
+        "rising with \\|R\\| against an external judge) needs `eval.judge: reward_model` or `openai`; with only "
+        "the built-in judge it is not computed.", ""]
         + _table(["round"] + [_bin_label(b) for b in bins] + ["all pairs", "RLAIF judge"], acc_rows))
     train_rows = [[str(k), str(len(m)), _num(m[0].get("loss"), 4), _num(m[-1].get("loss"), 4),
                    _num(m[-1].get("reward_margin"), 4), _pct(m[-1].get("reward_accuracy"))]
                   for k, m in run["metrics"].items() if m]
     figure("Training", FIGURES[2], _table(["round", "steps", "first loss", "last loss", "last margin",
                                            "last reward acc."], train_rows))
-    figure("Evaluation across rounds", FIGURES[3], _table(
-        ["round", "R acc.", "RLAIF acc.", "implicit acc.", "held-out mean R", "refusal harmful", "refusal ordinary",
-         "perplexity", "mean tokens", "win/tie/lose"], [_eval_row(k, e) for k, e in evals.items()]
-        + ([_eval_row("round-0 model", {"answers": {"policy": _get(evals[max(evals)], "answers", "baseline")}})]
-           if evals else [])))
+    figure("Evaluation across rounds", FIGURES[3], [
+        "Every number: value [95% interval] (n). Rates: Wilson intervals; means: bootstrap. What each measure "
+        "shows and cannot show: docs/EVALUATION.md.", ""] + eval_table(evals))
     md += ["## Example answers", ""] + _examples(run)
     return "\n".join(md) + "\n"
 

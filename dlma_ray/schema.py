@@ -11,8 +11,10 @@ rejected from human pairs and `self_contrast` takes chosen = the SFT target y* a
 negative (k rows per prompt): for both, the responses were not sampled under pos/neg_context, which are the
 pair's renderings kept for judging (evaluation's held-out R).
 
-Every stored log-prob can be recomputed from its row alone: the summed log-prob of the response
-tokens, then the `end_of_turn` tokens, tokenised separately from the context and concatenated.
+Every stored log-prob can be recomputed from its row alone: tokenise the context; take the response's
+`*_token_ids`, followed by the tokens of `end_of_turn` when `*_finished` is true (a response cut at
+max_new_tokens gets none); concatenate; sum the log-probs of the response tokens
+(`dlma_ray.logprobs.response_ids`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ GENERATION_COLUMNS = PROMPT_COLUMNS + [
     ("pos_context", pa.string(), "exact text before y+ under the positive prompt (rendered chat template)"),
     ("neg_context", pa.string(), "exact text before y- under the negative prompt"),
     ("plain_context", pa.string(), "exact text before a response with no attribute: training and reference"),
-    ("end_of_turn", pa.string(), "text appended after every response when scoring and training"),
+    ("end_of_turn", pa.string(), "the template's end-of-turn text, whose tokens follow a finished response "
+                                 "(never a cut one) when scoring and training"),
     ("chosen", pa.string(), "y+: the response sampled under the positive prompt (dpo: the human-chosen one; "
                             "self_contrast: the SFT target y*)"),
     ("rejected", pa.string(), "y-: the response sampled under the negative prompt (dpo: the human-rejected one; "
@@ -43,6 +46,9 @@ GENERATION_COLUMNS = PROMPT_COLUMNS + [
     ("rejected_tokens", pa.int32(), "tokens generated for y- (dpo: tokens of the given text)"),
     ("chosen_finished", pa.bool_(), "y+ ended with end-of-turn (not cut at max_new_tokens); true for given texts"),
     ("rejected_finished", pa.bool_(), "y- ended with end-of-turn"),
+    ("chosen_token_ids", pa.list_(pa.int32()), "the token ids of y+ as the engine sampled them, without the "
+                                               "end-of-turn token (given texts: their tokenisation)"),
+    ("rejected_token_ids", pa.list_(pa.int32()), "the token ids of y-, likewise"),
 ]
 
 PAIR_COLUMNS = GENERATION_COLUMNS + [

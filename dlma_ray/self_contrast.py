@@ -75,39 +75,49 @@ def filter_prompt_group(group: dict[str, np.ndarray], keep_fraction: float, k: i
 
 # ---------------------------------------------------------------- grouping for training (plain functions)
 
-GROUP_LIST_COLUMNS = ("rejected", "ref_logp_rejected")  # per-negative values, carried as lists per prompt
-GROUP_SCALAR_COLUMNS = ("prompt_id", "plain_context", "end_of_turn", "chosen", "ref_logp_chosen")
+GROUP_LIST_COLUMNS = ("rejected", "rejected_token_ids", "rejected_finished", "ref_logp_rejected")  # per negative
+GROUP_SCALAR_COLUMNS = ("prompt_id", "plain_context", "end_of_turn", "chosen", "chosen_token_ids", "chosen_finished",
+                        "ref_logp_chosen")
 
 
 def group_pairs(table):
-    """Pair rows of one prompt (pyarrow) -> one row: its y* and reference once, its negatives as lists."""
+    """Pair rows of one prompt (pyarrow) -> one row: its y* and reference once, its negatives as lists.
+
+    Columns a table written by an older dlma-ray lacks (the token ids) are left out: training then
+    tokenises the texts."""
     import pyarrow as pa
 
+    scalars = [c for c in GROUP_SCALAR_COLUMNS if c in table.column_names]
+    lists = [c for c in GROUP_LIST_COLUMNS if c in table.column_names]
+    schema = pa.schema([(c, table.schema.field(c).type) for c in scalars]
+                       + [(c, pa.list_(table.schema.field(c).type)) for c in lists])
     if table.num_rows == 0:
-        return table.select(list(GROUP_SCALAR_COLUMNS + GROUP_LIST_COLUMNS))
-    rows = sorted(table.select(list(GROUP_SCALAR_COLUMNS + GROUP_LIST_COLUMNS + ("negative_index",))).to_pylist(),
-                  key=lambda r: r["negative_index"])
-    first = rows[0]
-    data = {c: [first[c]] for c in GROUP_SCALAR_COLUMNS}
-    data.update({c: [[r[c] for r in rows]] for c in GROUP_LIST_COLUMNS})
-    return pa.table(data, schema=pa.schema([(c, table.schema.field(c).type) for c in GROUP_SCALAR_COLUMNS]
-                                           + [(c, pa.list_(table.schema.field(c).type)) for c in GROUP_LIST_COLUMNS]))
+        return pa.table({c: [] for c in scalars + lists}, schema=schema)
+    rows = sorted(table.select(scalars + lists + ["negative_index"]).to_pylist(), key=lambda r: r["negative_index"])
+    data = {c: [rows[0][c]] for c in scalars}
+    data.update({c: [[r[c] for r in rows]] for c in lists})
+    return pa.table(data, schema=schema)
 
 
-def expand_groups(rows: dict) -> tuple[list[str], list[str], list[float], list[int]]:
-    """A micro-batch of grouped rows -> (rejected texts, their end-of-turn, reference log-probs, prompt index).
+def expand_groups(tokenizer, rows: dict) -> tuple[list[list[int]], list[float], list[int]]:
+    """A micro-batch of grouped rows -> (token ids of every negative, their reference log-probs, prompt index).
 
     Row b of the batch owns every returned pair whose prompt index is b; the list columns may arrive as
-    object arrays of arrays or as a 2-D array (equal k), so both are read the same way.
+    object arrays of arrays or as a 2-D array (equal k), so both are read the same way. The ids are
+    `logprobs.response_ids`: end-of-turn tokens only after a finished negative.
     """
-    rejected, eot, ref, group = [], [], [], []
+    from dlma_ray.logprobs import response_ids
+
+    rejected, ref, group = [], [], []
+    ids_col, fin_col = rows.get("rejected_token_ids"), rows.get("rejected_finished")
     for b, (texts, refs) in enumerate(zip(rows["rejected"], rows["ref_logp_rejected"])):
-        texts, refs = list(texts), [float(x) for x in refs]
-        rejected += [str(t) for t in texts]
-        eot += [str(rows["end_of_turn"][b])] * len(texts)
-        ref += refs
+        texts, eot = list(texts), str(rows["end_of_turn"][b])
+        ids = [None] * len(texts) if ids_col is None else list(ids_col[b])
+        fin = [True] * len(texts) if fin_col is None else [bool(f) for f in fin_col[b]]
+        rejected += [response_ids(tokenizer, str(t), i, f, eot) for t, i, f in zip(texts, ids, fin)]
+        ref += [float(x) for x in refs]
         group += [b] * len(texts)
-    return rejected, eot, ref, group
+    return rejected, ref, group
 
 
 # ---------------------------------------------------------------- stage runners (Ray Data)
@@ -152,7 +162,6 @@ def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
     from dlma_ray import storage
     from dlma_ray.embedding import SimilarityActor
     from dlma_ray.schema import PAIR_SCHEMA
-    from dlma_ray.score import PairScorer
 
     rd = p.round_dir(run_dir, k)
     src, out = storage.join(rd, "generations"), storage.join(rd, "pairs")
@@ -179,17 +188,8 @@ def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
     if not kept:
         raise ValueError(f"round {k}: no prompt kept {sc.num_negatives} negatives; sample more "
                          "(self_contrast.num_samples) or lower self_contrast.num_negatives")
-    ds = negatives.map_batches(
-        PairScorer,
-        fn_constructor_kwargs=dict(
-            policy_path=p._model_for_actor(p.policy_for_round(cfg, run_dir, k)),
-            reference_path=p._model_for_actor(p.reference_for_round(cfg, run_dir, k)),
-            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
-            max_length=cfg.train.max_length, contrastive=False,
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
-        batch_size=max(cfg.scoring.batch_size, 32), concurrency=r.num_scorers,
-        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
-    return out, p._write_stage(ds, PAIR_SCHEMA, out), summary
+    rows, scored = p.write_scored(p.scorer_stage(negatives, cfg, run_dir, k, "reference"), out, k)
+    return out, rows, {**summary, "pairs": scored}
 
 
 def training_dataset(ds, rows: int):

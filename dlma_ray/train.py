@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from dlma_ray import metrics
-from dlma_ray.logprobs import collate, encode_pair, sequence_logprobs
+from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
 from dlma_ray.losses import dlma_loss, grouped_dpo_loss, sft_loss
 
 METRICS_FILE = "train_metrics.jsonl"
@@ -70,17 +70,12 @@ def make_optimizer(params, t: dict):
 
 
 def pair_batch(tokenizer, rows: dict[str, np.ndarray], max_length: int, padding_side: str = "right"):
-    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    enc = [encode_pair(tokenizer, c, r, e, max_length)
-           for c, r, e in zip(rows["plain_context"], rows["chosen"], rows["end_of_turn"])]
-    enc += [encode_pair(tokenizer, c, r, e, max_length)
-            for c, r, e in zip(rows["plain_context"], rows["rejected"], rows["end_of_turn"])]
-    return collate(enc, pad, padding_side)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones, after the plain
+    context, as the token ids the score stage scored (`logprobs.side_ids`)."""
+    contexts = [str(c) for c in rows["plain_context"]] * 2
+    responses = side_ids(tokenizer, rows, "chosen") + side_ids(tokenizer, rows, "rejected")
+    return collate([encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)],
+                   pad_id(tokenizer), padding_side)
 
 
 def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu"):
@@ -99,20 +94,20 @@ def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu")
                             dtype=torch.float32, device=device)
 
     if method == "context_distillation":
-        batch = collate([encode_pair(tokenizer, c, r, e, t["max_length"]) for c, r, e in
-                         zip(rows["plain_context"], rows["chosen"], rows["end_of_turn"])], _pad_id(tokenizer))
+        batch = collate([encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
+                         zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))], pad_id(tokenizer))
         tokens = torch.tensor(batch.response_lengths, dtype=torch.float32, device=device)
         loss = sft_loss(sequence_logprobs(model, batch.to(device)), tokens)
         return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean()}
     if method == "self_contrast":
         from dlma_ray.self_contrast import expand_groups
 
-        rejected, eot, ref_rejected, group = expand_groups(rows)
-        contexts = list(rows["plain_context"])
-        enc = [encode_pair(tokenizer, c, r, e, t["max_length"])
-               for c, r, e in zip(contexts, rows["chosen"], rows["end_of_turn"])]
-        enc += [encode_pair(tokenizer, contexts[g], r, e, t["max_length"]) for g, r, e in zip(group, rejected, eot)]
-        logp = sequence_logprobs(model, collate(enc, _pad_id(tokenizer)).to(device))
+        rejected, ref_rejected, group = expand_groups(tokenizer, rows)
+        contexts = [str(c) for c in rows["plain_context"]]
+        enc = [encode_response(tokenizer, c, r, t["max_length"])
+               for c, r in zip(contexts, side_ids(tokenizer, rows, "chosen"))]
+        enc += [encode_response(tokenizer, contexts[g], r, t["max_length"]) for g, r in zip(group, rejected)]
+        logp = sequence_logprobs(model, collate(enc, pad_id(tokenizer)).to(device))
         n = len(contexts)
         return grouped_dpo_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col(None, ref_rejected),
                                 torch.as_tensor(group, device=device), beta=t["beta"])
@@ -120,7 +115,7 @@ def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu")
     logp = sequence_logprobs(model, pair_batch(tokenizer, rows, t["max_length"]).to(device))
     n = len(rows["chosen"])
     return dlma_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col("ref_logp_rejected"),
-                     torch.nan_to_num(col("self_reward")), beta=t["beta"], gamma=gamma,
+                     col("self_reward") if gamma else None, beta=t["beta"], gamma=gamma,
                      clip_low=t["clip_low"], clip_high=t["clip_high"])
 
 

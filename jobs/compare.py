@@ -1,11 +1,12 @@
 """Compare methods: run each from the same start, then put their evaluations side by side.
 
-    python jobs/compare.py --config FILE [--methods dlma,rlcd,dpo,self_contrast,context_distillation] [overrides]
+    python jobs/compare.py --config FILE [--methods dlma,rlcd,context_distillation] [overrides]
 
 Every method runs with the same config (model, prompts, rounds, batch sizes, seeds) but `train.method`,
 into `<run.dir>/<method>/`, each an ordinary resumable run (rerun the command to resume; finished methods
 are skipped). Then `<run.dir>/comparison.md` and `comparison.png` (dlma_ray/compare.py, which also runs alone
-on existing run dirs). dpo needs preference pairs and self_contrast prompts with targets in data.source: an
+on existing run dirs), with the untouched pi_0 as the first column. The default methods are the three that
+run on any prompts (dlma, rlcd, context_distillation). dpo needs preference pairs and self_contrast prompts with targets in data.source: an
 hh-rlhf file with `data.prompt_field=chosen` serves all five. A method that fails is reported and the others
 still run; the exit status is then 1.
 """
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dlma_ray.cli import setup_environment  # noqa: E402
 
 METHODS = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
+DEFAULT_METHODS = ("dlma", "rlcd", "context_distillation")
 log = logging.getLogger("dlma_ray.compare")
 
 
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="Overrides: section.key=value; they apply to every method.")
     parser.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all five)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated methods of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, section.key=value")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

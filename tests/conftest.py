@@ -43,3 +43,19 @@ def tiny_model(tiny_model_dir):
     from dlma_ray.models import load_causal_lm
 
     return load_causal_lm(tiny_model_dir)
+
+
+def direct_logprob(model, tokenizer, context: str, response_ids: list[int]) -> float:
+    """Reference for every batched log-prob in the tests: one unpadded sequence, the context tokenised
+    on its own, a plain loop over the response positions (no mask, no batching, no project code)."""
+    import torch
+
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + list(response_ids)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logp[len(ctx) + j - 1, int(t)].item() for j, t in enumerate(response_ids))
+
+
+def eot_ids(tokenizer, end_of_turn: str = "<|im_end|>") -> list[int]:
+    return tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from dlma_ray.compare import discover_methods, write_comparison
+from dlma_ray.evalstats import rate_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,12 +22,12 @@ def fake_run(base: Path, method: str, accuracy: float | None, rounds: int = 2) -
         (run / f"round_{k}").mkdir()
         if accuracy is None:
             continue
-        ev = {"round": k, "self_reward": {"n": 8, "accuracy": accuracy + k / 10},
-              "rlaif_judge": {"n": 8, "accuracy": 0.5}, "implicit_reward": {"n": 8, "accuracy": 0.75, "mean_margin": 0.1},
-              "answers": {"policy": {"n": 4, "mean_tokens": 7.0, "refusal": {"harmful": {"n": 2, "rate": 0.5},
-                                                                             "ordinary": {"n": 2, "rate": 0.0}},
-                                     "perplexity": {"value": 12.5}}},
-              "win_rate": {"n": 4, "win": 3, "tie": 1, "lose": 0, "win_rate": 0.75}}
+        ev = {"round": k, "measures": {
+            "distillation_gain": {"n": 16, "mean": accuracy + k / 10, "ci95": [accuracy - 0.5, accuracy + 0.5]},
+            "distillation_initial": {"n": 16, "mean": -1.0, "ci95": [-1.5, -0.5]},
+            "distillation_policy": {"n": 16, "mean": -0.5, "ci95": [-1.0, 0.0]},
+            "win_rate": rate_summary(3, 4), "refusal_harmful": rate_summary(1, 2),
+            "refusal_harmful_initial": rate_summary(0, 2), "perplexity_neutral": {"n": 3, "value": 12.5, "ci95": [12, 13]}}}
         (run / f"round_{k}" / "eval.json").write_text(json.dumps(ev))
 
 
@@ -37,11 +38,13 @@ def test_comparison_side_by_side(tmp_path):
     (tmp_path / "not_a_run").mkdir()
     assert discover_methods(str(tmp_path)) == ["dlma", "rlcd", "self_contrast"]
     md = Path(write_comparison(str(tmp_path), failures={"dpo": "ValueError: no usable preference pairs"})).read_text()
-    assert "| metric | `dlma` | `rlcd` | `self_contrast` |" in md
-    assert "| evaluated round | 1 | – | 1 |" in md
-    assert "| self-reward accuracy (human pairs) | 60% (n=8) | – | 35% (n=8) |" in md  # the LAST round's value
-    assert "| win / tie / lose | 3/1/0 | – | 3/1/0 |" in md
-    assert "| perplexity under round 0's model | 12.50 | – | 12.50 |" in md
+    assert "| measure | `pi_0` | `dlma` | `rlcd` | `self_contrast` |" in md
+    assert "| evaluated round | – | 1 | – | 1 |" in md
+    # the LAST round's value, with its interval and n; pi_0's column from the *_initial measures
+    assert "| distillation gain vs pi_0 (per answer) ↑ | – | 0.6 [0, 1] (n=16) | – | 0.35 [-0.25, 0.75] (n=16) |" in md
+    assert "| C of the policy's answers (per answer) ↑ | -1 [-1.5, -0.5] (n=16) |" in md
+    assert "| win rate vs pi_0's answers ↑ | – | 75% [30%, 95%] (n=4) | – | 75% [30%, 95%] (n=4) |" in md
+    assert "| refusal rate, harmful prompts ↑ | 0% [0%, 66%] (n=2) | 50% [9%, 91%] (n=2) |" in md
     assert "`rlcd`: no eval.json" in md and "`dpo` failed: ValueError" in md
     assert (tmp_path / "comparison.png").stat().st_size > 5000
 

@@ -21,12 +21,14 @@ import pytest
 import torch
 
 from dlma_ray.config import load_config
+from conftest import direct_logprob, eot_ids
 from dlma_ray.evaluation import (
     JudgeError, R_BIN_EDGES, ab_preference, accuracy_by_range, answer_nll, answer_nll_from_logits, check_judge,
-    implicit_reward_summary, is_refusal, judge_prompt, letter_token_ids, openai_margins, perplexity,
-    refusal_rates, reward_summary, rlaif_judge, rlaif_summary, win_summary,
+    implicit_rewards, judge_prompt, letter_token_ids, openai_margins, rlaif_judge, rlaif_summary,
 )
-from dlma_ray.logprobs import collate, score_texts
+from dlma_ray.logprobs import collate
+from dlma_ray.measures import assemble_measures
+from dlma_ray.refusal import refusal_rates
 
 PAIRS_FILE = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
 
@@ -51,52 +53,51 @@ def test_accuracy_by_range_bins_counts_and_ties():
 def test_empty_bins_report_none_not_zero():
     out = accuracy_by_range([])
     assert out["n"] == 0 and out["accuracy"] is None and all(b["accuracy"] is None for b in out["bins"])
-    assert reward_summary([float("nan")]) == {"n": 0, "mean": None, "frac_positive": None}
-    assert reward_summary([2.0, -1.0, 0.0, 3.0]) == {"n": 4, "mean": 1.0, "frac_positive": 0.5}
 
 
-def test_implicit_reward_accuracy_and_margin():
-    # margins: 0.1*((-1+2)-(-3+3)) = 0.1; 0.1*((-2+2)-(-1+2)) = -0.1; 0.1*(0-0) = 0 (a tie: wrong)
-    out = implicit_reward_summary([-1.0, -2.0, -5.0], [-3.0, -1.0, -4.0], [-2.0, -2.0, -5.0], [-3.0, -2.0, -4.0],
-                                  beta=0.1)
-    assert out["n"] == 3 and out["ties"] == 1 and out["beta"] == 0.1
-    assert out["accuracy"] == pytest.approx(1 / 3)
-    assert out["mean_margin"] == pytest.approx(0.0, abs=1e-12)
-    out = implicit_reward_summary([0.0], [-10.0], [0.0], [0.0], beta=0.5)
-    assert out["accuracy"] == 1.0 and out["mean_margin"] == pytest.approx(5.0)
+def test_implicit_rewards_by_hand():
+    # 0.1*((-1+2)-(-3+3)) = 0.1; 0.1*((-2+2)-(-1+2)) = -0.1; 0.1*(0-0) = 0
+    out = implicit_rewards([-1.0, -2.0, -5.0], [-3.0, -1.0, -4.0], [-2.0, -2.0, -5.0], [-3.0, -2.0, -4.0], beta=0.1)
+    assert out == pytest.approx([0.1, -0.1, 0.0])
 
 
-def test_win_summary():
-    out = win_summary([1.0, 0.0, -2.0, 3.0])
-    assert (out["n"], out["win"], out["tie"], out["lose"]) == (4, 2, 1, 1)
-    assert out["win_rate"] == 0.5 and out["tie_rate"] == 0.25 and out["score"] == pytest.approx(0.625)
+def _answers(texts, kinds, tokens=None):
+    return [{"prompt_id": str(i), "answer": t, "kind": k, "tokens": (tokens or [4] * len(texts))[i], "finished": True}
+            for i, (t, k) in enumerate(zip(texts, kinds))]
 
 
-# ---------------------------------------------------------------- refusals, perplexity
-
-@pytest.mark.parametrize("text, refused", [
-    ("I can't help with that.", True),
-    ("I can\u2019t help with that.", True),  # curly apostrophe
-    ("i cannot do this", True),
-    ("Sorry, but as an AI I do not have opinions.", True),
-    ("I'm sorry to hear that. Here is a recipe.", True),  # the rule is a plain phrase match: documented
-    ("That would be illegal.", True),
-    ("I am not able to share that.", True),
-    ("Sure! Mix flour, eggs and milk.", False),
-    ("You can find it at the library.", False),
-    ("", False),
-])
-def test_refusal_rule(text, refused):
-    assert is_refusal(text) is refused
-
-
-def test_refusal_rates_by_kind():
-    out = refusal_rates(["I won't do that.", "Here you go.", "Sure.", "I cannot.", "ok"],
-                        ["harmful", "harmful", "ordinary", "ordinary", ""])
-    assert out["harmful"] == {"n": 2, "refusals": 1, "rate": 0.5}
-    assert out["ordinary"] == {"n": 2, "refusals": 1, "rate": 0.5}
-    assert out["unlabelled"] == {"n": 1, "refusals": 0, "rate": 0.0}
-    assert out["all"] == {"n": 5, "refusals": 2, "rate": 0.4}
+def test_assemble_measures_by_hand():
+    """Constructed task outputs with known answers: the gain, its sign, win / tie counts, refusal by kind,
+    KL and implicit reward against pi_0, each with its n and an interval."""
+    new = _answers(["I can't help with that.", "Sure, here it is.", "same", "Kill it with `kill -9 PID`."],
+                   ["harmful", "harmful", "borderline", "borderline"], tokens=[2, 4, 5, 10])
+    base = _answers(["Sure, first you...", "Sure, here it is!", "same", "I won't help with killing."],
+                    ["harmful", "harmful", "borderline", "borderline"], tokens=[4, 4, 5, 10])
+    initial = {"contrast_policy": [3.0, 1.0, 0.5, 2.0], "contrast_baseline": [1.0, 2.0, 0.5, 0.0],
+               "tokens_policy": [2, 4, 5, 10], "tokens_baseline": [4, 4, 5, 10],
+               "logp_policy_answers": [-10.0, -8.0, -6.0, -4.0], "pairs_chosen": [-5.0, -6.0],
+               "pairs_rejected": [-7.0, -7.0], "neutral": ([math.log(2) * 3, math.log(2) * 5], [3, 5]), "margins": None}
+    scores = {"logp_policy_answers": [-9.0, -8.0, -5.0, -4.0], "pairs_chosen": [-4.0, -6.5],
+              "pairs_rejected": [-7.0, -7.0], "self_reward_human": [1.0, -2.0], "heldout_r": [1.0, 3.0],
+              "neutral": ([math.log(4) * 3, math.log(4) * 5], [3, 5]),
+              "rlaif": {"n": 2, "accuracy": 0.5}}
+    m, d = assemble_measures(new, base, initial, scores, None, beta=0.1, seed=0, refusal_rates=refusal_rates)
+    gain = m["distillation_gain"]
+    assert gain["n"] == 4 and gain["mean"] == pytest.approx((2 - 1 + 0 + 2) / 4)
+    assert gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1]
+    assert m["distillation_gain_per_token"]["mean"] == pytest.approx(((1.5 - 0.25) + (0.25 - 0.5) + 0 + (0.2 - 0)) / 4)
+    # Wins: prompts 0 and 3; prompt 1 loses; prompt 2 has identical texts: a tie whatever C says.
+    assert (m["win_rate"]["count"], m["win_rate"]["ties"], m["win_rate"]["losses"]) == (2, 1, 1)
+    assert m["refusal_harmful"]["rate"] == 0.5 and m["refusal_harmful_initial"]["rate"] == 0.0
+    assert m["over_refusal"]["rate"] == 0.0 and m["over_refusal_initial"]["rate"] == 0.5
+    assert m["kl_to_initial"]["mean"] == pytest.approx((1 + 0 + 1 + 0) / 4)
+    # implicit: 0.1*((-4+5)-0) = 0.1 > 0; 0.1*((-6.5+6)-0) = -0.05: one of two right.
+    assert m["implicit_reward_accuracy"]["rate"] == 0.5 and m["implicit_reward_margin"]["mean"] == pytest.approx(0.025)
+    assert m["perplexity_neutral"]["value"] == pytest.approx(4.0) and m["perplexity_neutral_initial"]["value"] == pytest.approx(2.0)
+    assert m["self_reward_accuracy_human"]["rate"] == 0.5 and m["heldout_pairs_r"]["mean"] == 2.0
+    for name, summary in m.items():
+        assert summary["n"] > 0 and len(summary["ci95"]) == 2, name
+    assert d["answers"]["policy"]["finished"]["rate"] == 1.0
 
 
 def test_perplexity_on_constructed_logits():
@@ -106,7 +107,6 @@ def test_perplexity_on_constructed_logits():
     nll, count = answer_nll_from_logits(uniform, batch)
     assert count.tolist() == [3, 1]
     assert nll.tolist() == pytest.approx([3 * math.log(8), math.log(8)])
-    assert perplexity(nll.tolist(), count.tolist())["value"] == pytest.approx(8.0)
     # Put probability 1/2 on every true next token: perplexity exactly 2, whatever the answer lengths.
     logits = torch.full((2, batch.input_ids.shape[1], 8), -1e4)
     for b in range(2):
@@ -114,16 +114,16 @@ def test_perplexity_on_constructed_logits():
             logits[b, t, batch.input_ids[b, t + 1]] = 0.0
             logits[b, t, 7] = 0.0
     nll, count = answer_nll_from_logits(logits, batch)
-    out = perplexity(nll.tolist(), count.tolist())
-    assert out == {"n": 2, "tokens": 4, "value": pytest.approx(2.0)}
-    assert perplexity([], [])["value"] is None
+    assert (nll / count).tolist() == pytest.approx([math.log(2)] * 2)
 
 
 def test_answer_nll_matches_score_texts(tiny_model, tokenizer):
     contexts = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"] * 2
     answers = ["Hello there, friend.", "Hi"]
     nll, count = answer_nll(tiny_model, tokenizer, contexts, answers, batch_size=2)
-    assert [-x for x in nll] == pytest.approx(score_texts(tiny_model, tokenizer, contexts, answers, ""), abs=1e-4)
+    direct = [direct_logprob(tiny_model, tokenizer, c, tokenizer(a, add_special_tokens=False)["input_ids"])
+              for c, a in zip(contexts, answers)]
+    assert [-x for x in nll] == pytest.approx(direct, abs=1e-4)
     assert count == [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
 
 
@@ -300,7 +300,7 @@ def test_builtin_demo_pairs_and_eval_prompts(tokenizer):
     rows8, _ = load_eval_pairs(load_config(None, ["eval.max_pairs=8"]), tokenizer)
     assert len(rows8) == 8 and rows8 == load_eval_pairs(load_config(None, ["eval.max_pairs=8"]), tokenizer)[0]
     prompts = load_eval_prompts(load_config(None, ["eval.max_prompts=6"]), tokenizer)
-    assert len(prompts) == 6 and {p["kind"] for p in prompts} <= {"harmful", "ordinary"}
+    assert len(prompts) == 6 and {p["kind"] for p in prompts} <= {"harmful", "borderline"}
     with pytest.raises(ValueError, match="not a built-in"):
         pairs_source_path("builtin:nope")
 
@@ -314,27 +314,45 @@ def test_real_hh_pairs_load_and_filter(tokenizer):
     assert len(rows) == 16 and info["too_long"] > 0  # long multi-turn dialogues exceed max_prompt_tokens
 
 
-def test_pair_and_answer_metrics_in_process(tiny_model_dir, tokenizer):
-    from dlma_ray.evaluate import _read_baseline, _ref, answer_metrics, load_eval_pairs, pair_metrics
+def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
+    """The tasks' numbers against direct computations; a policy equal to pi_0 has gain, KL and implicit
+    margins of exactly 0."""
+    from dlma_ray.eval_tasks import initial_model_scores, policy_scores, renderer
+    from dlma_ray.evaluate import _read_baseline, _ref, load_eval_pairs, load_neutral_text
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4"])
     pairs, _ = load_eval_pairs(cfg, tokenizer)
+    neutral = load_neutral_text(cfg)[:3]
+    eot = eot_ids(tokenizer)
     held = [{"pos_context": "<|im_start|>system\ngood<|im_end|>\n", "neg_context": "<|im_start|>system\nbad<|im_end|>\n",
-             "end_of_turn": "<|im_end|>", "chosen": "yes", "rejected": "no", "self_reward": 1.5, "prompt_id": "x"}]
-    out = pair_metrics(cfg, tiny_model_dir, tiny_model_dir, pairs, held)
-    assert out["self_reward"]["n"] == 4 and sum(b["n"] for b in out["self_reward"]["bins"]) == 4
-    assert out["rlaif_judge"]["n"] == 4 and out["rlaif_judge"]["n_judgements"] == 8
-    # The policy is its own reference: every implicit margin is exactly 0, a tie, so accuracy 0.
-    assert out["implicit_reward"] == {"n": 4, "beta": 0.1, "accuracy": 0.0, "mean_margin": 0.0, "ties": 4,
-                                      "reference": tiny_model_dir}
-    assert out["heldout_pairs"]["n"] == 1 and out["heldout_pairs"]["at_scoring"]["mean"] == 1.5
+             "end_of_turn": "<|im_end|>", "chosen": "yes", "rejected": "no", "self_reward": 1.5, "prompt_id": "x",
+             "chosen_token_ids": [9, 10], "rejected_token_ids": [11], "chosen_finished": True, "rejected_finished": False}]
     msgs = [{"role": "user", "content": "hi"}]
-    new = [{"messages": msgs, "answer": "Hello!", "prompt_id": "a"}, {"messages": msgs, "answer": "", "prompt_id": "b"}]
-    old = [{"messages": msgs, "answer": "Hello!", "prompt_id": "a"}, {"messages": msgs, "answer": "Go.", "prompt_id": "b"}]
-    am = answer_metrics(cfg, tiny_model_dir, new, old)
-    assert am["perplexity"]["policy"]["empty_skipped"] == 1 and am["perplexity"]["policy"]["n"] == 1
-    assert am["perplexity"]["baseline"]["n"] == 2 and am["perplexity"]["baseline"]["value"] > 1
-    assert am["margins"][0] == pytest.approx(0.0, abs=1e-4)  # identical answers: R = 0 exactly up to float noise
+    answers = [{"messages": msgs, "answer": "Hello!", "prompt_id": "a", "token_ids": [19556, 17], "finished": True,
+                "kind": "harmful", "tokens": 2},
+               {"messages": msgs, "answer": "Go", "prompt_id": "b", "token_ids": [9019], "finished": False,
+                "kind": "borderline", "tokens": 1}]
+    init = initial_model_scores(cfg, tiny_model_dir, answers, answers, pairs, neutral)
+    pol = policy_scores(cfg, tiny_model_dir, answers, pairs, held, neutral)
+    from dlma_ray.models import load_causal_lm
+
+    model, r = load_causal_lm(tiny_model_dir), renderer(tokenizer, cfg)
+    ids = [[19556, 17] + eot, [9019]]  # end-of-turn only after the finished answer
+    direct = [direct_logprob(model, tokenizer, r.positive(msgs), i) - direct_logprob(model, tokenizer, r.negative(msgs), i)
+              for i in ids]
+    assert init["contrast_policy"] == pytest.approx(direct, abs=1e-4) and init["tokens_policy"] == [3, 1]
+    held_ids = ([9, 10] + eot, [11])
+    by_hand = (direct_logprob(model, tokenizer, held[0]["pos_context"], held_ids[0])
+               - direct_logprob(model, tokenizer, held[0]["neg_context"], held_ids[0])) \
+        - (direct_logprob(model, tokenizer, held[0]["pos_context"], held_ids[1])
+           - direct_logprob(model, tokenizer, held[0]["neg_context"], held_ids[1]))
+    assert pol["heldout_r"] == pytest.approx([by_hand], abs=1e-3)
+    assert len(pol["self_reward_human"]) == 4 and pol["rlaif"]["n"] == 4 and len(pol["neutral"][0]) == 3
+    m, _ = assemble_measures(answers, answers, init, pol, None, beta=0.1, seed=0, refusal_rates=refusal_rates)
+    assert m["distillation_gain"]["mean"] == 0.0 and m["win_rate"]["ties"] == 2
+    assert m["kl_to_initial"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert m["implicit_reward_margin"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert m["perplexity_neutral"]["value"] == pytest.approx(m["perplexity_neutral_initial"]["value"], rel=1e-5)
     assert _ref(tiny_model_dir) == tiny_model_dir and _ref("builtin:x") == "builtin:x" and _ref("org/m") == "org/m"
     assert _read_baseline(str(Path(tiny_model_dir) / "none.jsonl"), [], cfg) is None
 
@@ -396,16 +414,17 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
         ray.shutdown()
     assert path == str(run / "round_0" / "eval.json") and rows == 4
     ev = json.loads(Path(path).read_text())
-    assert ev["round"] == 0 and ev["self_reward"]["n"] == 8 and ev["rlaif_judge"]["n"] == 8
-    assert ev["implicit_reward"]["n"] == 8 and ev["heldout_pairs"]["n"] == 4
-    assert ev["heldout_pairs"]["at_scoring"]["mean"] == 2.0
-    assert ev["answers"]["policy"]["n"] == ev["answers"]["baseline"]["n"] == 4
-    assert ev["win_rate"]["n"] == 4 and ev["win_rate"]["judge"] == "self_reward"
+    m = ev["measures"]
+    assert ev["round"] == 0 and m["self_reward_accuracy_human"]["n"] == 8 and m["rlaif_accuracy_human"]["n"] == 8
+    assert m["implicit_reward_accuracy"]["n"] == 8 and m["heldout_pairs_r"]["n"] == 4
+    assert m["win_rate"]["n"] == 4 and ev["judge"] == "self_reward"
+    assert m["distillation_gain"]["n"] == 4 and m["distillation_gain"]["mean"] == 0.0  # same weights, same answers
+    assert ev["details"]["refusal_judge"]["n"] >= 80
     answers = [json.loads(x) for x in (run / "round_0" / "answers.jsonl").read_text().splitlines()]
     baseline = [json.loads(x) for x in (run / "baseline_answers.jsonl").read_text().splitlines()]
     assert len(answers) == len(baseline) == 4 and all(0 < a["tokens"] <= 8 for a in answers)
     # Same weights, same per-prompt seeds: the round-0 policy (a copy of the model) answers exactly like round 0.
     assert [a["answer"] for a in answers] == [b["answer"] for b in baseline]
-    assert ev["win_rate"]["tie"] == 4  # identical answers tie by rule, whatever the judge
+    assert m["win_rate"]["ties"] == 4  # identical answers tie by rule, whatever the judge
     report = Path(write_report(str(run)))
     assert report.exists() and (run / "report" / "eval_metrics.png").stat().st_size > 5000

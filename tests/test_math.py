@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from dlma_ray.logprobs import score_texts, tokenize_pairs, sequence_logprobs, summed_response_logprobs
+from dlma_ray.logprobs import (
+    ResponseTooLong, response_ids, score_ids, score_texts, sequence_logprobs, side_ids, summed_response_logprobs,
+    tokenize_pairs,
+)
 from dlma_ray.losses import dlma_loss, self_reward, sft_loss
 from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
@@ -62,11 +65,34 @@ def test_response_mask_covers_response_and_end_of_turn(tokenizer, renderer):
     assert renderer.end_of_turn == "<|im_end|>"
 
 
-def test_truncation_keeps_context_and_cuts_response(tokenizer):
-    batch = tokenize_pairs(tokenizer, ["one two three"], ["four five six seven eight"], "", max_length=5)
+def test_too_long_raises_instead_of_cutting_one_side(tokenizer):
+    """Cutting y+ and y- to different lengths would bias h: past max_length the pair is refused (and the
+    stages drop it, counted)."""
+    batch = tokenize_pairs(tokenizer, ["one two three"], ["four five"], "", max_length=5)
     assert batch.context_lengths == [3] and batch.response_lengths == [2]
-    with pytest.raises(ValueError, match="no room"):
-        tokenize_pairs(tokenizer, ["one two three"], ["four"], "", max_length=3)
+    with pytest.raises(ResponseTooLong):
+        tokenize_pairs(tokenizer, ["one two three"], ["four five six seven eight"], "", max_length=5)
+
+
+def test_response_ids_end_of_turn_only_when_finished(tokenizer):
+    eot = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    sampled = [1, 2, 3]
+    assert response_ids(tokenizer, "ignored", sampled, True, "<|im_end|>") == [1, 2, 3] + eot
+    assert response_ids(tokenizer, "ignored", sampled, False, "<|im_end|>") == [1, 2, 3]
+    # No stored ids (a given text, an old table): the text is tokenised.
+    assert response_ids(tokenizer, "Hello", None, True, "<|im_end|>") == tokenizer("Hello")["input_ids"] + eot
+    rows = {"chosen": ["a", "b"], "chosen_token_ids": [[5, 6], [7]], "chosen_finished": [True, False],
+            "end_of_turn": ["<|im_end|>"] * 2}
+    assert side_ids(tokenizer, rows, "chosen") == [[5, 6] + eot, [7]]
+
+
+def test_score_ids_equals_unbatched_loop(tiny_model, tokenizer, renderer):
+    from conftest import direct_logprob
+
+    contexts = [renderer.plain([{"role": "user", "content": q}]) for q, _ in CONTEXTS_AND_RESPONSES]
+    ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for _, r in CONTEXTS_AND_RESPONSES]
+    got = score_ids(tiny_model, tokenizer, contexts, ids, batch_size=3)
+    assert got == pytest.approx([direct_logprob(tiny_model, tokenizer, c, i) for c, i in zip(contexts, ids)], abs=1e-4)
 
 
 def test_summed_logprobs_by_hand():
@@ -112,17 +138,24 @@ def test_gamma_zero_is_plain_dpo():
                       torch.tensor([-3.5, -2.5]), torch.tensor([-3.0, -1.5]))
     with_r, _ = dlma_loss(pc, pr, rc, rr, torch.tensor([30.0, -30.0]), gamma=0.0)
     without, _ = dlma_loss(pc, pr, rc, rr, None)
-    h = (pc - rc) - (pr - rr)
-    assert with_r.item() == pytest.approx(without.item())
-    assert without.item() == pytest.approx((-torch.nn.functional.logsigmoid(0.1 * h)).mean().item())
+    # By hand: h = (-3 + 3.5) - (-4 + 3) = 1.5 and (-2 + 2.5) - (-1 + 1.5) = 0; DPO loss log(1 + exp(-beta h)).
+    hand = (math.log1p(math.exp(-0.15)) + math.log(2.0)) / 2
+    assert with_r.item() == pytest.approx(hand, rel=1e-6)
+    assert without.item() == pytest.approx(hand, rel=1e-6)
 
 
-def test_gradient_signs():
+def test_gradients_by_hand():
+    """d loss / d log pi(y+) = -beta * sigmoid(-z), z = beta h - beta gamma R: with h = 0, R = 10,
+    z = -0.2 and the gradient is -0.1 * sigmoid(0.2) = -0.054983 (-0.05 if gamma were ignored)."""
     pc = torch.tensor([-5.0], requires_grad=True)
     pr = torch.tensor([-5.0], requires_grad=True)
     loss, _ = dlma_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([10.0]))
     loss.backward()
-    assert pc.grad.item() < 0 < pr.grad.item()  # descent raises log p(y+) and lowers log p(y-)
+    assert pc.grad.item() == pytest.approx(-0.1 / (1 + math.exp(-0.2)), rel=1e-5)  # raises log p(y+)
+    assert pr.grad.item() == pytest.approx(0.1 / (1 + math.exp(-0.2)), rel=1e-5)  # lowers log p(y-)
+    flipped = torch.tensor([-5.0], requires_grad=True)
+    dlma_loss(flipped, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([-10.0]))[0].backward()
+    assert flipped.grad.item() == pytest.approx(-0.1 / (1 + math.exp(0.2)), rel=1e-5)  # R < 0 softens, never flips
 
 
 def test_larger_reward_demands_larger_margin():

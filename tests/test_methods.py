@@ -126,7 +126,7 @@ def test_dpo_trains_on_the_datas_pairs(dpo_run, hh_file, tiny_model_dir):
 
 
 def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir, tokenizer):
-    from dlma_ray.logprobs import score_texts
+    from conftest import direct_logprob, eot_ids
     from dlma_ray.models import load_causal_lm
 
     rows = pairs(cd_run)
@@ -135,15 +135,14 @@ def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir
     assert steps and "reward_margin" not in steps[0] and steps[0]["loss"] > 0
     assert weights_changed(tiny_model_dir, cd_run)
     train = [r for r in rows if r["split"] == "train"]
-    args = ([r["plain_context"] for r in train], [r["chosen"] + r["end_of_turn"] for r in train], "")
-    before = sum(score_texts(load_causal_lm(tiny_model_dir), tokenizer, *args))
-    after = sum(score_texts(load_causal_lm(str(cd_run / "round_0/policy")), tokenizer, *args))
+    ids = [list(r["chosen_token_ids"]) + (eot_ids(tokenizer) if r["chosen_finished"] else []) for r in train]
+    before, after = (sum(direct_logprob(load_causal_lm(m), tokenizer, r["plain_context"], i) for r, i in zip(train, ids))
+                     for m in (tiny_model_dir, str(cd_run / "round_0/policy")))
     assert after > before, "SFT on y+ raised the log-likelihood of the trained y+"
 
 
 def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
     from dlma_ray.data import record_from_row
-    from dlma_ray.embedding import SentenceEmbedder, cosine
 
     targets = {}
     for line in hh_file.read_text().splitlines():
@@ -171,8 +170,20 @@ def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
         # The negatives are among the min(int(0.75 N), unique - 1) least similar of the prompt's samples.
         samples = [g for g in generations if g["prompt_id"] == pid]
         assert all(r["rejected"] in {s["rejected"] for s in samples} for r in group)
-    r = rows[0]
-    vec = SentenceEmbedder().encode([r["rejected"], r["chosen"]])
-    assert cosine(vec[:1], vec[1:])[0] == pytest.approx(r["similarity"], abs=1e-4)
+    # The stored similarity against a direct computation: all-MiniLM-L6-v2 is mean pooling then L2 norm.
+    from transformers import AutoModel, AutoTokenizer
+
+    from dlma_ray.embedding import resolve_embedding_model
+
+    path = resolve_embedding_model("builtin:all-minilm-l6-v2")
+    enc_tok, enc = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    for r in rows[:2]:
+        vecs = []
+        for text in (r["rejected"], r["chosen"]):
+            inputs = enc_tok(text, return_tensors="pt", truncation=True)
+            with torch.no_grad():
+                v = enc(**inputs).last_hidden_state[0].mean(0)
+            vecs.append(v / v.norm())
+        assert float(vecs[0] @ vecs[1]) == pytest.approx(r["similarity"], abs=1e-4)
     steps = train_steps(sc_run)
     assert steps and weights_changed(tiny_model_dir, sc_run)

@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dlma_ray.logprobs import score_texts
-from dlma_ray.losses import self_reward
+from conftest import direct_logprob, eot_ids
 from dlma_ray.models import load_causal_lm
 from dlma_ray.schema import PAIR_SCHEMA
 
@@ -93,37 +92,54 @@ def test_changed_config_is_refused(finished_run):
 
 
 def test_pairs_schema_and_recomputed_logprobs(finished_run, tiny_model_dir, tokenizer):
+    """Every stored log-prob recomputes from its row alone (context tokenised, the sampled ids, end-of-turn
+    only after a finished response), by an unbatched loop written apart from the code under test; R and its
+    sign from those recomputed numbers, by hand."""
     run_dir, _ = finished_run
     table = pq.read_table(run_dir / "round_0/pairs")
     assert table.schema.names == PAIR_SCHEMA.names
     assert [f.type for f in table.schema] == [f.type for f in PAIR_SCHEMA]
     rows = table.slice(0, 6).to_pylist()
     model = load_causal_lm(tiny_model_dir)
-    chosen = [r["chosen"] + r["end_of_turn"] for r in rows]
-    rejected = [r["rejected"] + r["end_of_turn"] for r in rows]
-    for ctx_col, responses, stored in [("pos_context", chosen, "logp_pos_chosen"),
-                                       ("neg_context", chosen, "logp_neg_chosen"),
-                                       ("pos_context", rejected, "logp_pos_rejected"),
-                                       ("neg_context", rejected, "logp_neg_rejected"),
-                                       ("plain_context", chosen, "ref_logp_chosen"),
-                                       ("plain_context", rejected, "ref_logp_rejected")]:
-        direct = score_texts(model, tokenizer, [r[ctx_col] for r in rows], responses, "", batch_size=1,
-                             max_length=512)
-        assert direct == pytest.approx([r[stored] for r in rows], abs=1e-3), stored
+    eot = eot_ids(tokenizer)
+    for r in rows:
+        ids = {side: list(r[f"{side}_token_ids"]) + (eot if r[f"{side}_finished"] else []) for side in ("chosen", "rejected")}
+        assert len(r["chosen_token_ids"]) == r["chosen_tokens"] and len(r["rejected_token_ids"]) == r["rejected_tokens"]
+        got = {(ctx, side): direct_logprob(model, tokenizer, r[ctx], ids[side])
+               for ctx in ("pos_context", "neg_context", "plain_context") for side in ("chosen", "rejected")}
+        assert r["logp_pos_chosen"] == pytest.approx(got["pos_context", "chosen"], abs=1e-3)
+        assert r["logp_neg_chosen"] == pytest.approx(got["neg_context", "chosen"], abs=1e-3)
+        assert r["logp_pos_rejected"] == pytest.approx(got["pos_context", "rejected"], abs=1e-3)
+        assert r["logp_neg_rejected"] == pytest.approx(got["neg_context", "rejected"], abs=1e-3)
+        assert r["ref_logp_chosen"] == pytest.approx(got["plain_context", "chosen"], abs=1e-3)
+        assert r["ref_logp_rejected"] == pytest.approx(got["plain_context", "rejected"], abs=1e-3)
+        by_hand = (got["pos_context", "chosen"] - got["neg_context", "chosen"]) \
+            - (got["pos_context", "rejected"] - got["neg_context", "rejected"])
+        assert r["self_reward"] == pytest.approx(by_hand, abs=2e-3)
+        # A cut response is scored without the end-of-turn token: appending it changes the number.
+        for side in ("chosen", "rejected"):
+            if not r[f"{side}_finished"]:
+                with_eot = direct_logprob(model, tokenizer, r["plain_context"], list(r[f"{side}_token_ids"]) + eot)
+                assert abs(with_eot - r[f"ref_logp_{side}"]) > 1e-3
     for r in table.to_pylist():
-        assert r["self_reward"] == pytest.approx(self_reward(r["logp_pos_chosen"], r["logp_neg_chosen"],
-                                                             r["logp_pos_rejected"], r["logp_neg_rejected"]))
         assert r["pos_context"] != r["neg_context"] and r["chosen_tokens"] >= 1
     assert {"train", "heldout"} == set(table.column("split").to_pylist())
+    score = [s for s in json.loads((run_dir / "state.json").read_text())["stages"] if s["stage"] == "score"][0]
+    assert score["metrics"]["kept"] == score["rows"] and score["metrics"]["rows_in"] == 24
 
 
 def test_training_grew_the_margin(finished_run, tokenizer):
     run_dir, _ = finished_run
     rows = [r for r in pq.read_table(run_dir / "round_0/pairs").to_pylist() if r["split"] == "train"]
     policy = load_causal_lm(str(run_dir / "round_0/policy"))
-    ctx = [r["plain_context"] for r in rows]
-    new_c = torch.tensor(score_texts(policy, tokenizer, ctx, [r["chosen"] + r["end_of_turn"] for r in rows], ""))
-    new_r = torch.tensor(score_texts(policy, tokenizer, ctx, [r["rejected"] + r["end_of_turn"] for r in rows], ""))
+    eot = eot_ids(tokenizer)
+
+    def logp(r, side):
+        return direct_logprob(policy, tokenizer, r["plain_context"],
+                              list(r[f"{side}_token_ids"]) + (eot if r[f"{side}_finished"] else []))
+
+    new_c = torch.tensor([logp(r, "chosen") for r in rows])
+    new_r = torch.tensor([logp(r, "rejected") for r in rows])
     margin = (new_c - torch.tensor([r["ref_logp_chosen"] for r in rows])) - \
              (new_r - torch.tensor([r["ref_logp_rejected"] for r in rows]))
     # Before training policy == reference, so the margin was exactly 0.
@@ -144,7 +160,7 @@ def test_round_1_ran_on_round_0_policy(finished_run, tiny_model_dir, tokenizer):
     assert {g["round"] for g in gens} == {1}
     # Round 1's scores come from pi_1 (round 0's policy), not pi_0.
     row = pq.read_table(run_dir / "round_1/pairs").slice(0, 1).to_pylist()[0]
-    args = ([row["pos_context"]], [row["chosen"] + row["end_of_turn"]], "")
-    pi1 = score_texts(load_causal_lm(str(run_dir / "round_0/policy")), tokenizer, *args)[0]
-    pi0 = score_texts(load_causal_lm(tiny_model_dir), tokenizer, *args)[0]
+    ids = list(row["chosen_token_ids"]) + (eot_ids(tokenizer) if row["chosen_finished"] else [])
+    pi1 = direct_logprob(load_causal_lm(str(run_dir / "round_0/policy")), tokenizer, row["pos_context"], ids)
+    pi0 = direct_logprob(load_causal_lm(tiny_model_dir), tokenizer, row["pos_context"], ids)
     assert pi1 == pytest.approx(row["logp_pos_chosen"], abs=1e-3) and abs(pi0 - pi1) > 1e-2

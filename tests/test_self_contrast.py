@@ -132,7 +132,7 @@ def grouped(table: pa.Table) -> pa.Table:
     return pa.concat_tables(parts)
 
 
-def test_grouping_keeps_a_prompts_k_pairs_in_one_batch():
+def test_grouping_keeps_a_prompts_k_pairs_in_one_batch(tokenizer):
     k, micro = 3, 2
     table = grouped(pair_table(prompts=5, k=k))
     assert table.num_rows == 5 and table.schema.field("rejected").type == pa.list_(pa.string())
@@ -146,19 +146,27 @@ def test_grouping_keeps_a_prompts_k_pairs_in_one_batch():
     for b, start in enumerate(range(0, table.num_rows, micro)):
         batch = table.slice(start, micro).to_pydict()
         batch = {c: np.array(v, dtype=object) for c, v in batch.items()}
-        rejected, eot, ref, group = expand_groups(batch)
-        assert len(rejected) == k * len(batch["prompt_id"]) and set(eot) == {"<eot>"}
-        for text, g in zip(rejected, group):
-            pid = f"p{text.split()[1].split('.')[0]}"
+        rejected, ref, group = expand_groups(tokenizer, batch)
+        assert len(rejected) == k * len(batch["prompt_id"])
+        for ids, ref_value, g in zip(rejected, ref, group):
+            pid = f"p{int(-ref_value) // 10}"  # ref_logp_rejected = -10 p - i names the prompt
             assert batch["prompt_id"][g] == pid
+            text = tokenizer.decode(ids)
+            assert text.startswith(f"neg {pid[1:]}.") and text.endswith("<eot>")  # no ids stored: text + end-of-turn
             seen.setdefault(pid, set()).add(b)
     assert all(len(batches) == 1 for batches in seen.values()) and len(seen) == 5
 
 
-def test_expand_groups_reads_2d_list_columns():
+def test_expand_groups_reads_2d_list_columns(tokenizer):
     rows = {"rejected": np.array([["a", "b"], ["c", "d"]], dtype=object), "end_of_turn": np.array(["e", "e"]),
             "ref_logp_rejected": np.array([[1.0, 2.0], [3.0, 4.0]])}
-    assert expand_groups(rows) == (["a", "b", "c", "d"], ["e"] * 4, [1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1])
+    ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert expand_groups(tokenizer, rows) == ([ids("a") + ids("e"), ids("b") + ids("e"), ids("c") + ids("e"),
+                                               ids("d") + ids("e")], [1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1])
+    # Stored sampled ids are used as they are; the end-of-turn follows only a finished negative.
+    rows.update(rejected_token_ids=np.array([[[7], [8, 9]], [[10], [11]]], dtype=object),
+                rejected_finished=np.array([[True, False], [False, True]]))
+    assert expand_groups(tokenizer, rows)[0] == [[7] + ids("e"), [8, 9], [10], [11] + ids("e")]
 
 
 def test_grouped_loss_by_hand():
@@ -181,8 +189,10 @@ def test_grouped_loss_by_hand():
 
 
 def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
-    from dlma_ray.logprobs import score_texts
+    from conftest import direct_logprob
     from dlma_ray.train import batch_loss
+
+    ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
 
     table = grouped(pair_table(prompts=2, k=2))
     rows = {c: np.array(v, dtype=object) for c, v in table.to_pydict().items()}
@@ -192,38 +202,50 @@ def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
         total = 0.0
         for b in range(2):
             ctx, eot = rows["plain_context"][b], rows["end_of_turn"][b]
-            chosen = score_texts(tiny_model, tokenizer, [ctx], [rows["chosen"][b] + eot], "")[0]
-            negs = score_texts(tiny_model, tokenizer, [ctx] * 2, [r + eot for r in rows["rejected"][b]], "")
+            chosen = direct_logprob(tiny_model, tokenizer, ctx, ids(rows["chosen"][b]) + ids(eot))
+            negs = [direct_logprob(tiny_model, tokenizer, ctx, ids(r) + ids(eot)) for r in rows["rejected"][b]]
             hs = [(chosen - rows["ref_logp_chosen"][b]) - (n - ref) for n, ref in zip(negs, rows["ref_logp_rejected"][b])]
             total += -sum(math.log(1 / (1 + math.exp(-0.5 * h))) for h in hs) / 2
         assert loss.item() == pytest.approx(total / 2, rel=1e-4)
         # Context distillation: the token-mean NLL of chosen after the plain context.
         cd, _ = batch_loss(tiny_model, tokenizer, rows, t, "context_distillation")
-        nll = -sum(score_texts(tiny_model, tokenizer, [rows["plain_context"][b]], [rows["chosen"][b] + "<eot>"], "")[0]
+        nll = -sum(direct_logprob(tiny_model, tokenizer, rows["plain_context"][b], ids(rows["chosen"][b]) + ids("<eot>"))
                    for b in range(2))
-        n_tok = sum(len(tokenizer(rows["chosen"][b] + "<eot>", add_special_tokens=False)["input_ids"]) for b in range(2))
+        n_tok = sum(len(ids(rows["chosen"][b]) + ids("<eot>")) for b in range(2))
         assert cd.item() == pytest.approx(nll / n_tok, rel=1e-4)
 
 
 @pytest.mark.parametrize("method,gamma", [("dlma", 0.2), ("rlcd", 0.0), ("dpo", 0.0)])
 def test_batch_loss_of_pair_methods(tiny_model, tokenizer, method, gamma):
-    """The pair methods share the DLMA loss; only dlma adds the self-reward margin."""
-    from dlma_ray.logprobs import score_texts
+    """The pair methods share the DLMA loss; only dlma adds the self-reward margin. Sampled ids are trained as
+    stored, with the end-of-turn tokens only after a finished response."""
+    from conftest import direct_logprob
     from dlma_ray.train import batch_loss
 
-    rows = {"plain_context": np.array(["Q1: ", "Q2: "], dtype=object), "end_of_turn": np.array(["<e>"] * 2, dtype=object),
-            "chosen": np.array(["good answer", "fine"], dtype=object), "rejected": np.array(["bad", "awful one"], dtype=object),
+    ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    obj = lambda *v: np.array(list(v), dtype=object)  # noqa: E731
+    rows = {"plain_context": obj("Q1: ", "Q2: "), "end_of_turn": obj("<e>", "<e>"),
+            "chosen": obj("good answer", "fine"), "rejected": obj("bad", "awful one"),
+            "chosen_token_ids": obj(ids("good answer"), ids("fine")), "rejected_token_ids": obj(ids("bad"), [11, 12, 13]),
+            "chosen_finished": np.array([True, False]), "rejected_finished": np.array([True, False]),
             "ref_logp_chosen": np.array([-30.0, -20.0]), "ref_logp_rejected": np.array([-25.0, -28.0]),
-            "self_reward": np.array([50.0, np.nan])}  # clipped to 40; NaN counts as 0
+            "self_reward": np.array([50.0, -3.0])}  # the first is clipped to 40
     t = {"max_length": 64, "beta": 0.1, "gamma": 0.2, "clip_low": -40.0, "clip_high": 40.0}
     with torch.no_grad():
         loss, m = batch_loss(tiny_model, tokenizer, rows, t, method)
-        pc = score_texts(tiny_model, tokenizer, list(rows["plain_context"]), [c + "<e>" for c in rows["chosen"]], "")
-        pr = score_texts(tiny_model, tokenizer, list(rows["plain_context"]), [r + "<e>" for r in rows["rejected"]], "")
+        pc = [direct_logprob(tiny_model, tokenizer, "Q1: ", ids("good answer") + ids("<e>")),
+              direct_logprob(tiny_model, tokenizer, "Q2: ", ids("fine"))]
+        pr = [direct_logprob(tiny_model, tokenizer, "Q1: ", ids("bad") + ids("<e>")),
+              direct_logprob(tiny_model, tokenizer, "Q2: ", [11, 12, 13])]
     expected = []
-    for i, reward in enumerate([40.0, 0.0]):
+    for i, reward in enumerate([40.0, -3.0]):
         h = (pc[i] - rows["ref_logp_chosen"][i]) - (pr[i] - rows["ref_logp_rejected"][i])
         z = 0.1 * h - 0.1 * gamma * reward
         expected.append(-math.log(1 / (1 + math.exp(-z))))
     assert loss.item() == pytest.approx(np.mean(expected), rel=1e-4)
-    assert m["target_margin"].item() == pytest.approx(0.1 * gamma * 40.0 / 2)
+    assert m["target_margin"].item() == pytest.approx(0.1 * gamma * (40.0 - 3.0) / 2)
+    # A NaN R is never read as 0: dlma's loss turns NaN (the train loop stops on it); rlcd and dpo ignore R.
+    rows["self_reward"] = np.array([50.0, np.nan])
+    with torch.no_grad():
+        loss, _ = batch_loss(tiny_model, tokenizer, rows, t, method)
+    assert math.isnan(loss.item()) == (method == "dlma")

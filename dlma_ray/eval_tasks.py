@@ -1,0 +1,208 @@
+"""The model work of the evaluate stage, run inside Ray tasks (dlma_ray.evaluate starts them).
+
+    generate_answers       vLLM: a model's sampled answers to the held-out prompts, plain chat format
+    initial_model_scores   transformers on pi_0, the fixed judge of every round: the contrast
+                           C(y) = log pi_0(y | positive) - log pi_0(y | negative) of both answer sets,
+                           log pi_0 of the policy's answers (KL), of the human pairs (implicit reward's
+                           reference) and of the neutral text (perplexity); a reward-model judge's margins
+    policy_scores          transformers on pi_k: the same log-probs under the policy, R of human-written
+                           and of held-out generated pairs, the RLAIF text judge
+
+Answers are scored as token ids (`logprobs.response_ids`): the sampled ids, with the end-of-turn tokens
+only after an answer that finished. Each function returns plain lists; the numbers with their intervals
+are made by the driver (dlma_ray.evaluate), so a task never decides what a measure means.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+from dlma_ray.config import Config
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def free_memory() -> None:
+    """Give back the memory of models the caller has just dropped (set to None)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load(ref: str, cfg: Config):
+    import torch
+
+    from dlma_ray.models import load_causal_lm, load_tokenizer
+
+    torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
+    model = load_causal_lm(ref, cfg.scoring.dtype, cfg.model.trust_remote_code).to(device())
+    return model, load_tokenizer(ref, cfg.model.trust_remote_code)
+
+
+def renderer(tokenizer, cfg: Config):
+    from dlma_ray.prompts import ContrastiveRenderer, pair_from_config
+
+    return ContrastiveRenderer(tokenizer, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
+                               cfg.pair.style)
+
+
+def answer_ids(tokenizer, rows: list[dict], end_of_turn: str) -> list[list[int]]:
+    from dlma_ray.logprobs import response_ids
+
+    return [response_ids(tokenizer, a["answer"], a.get("token_ids"), a["finished"], end_of_turn) for a in rows]
+
+
+def pair_ids(tokenizer, pairs: list[dict], end_of_turn: str) -> tuple[list[list[int]], list[list[int]]]:
+    """Human-written (given) y+ and y-: whole answers, so each is followed by the end-of-turn tokens."""
+    from dlma_ray.logprobs import response_ids
+
+    return ([response_ids(tokenizer, p["chosen"], None, True, end_of_turn) for p in pairs],
+            [response_ids(tokenizer, p["rejected"], None, True, end_of_turn) for p in pairs])
+
+
+def contrastive_rewards(model, tokenizer, pos: list[str], neg: list[str], y_plus: list[list[int]],
+                        y_minus: list[list[int]], batch_size: int) -> list[float]:
+    """R = [l+(y+) - l-(y+)] - [l+(y-) - l-(y-)] per pair, in one sorted scoring pass over token ids."""
+    from dlma_ray.logprobs import score_ids
+    from dlma_ray.losses import self_reward
+
+    n = len(pos)
+    lp = score_ids(model, tokenizer, pos + pos + neg + neg, y_plus + y_minus + y_plus + y_minus, batch_size)
+    return [self_reward(lp[i], lp[2 * n + i], lp[n + i], lp[3 * n + i]) for i in range(n)]
+
+
+def contrast(model, tokenizer, r, rows: list[dict], ids: list[list[int]], batch_size: int) -> list[float]:
+    """C(y) = log p(y | positive) - log p(y | negative) of each answer under ``model``."""
+    from dlma_ray.logprobs import score_ids
+
+    chats = [a["messages"] for a in rows]
+    lp = score_ids(model, tokenizer, [r.positive(c) for c in chats] + [r.negative(c) for c in chats], ids + ids,
+                   batch_size)
+    return [lp[i] - lp[len(rows) + i] for i in range(len(rows))]
+
+
+def plain_logps(model, tokenizer, r, chats: list, ids: list[list[int]], batch_size: int) -> list[float]:
+    from dlma_ray.logprobs import score_ids
+
+    return score_ids(model, tokenizer, [r.plain(c) for c in chats], ids, batch_size)
+
+
+def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple[list[float], list[int]]:
+    """Summed NLL and token count of each neutral text after its question (no end-of-turn: text only)."""
+    from dlma_ray.evaluation import answer_nll
+
+    return answer_nll(model, tokenizer, [r.plain([{"role": "user", "content": d["prompt"]}]) for d in docs],
+                      [d["text"] for d in docs], batch_size)
+
+
+def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
+    """The model's sampled answer to each prompt under the plain chat format (vLLM, seeded per prompt)."""
+    g = cfg.generation
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(g.cpu_kvcache_gb))
+    import torch
+    from vllm import LLM
+
+    from dlma_ray.generate import engine_kwargs, request_seed, sampled_ids, sampling_params, stop_token_ids
+    from dlma_ray.models import resolve_model_path
+
+    torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
+    gen = dict(vars(g), seed=cfg.eval.seed)
+    llm = LLM(**engine_kwargs(resolve_model_path(model_ref), gen, cfg.resources.tensor_parallel_size,
+                              cfg.model.trust_remote_code))
+    r = renderer(llm.get_tokenizer(), cfg)
+    stop = stop_token_ids(llm.get_tokenizer(), r.end_of_turn)
+    params = [sampling_params(gen, cfg.eval.max_new_tokens, request_seed(cfg.eval.seed, 0, p["prompt_id"], "eval"),
+                              stop) for p in prompts]
+    try:
+        outs = llm.generate([r.plain(p["messages"]) for p in prompts], params, use_tqdm=False)
+    finally:  # stop the engine's own processes now rather than leave them to interpreter exit
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        try:
+            core.shutdown()
+        except Exception:  # best effort: the worker process exits after this task anyway (max_calls=1)
+            pass
+    rows = []
+    for p, o in zip(prompts, outs):
+        ids, finished = sampled_ids(o.outputs[0], stop)
+        rows.append({**p, "model": model_ref, "answer": o.outputs[0].text, "token_ids": ids, "tokens": len(ids),
+                     "finished": finished, **answer_sampling(cfg)})
+    return rows
+
+
+def answer_sampling(cfg: Config) -> dict:
+    """The settings an answer set was sampled with: a cached set is reused only when they all match."""
+    g = cfg.generation
+    return {"max_new_tokens": cfg.eval.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p,
+            "top_k": g.top_k, "seed": cfg.eval.seed}
+
+
+def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], baseline: list[dict],
+                         pairs: list[dict], neutral: list[dict]) -> dict:
+    """Everything pi_0 (the fixed judge) computes: see the module docstring."""
+    model, tok = load(round0_ref, cfg)
+    r, bs = renderer(tok, cfg), cfg.eval.batch_size
+    new_ids, base_ids = answer_ids(tok, answers, r.end_of_turn), answer_ids(tok, baseline, r.end_of_turn)
+    y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
+    chats = [p["messages"] for p in pairs]
+    out = {
+        "contrast_policy": contrast(model, tok, r, answers, new_ids, bs),
+        "contrast_baseline": contrast(model, tok, r, baseline, base_ids, bs),
+        "tokens_policy": [len(i) for i in new_ids], "tokens_baseline": [len(i) for i in base_ids],
+        "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers], new_ids, bs),
+        "pairs_chosen": plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
+        "pairs_rejected": plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
+        "neutral": neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []),
+        "margins": None,
+    }
+    if cfg.eval.judge == "reward_model":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from dlma_ray.evaluation import reward_model_scores
+
+        model = None
+        free_memory()
+        rm = AutoModelForSequenceClassification.from_pretrained(
+            cfg.eval.judge_model, trust_remote_code=cfg.model.trust_remote_code, use_safetensors=True,
+        ).eval().to(device())
+        rm_tok = AutoTokenizer.from_pretrained(cfg.eval.judge_model, trust_remote_code=cfg.model.trust_remote_code)
+        chats = [a["messages"] for a in answers]
+        new = reward_model_scores(rm, rm_tok, chats, [a["answer"] for a in answers], bs)
+        old = reward_model_scores(rm, rm_tok, chats, [b["answer"] for b in baseline], bs)
+        out["margins"] = [a - b for a, b in zip(new, old)]
+    return out
+
+
+def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list[dict], heldout: list[dict],
+                  neutral: list[dict]) -> dict:
+    """Everything the evaluated policy pi_k computes: see the module docstring."""
+    from dlma_ray.evaluation import rlaif_judge
+    from dlma_ray.logprobs import side_ids
+
+    model, tok = load(policy_ref, cfg)
+    r, bs = renderer(tok, cfg), cfg.eval.batch_size
+    y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
+    chats = [p["messages"] for p in pairs]
+    out = {
+        "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers],
+                                           answer_ids(tok, answers, r.end_of_turn), bs),
+        "pairs_chosen": plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
+        "pairs_rejected": plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
+        "self_reward_human": contrastive_rewards(model, tok, [r.positive(c) for c in chats],
+                                                 [r.negative(c) for c in chats], y_plus, y_minus, bs) if pairs else [],
+        "neutral": neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []),
+        "rlaif": None, "heldout_r": [],
+    }
+    if pairs:
+        out["rlaif"], _ = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in pairs], bs)
+    if heldout:
+        cols = {c: [h[c] for h in heldout] for c in heldout[0]}
+        out["heldout_r"] = contrastive_rewards(model, tok, cols["pos_context"], cols["neg_context"],
+                                               side_ids(tok, cols, "chosen"), side_ids(tok, cols, "rejected"), bs)
+    return out
