@@ -11,23 +11,19 @@ method without an eval.json gets a column of dashes and a note, so a partial or 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 from dlma_ray import storage
-from dlma_ray.report import _get, _num, _plt, _table
+from dlma_ray.figures import pyplot
+from dlma_ray.runview import fmt_num, get, md_table, read_json
 
 METHOD_ORDER = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
 # The measures drawn in the figure (dlma_ray.measures names), each with its 95% interval.
 FIGURE_MEASURES = ("distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
                    "implicit_reward_accuracy")
-
-
-def _json(path: str):
-    return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
 def discover_methods(base_dir: str) -> list[str]:
@@ -40,19 +36,19 @@ def discover_methods(base_dir: str) -> list[str]:
 
 def load_method(run_dir: str) -> dict:
     """A method's run: its state, its last eval.json (and round), its training summary."""
-    state = _json(storage.join(run_dir, "state.json")) or {}
+    state = read_json(storage.join(run_dir, "state.json")) or {}
     stages = state.get("stages") or []
     rounds = sorted({s["round"] for s in stages})
     last_eval, eval_round = None, None
     for k in reversed(rounds):
-        last_eval = _json(storage.join(run_dir, f"round_{k}", "eval.json"))
+        last_eval = read_json(storage.join(run_dir, f"round_{k}", "eval.json"))
         if last_eval:
             eval_round = k
             break
     trained = [s for s in stages if s["stage"] == "train"]
     return {"state": state, "eval": last_eval, "eval_round": eval_round, "rounds_trained": len(trained),
             "train_rows": sum(s.get("rows", 0) for s in trained),
-            "last_loss": _get(trained[-1], "metrics", "loss") if trained else None,
+            "last_loss": get(trained[-1], "metrics", "loss") if trained else None,
             "seconds": sum(s.get("seconds", 0.0) for s in stages)}
 
 
@@ -85,8 +81,8 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
                      else "–"] + [format_summary(c, pct) for c in cells])
     rows.append(["rounds trained", "0"] + [str(runs[m]["rounds_trained"]) for m in methods])
     rows.append(["training rows (all rounds)", "0"] + [str(runs[m]["train_rows"]) for m in methods])
-    rows.append(["stage seconds (all)", "–"] + [_num(runs[m]["seconds"], 0) for m in methods])
-    md += _table(header, rows) + [""]
+    rows.append(["stage seconds (all)", "–"] + [fmt_num(runs[m]["seconds"], 0) for m in methods])
+    md += md_table(header, rows) + [""]
     notes = [f"- `{m}`: no eval.json yet (eval.enabled=false, or the run has not reached an evaluate stage)"
              for m in methods if runs[m]["eval"] is None and m not in (failures or {})]
     notes += [f"- `{m}` failed: {msg}" for m, msg in (failures or {}).items()]
@@ -105,7 +101,7 @@ def plot_comparison(runs: dict[str, dict], path: str) -> bool:
     if not methods:
         return False
     initial = initial_column(runs) or {}
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(FIGURE_MEASURES), figsize=(4 * len(FIGURE_MEASURES), 4.2))
     for ax, name in zip(axes, FIGURE_MEASURES):
         measure = BY_NAME[name]

@@ -245,4 +245,4 @@ def run_evaluate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
     result = evaluate_policy(cfg, policy, rd, reference=reference_for_round(cfg, run_dir, k),
                              heldout=read_heldout(storage.join(rd, "pairs"), cfg.eval.heldout_pairs),
                              round_index=k, baseline_path=storage.join(run_dir, BASELINE_FILE))
-    return storage.join(rd, "eval.json"), result["answers"]["policy"]["n"]
+    return storage.join(rd, "eval.json"), result["details"]["heldout_prompts"]

@@ -95,7 +95,7 @@ class GenerationEngine:
         """The generation-table columns of one side: text, sampled ids, token count, finished."""
         sampled = [sampled_ids(o, self.stop_ids) for o in outputs]
         ids = np.empty(len(sampled), dtype=object)
-        ids[:] = [np.asarray(i, dtype=np.int32) for i, _ in sampled]
+        ids[:] = [list(i) for i, _ in sampled]  # Python lists: Ray Data keeps them as list<int>
         return {prefix: np.array([o.text for o in outputs], dtype=object), f"{prefix}_token_ids": ids,
                 f"{prefix}_tokens": np.array([len(i) for i, _ in sampled], dtype=np.int32),
                 f"{prefix}_finished": np.array([f for _, f in sampled], dtype=bool)}
@@ -156,7 +156,7 @@ class SampleEngine(GenerationEngine):
                           round=self.round_index)
         tok = self.llm.get_tokenizer()
         targets = [str(t) for t in batch["target"]]
-        target_ids = [np.asarray(tok(t, add_special_tokens=False)["input_ids"], dtype=np.int32) for t in targets]
+        target_ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
         chosen_ids = np.empty(len(owner), dtype=object)
         chosen_ids[:] = [target_ids[j] for j in owner]
         out = {name: np.asarray(values)[owner] for name, values in batch.items()}

@@ -84,7 +84,14 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table lacks columns {missing}; has {table.column_names}")
-    return table.select(schema.names).cast(schema)
+    table = table.select(schema.names)
+    for i, f in enumerate(schema):
+        col = table.column(i)
+        if pa.types.is_list(f.type) and not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+            # Ray Data stores a column of numpy arrays as its own tensor type: rebuild it as a plain list.
+            values = [None if v is None else [int(x) for x in v] for v in col.to_pylist()]
+            table = table.set_column(i, f.name, pa.array(values, type=f.type))
+    return table.cast(schema)
 
 
 def markdown_table(schema: pa.Schema) -> str:

@@ -53,7 +53,7 @@ def drop_reasons(tokenizer, batch: dict, chosen: list[list[int]], rejected: list
 
 def _ids_column(ids: list[list[int]]) -> np.ndarray:
     out = np.empty(len(ids), dtype=object)
-    out[:] = [np.asarray(x, dtype=np.int32) for x in ids]
+    out[:] = [[int(i) for i in x] for x in ids]  # Python lists: Ray Data keeps them as list<int>
     return out
 
 

@@ -161,7 +161,6 @@ def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
     from dlma_ray import pipeline as p
     from dlma_ray import storage
     from dlma_ray.embedding import SimilarityActor
-    from dlma_ray.schema import PAIR_SCHEMA
 
     rd = p.round_dir(run_dir, k)
     src, out = storage.join(rd, "generations"), storage.join(rd, "pairs")

@@ -136,7 +136,6 @@ def train_loop_per_worker(config: dict) -> None:
     import deepspeed
     import ray.train
     import torch
-    from ray.train import Checkpoint
 
     from dlma_ray.models import load_causal_lm, load_tokenizer
 

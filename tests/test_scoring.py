@@ -91,3 +91,10 @@ def test_evaluation_doc_covers_every_measure():
     for m in MEASURES:
         assert f"`{m.name}`" in text, m.name
         assert not m.initial or f"`{m.initial}`" in text, m.initial
+
+
+def test_readme_documents_the_pairs_table():
+    from dlma_ray.schema import PAIR_SCHEMA, markdown_table
+
+    readme = (DOCS.parent / "README.md").read_text()
+    assert markdown_table(PAIR_SCHEMA) in readme
