@@ -42,7 +42,7 @@ class DataConfig:
     split: str = _f("train", "split to read when `source` is an HF dataset")
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
-    max_prompts: int = _f(32, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
+    max_prompts: int = _f(64, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
     max_prompt_tokens: int = _f(256, "drop prompts whose chat-rendered length exceeds this many tokens", min=1)
     dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
     heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
@@ -51,7 +51,8 @@ class DataConfig:
 
 @dataclass
 class PairConfig:
-    name: str = _f("harmless", "contrastive prompt pair: a built-in (`harmless`, `helpful`) or a name of your own")
+    name: str = _f("concise", "contrastive prompt pair: a built-in (`harmless`, `helpful`: DLMA's; `concise`: the one "
+                   "the embedded 135M model follows most, bench/RESULTS.md) or a name of your own")
     positive: str = _f("", "your own pair's positive system message (leave empty for a built-in)")
     negative: str = _f("", "your own pair's negative system message (leave empty for a built-in)")
     style: Literal["chat", "raw"] = _f(
@@ -64,7 +65,7 @@ class GenerationConfig:
     top_p: float = _f(1.0, "nucleus sampling mass (released: 1.0)", min=0.0, max=1.0)
     top_k: int = _f(50, "sample from the k most likely tokens; -1 = all (the released code sampled with 50)",
                     min=-1)
-    max_new_tokens: int = _f(48, "longest response in tokens (released: 200)", min=1)
+    max_new_tokens: int = _f(96, "longest response in tokens (released: 200)", min=1)
     seed: int = _f(0, "sampling seed; each round adds its index so rounds differ but repeat exactly")
     max_model_len: int = _f(1024, "vLLM context length (prompt + response)", min=16)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "vLLM weight dtype (float32 is fastest on CPU)")
@@ -94,7 +95,7 @@ class TrainConfig:
     clip_low: float = _f(-40.0, "lower clip bound L of the self-reward (released: -40)")
     clip_high: float = _f(40.0, "upper clip bound U of the self-reward (released: 40)")
     optimizer: Literal["adamw", "rmsprop", "sgd"] = _f("adamw", "torch optimizer (released: rmsprop)")
-    lr: float = _f(5e-6, "peak learning rate (released: 5e-7 for 7B)", min=0.0)
+    lr: float = _f(1e-5, "peak learning rate (released: 5e-7 for 7B)", min=0.0)
     weight_decay: float = _f(0.0, "optimizer weight decay", min=0.0)
     lr_schedule: Literal["constant", "linear", "cosine"] = _f("constant", "decay after warm-up")
     warmup_steps: int = _f(0, "linear warm-up steps (released: 150)", min=0)
@@ -153,6 +154,8 @@ class EvalConfig:
     judge_url: str = _f("", "base URL of the OpenAI-compatible endpoint (judge: openai)")
     judge_api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the endpoint's key (never logged)")
     batch_size: int = _f(8, "sequences per forward pass during evaluation", min=1)
+    rlaif_judge: bool = _f(False, "also ask the policy in text which human-written answer is better (the RLAIF "
+                           "baseline R is compared with; long prompts: off by default to keep CPU rounds short)")
     seed: int = _f(0, "seed of the pair sample and the answers' sampling")
 
 

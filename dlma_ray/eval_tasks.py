@@ -199,7 +199,7 @@ def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list
         "neutral": neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []),
         "rlaif": None, "heldout_r": [],
     }
-    if pairs:
+    if pairs and cfg.eval.rlaif_judge:
         out["rlaif"], _ = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in pairs], bs)
     if heldout:
         cols = {c: [h[c] for h in heldout] for c in heldout[0]}

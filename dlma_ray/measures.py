@@ -42,7 +42,7 @@ MEASURES: tuple[Measure, ...] = (
     Measure("over_refusal", "refusal rate, borderline safe prompts", "lower",
             "Fraction of answers to safe prompts that look harmful (\"how do I kill a Python process\") that refuse: "
             "a policy that refuses everything scores high here.", initial="over_refusal_initial"),
-    Measure("kl_to_initial", "KL(pi_k || pi_0) estimate (nats per answer)", "",
+    Measure("kl_to_initial", "KL(pi_k ‖ pi_0) estimate (nats per answer)", "",
             "Mean of log pi_k(y) - log pi_0(y) over the policy's own held-out answers (plain context): how far the "
             "policy moved. The answers are sampled with the generation settings (top-k/top-p), so this estimates "
             "the drift on what the policy actually says rather than the exact KL."),
@@ -168,8 +168,9 @@ def assemble_measures(answers: list[dict], baseline: list[dict], initial: dict, 
         m["self_reward_accuracy_human"] = rate_summary(r["correct"], r["n"])
         details["self_reward_bins"] = [{**b, **rate_summary(b["correct"], b["n"])} for b in r["bins"]]
         j = scores["rlaif"]
-        m["rlaif_accuracy_human"] = rate_summary(round((j["accuracy"] or 0) * j["n"]), j["n"])
-        details["rlaif_judge"] = j
+        if j:
+            m["rlaif_accuracy_human"] = rate_summary(round((j["accuracy"] or 0) * j["n"]), j["n"])
+            details["rlaif_judge"] = j
     if scores["heldout_r"]:
         m["heldout_pairs_r"] = {**mean_summary(scores["heldout_r"], seed=seed),
                                 "frac_positive": sum(x > 0 for x in scores["heldout_r"]) / len(scores["heldout_r"])}

@@ -63,7 +63,7 @@ def eval_table(evals: dict) -> list[str]:
         better = {"higher": " ↑", "lower": " ↓"}.get(m.better, "")
         rows.append([m.label + better, format_summary(last.get(m.initial), pct) if m.initial else ""]
                     + [format_summary(c, pct) for c in cells])
-    return md_table(["measure", "$\\pi_0$"] + [f"after round {k}" for k in ks], rows)
+    return md_table(["measure", "pi_0"] + [f"after round {k}" for k in ks], rows)
 
 
 def headline(evals: dict) -> str:

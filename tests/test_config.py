@@ -48,7 +48,7 @@ def test_int_accepted_for_float_and_stored_as_float():
     ("data.heldout_fraction=0.9", r"data\.heldout_fraction: 0.9 is out of range; expected a float in \[0.0, 0.5\]"),
     ("train.clip_low=50", r"train\.clip_low: 50.0 is above train\.clip_high"),
     ("train.global_batch_size=7", r"train\.global_batch_size: 7 is not a multiple"),
-    ("pair.name=polite", r"pair\.name: 'polite' is not a built-in pair; allowed: harmless, helpful"),
+    ("pair.name=polite", r"pair\.name: 'polite' is not a built-in pair; allowed: harmless, helpful, concise"),
     ("pair.positive=be nice", r"pair\.positive / pair\.negative: give both"),
     ("data.max_prompt_tokens=600", r"data\.max_prompt_tokens: 600 must be below train\.max_length"),
     ("train=3", r"train: expected a mapping"),

@@ -320,7 +320,8 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     from dlma_ray.eval_tasks import initial_model_scores, policy_scores, renderer
     from dlma_ray.evaluate import _read_baseline, _ref, load_eval_pairs, load_neutral_text
 
-    cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4"])
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4",
+                             "eval.rlaif_judge=true"])
     pairs, _ = load_eval_pairs(cfg, tokenizer)
     neutral = load_neutral_text(cfg)[:3]
     eot = eot_ids(tokenizer)
@@ -406,7 +407,7 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     run = tmp_path / "run"
     _hand_made_run(run, tiny_model_dir, tokenizer)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", f"run.dir={run}", "eval.max_pairs=8",
-                             "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4",
+                             "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4", "eval.rlaif_judge=true",
                              "generation.cpu_kvcache_gb=1", "rounds.count=1"])
     try:
         path, rows = run_evaluate(cfg, str(run), 0)

@@ -43,7 +43,7 @@ def test_multi_turn_chat(tokenizer):
 
 def test_user_pair_and_unknown_pair():
     assert pair_from_config("mine", "Be kind.", "Be cruel.") == PromptPair("mine", "Be kind.", "Be cruel.")
-    with pytest.raises(ValueError, match="built-ins: harmless, helpful"):
+    with pytest.raises(ValueError, match="built-ins: harmless, helpful, concise"):
         pair_from_config("nope")
 
 
