@@ -144,7 +144,7 @@ def answer_sampling(cfg: Config) -> dict:
 
 
 def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], baseline: list[dict],
-                         pairs: list[dict], neutral: list[dict]) -> dict:
+                         pairs: list[dict], neutral: list[dict], judged_pairs: list[dict] | None = None) -> dict:
     """Everything pi_0 (the fixed judge) computes: see the module docstring."""
     model, tok = load(round0_ref, cfg)
     r, bs = renderer(tok, cfg), cfg.eval.batch_size
@@ -176,6 +176,11 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
         new = reward_model_scores(rm, rm_tok, chats, [a["answer"] for a in answers], bs)
         old = reward_model_scores(rm, rm_tok, chats, [b["answer"] for b in baseline], bs)
         out["margins"] = [a - b for a, b in zip(new, old)]
+        if judged_pairs:  # the round's generated pairs: does the external judge agree with R's sign?
+            chats = [p["messages"] for p in judged_pairs]
+            plus = reward_model_scores(rm, rm_tok, chats, [p["chosen"] for p in judged_pairs], bs)
+            minus = reward_model_scores(rm, rm_tok, chats, [p["rejected"] for p in judged_pairs], bs)
+            out["judge_pair_margins"] = [a - b for a, b in zip(plus, minus)]
     return out
 
 

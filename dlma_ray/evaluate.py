@@ -138,6 +138,18 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def read_judged_pairs(pairs_dir: str, limit: int) -> list[dict]:
+    """Up to ``limit`` of a round's generated pairs with a finite R, for an external judge (by prompt id)."""
+    import pyarrow.parquet as pq
+
+    if limit <= 0 or not storage.exists(pairs_dir):
+        return []
+    cols = ["prompt_id", "messages_json", "chosen", "rejected", "self_reward"]
+    rows = [r for r in pq.read_table(pairs_dir, columns=cols).to_pylist()
+            if r["self_reward"] is not None and math.isfinite(r["self_reward"])]
+    return [{**r, "messages": json.loads(r.pop("messages_json"))} for r in sorted(rows, key=lambda r: r["prompt_id"])[:limit]]
+
+
 def _read_baseline(path: str, prompts: list[dict], cfg: Config) -> list[dict] | None:
     """The cached pi_0 answers, or None when missing or made with other prompts / model / sampling."""
     if not storage.exists(path):
@@ -169,12 +181,14 @@ def refusal_judge_agreement() -> dict:
 
 def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: str | None = None,
                     heldout: list[dict] | None = None, round_index: int | None = None,
-                    baseline_path: str | None = None) -> dict:
+                    baseline_path: str | None = None, judged_pairs: list[dict] | None = None) -> dict:
     """Evaluate one policy folder; writes <out_dir>/answers.jsonl and <out_dir>/eval.json; returns eval.json.
 
     ``reference`` is the training's reference (recorded only: every measure compares with pi_0, the fixed
     round-0 model); ``heldout`` rows come from ``read_heldout``; pi_0's answers are cached at
-    ``baseline_path`` (default <run.dir>/baseline_answers.jsonl).
+    ``baseline_path`` (default <run.dir>/baseline_answers.jsonl). ``judged_pairs`` (generated pairs with
+    their R, from ``read_judged_pairs``) are judged by an external judge when one is configured: R's
+    accuracy against it by |R| range, the paper's headline.
     """
     import ray
 
@@ -204,8 +218,9 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     if baseline_ref is not None:
         baseline = ray.get(baseline_ref)
         storage.write_text_atomic(baseline_path, _jsonl(baseline))
+    judged_pairs = judged_pairs if cfg.eval.judge != "self_reward" else []
     initial_ref = _task(eval_tasks.initial_model_scores, **scorer).remote(cfg, round0, answers, baseline, pairs,
-                                                                           neutral)
+                                                                           neutral, judged_pairs)
     policy_ref = _task(eval_tasks.policy_scores, **scorer).remote(cfg, policy, answers, pairs, heldout or [], neutral)
     initial, scores = ray.get(initial_ref), ray.get(policy_ref)
     margins = initial["margins"]
@@ -213,12 +228,20 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
         margins = openai_margins(cfg.eval.judge_url, cfg.eval.judge_model, api_key(cfg.eval.judge_api_key_env),
                                  [a["messages"] for a in answers], [a["answer"] for a in answers],
                                  [b["answer"] for b in baseline])
+        if judged_pairs:
+            initial["judge_pair_margins"] = openai_margins(
+                cfg.eval.judge_url, cfg.eval.judge_model, api_key(cfg.eval.judge_api_key_env),
+                [p["messages"] for p in judged_pairs], [p["chosen"] for p in judged_pairs],
+                [p["rejected"] for p in judged_pairs])
+    if judged_pairs:
+        initial["judged_pair_rewards"] = [p["self_reward"] for p in judged_pairs]
     measures, details = assemble_measures(answers, baseline, initial, scores, margins, beta=cfg.train.beta,
                                           seed=cfg.eval.seed, refusal_rates=refusal_rates)
     details.update(pairs_source=pairs_info, refusal_judge=refusal_judge_agreement(), heldout_prompts=len(prompts),
                    neutral_texts=len(neutral),
                    self_reward_bins_note="accuracy of R > 0 by |R| range on human-written pairs; the paper's headline "
-                   "(accuracy rising with |R| against an external judge) needs eval.judge=reward_model or openai")
+                   "(accuracy rising with |R| against an external judge) needs eval.judge=reward_model or openai"
+                   + ("" if judged_pairs else ": not computed in this evaluation"))
     result = {
         "round": round_index, "policy": policy, "reference": _ref(reference or cfg.model.path),
         "round0_model": round0, "pair": cfg.pair.name, "judge": cfg.eval.judge, "eval_config": vars(cfg.eval),
@@ -244,5 +267,6 @@ def run_evaluate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
         raise FileNotFoundError(f"round {k} has no trained policy at {policy}; run its train stage first")
     result = evaluate_policy(cfg, policy, rd, reference=reference_for_round(cfg, run_dir, k),
                              heldout=read_heldout(storage.join(rd, "pairs"), cfg.eval.heldout_pairs),
-                             round_index=k, baseline_path=storage.join(run_dir, BASELINE_FILE))
+                             round_index=k, baseline_path=storage.join(run_dir, BASELINE_FILE),
+                             judged_pairs=read_judged_pairs(storage.join(rd, "pairs"), cfg.eval.max_pairs))
     return storage.join(rd, "eval.json"), result["details"]["heldout_prompts"]

@@ -1,4 +1,4 @@
-"""Evaluate a policy on Ray: answers, self-reward / RLAIF / implicit-reward accuracy, refusals, win rate.
+"""Evaluate a policy on Ray: distillation gain vs pi_0, refusals, KL, perplexity, implicit reward, with intervals.
 
     python jobs/evaluate.py --config FILE                      # the run's latest policy (round_<k>/policy)
     python jobs/evaluate.py --config FILE --round 0            # round 0's new policy, into round_0/eval.json
