@@ -271,7 +271,29 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     return cls(**kwargs)
 
 
+# Fields that may hold a URI: credentials there would be copied into state.json, the tables and the logs.
+URI_FIELDS = ("run.dir", "model.path", "data.source", "eval.preference_pairs", "eval.prompts", "eval.neutral_text",
+              "eval.judge_model", "eval.judge_url", "self_contrast.embedding_model")
+
+
+def _check_no_credentials(cfg: Config, errors: list[str]) -> None:
+    from urllib.parse import urlsplit
+
+    for path in URI_FIELDS:
+        section, key = path.split(".")
+        value = str(getattr(getattr(cfg, section), key))
+        if "://" not in value:
+            continue
+        parts = urlsplit(value)
+        if parts.username or parts.password or "@" in parts.netloc:
+            errors.append(f"{path}: the URI carries credentials (user:secret@host); they would be written to "
+                          "state.json, the tables and the logs. Remove them and use the standard credential "
+                          "chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, ~/.aws/credentials, "
+                          "an instance role; eval.judge_api_key_env for the judge endpoint)")
+
+
 def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
+    _check_no_credentials(cfg, errors)
     t = cfg.train
     if t.clip_low > t.clip_high:
         errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")

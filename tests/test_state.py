@@ -1,0 +1,51 @@
+"""Run state that never turns against its user: a run with nothing finished takes a corrected config,
+a damaged state.json names itself and the way out, credentials never enter a path. Fast, no Ray."""
+
+import json
+
+import pytest
+
+from dlma_ray.config import ConfigError, load_config
+from dlma_ray.state import ConfigMismatchError, RunState, StateFileError
+
+
+def test_a_run_with_nothing_finished_takes_a_changed_config(tmp_path):
+    first = load_config(None, ["train.lr=1.0"]).to_dict()
+    RunState.open(str(tmp_path), first)  # e.g. its first stage then failed: lr too high, data path wrong
+    fixed = load_config(None, ["train.lr=1e-5"]).to_dict()
+    state = RunState.open(str(tmp_path), fixed)
+    assert json.loads((tmp_path / "state.json").read_text())["config"]["train"]["lr"] == 1e-5
+    state.record(0, "generate", "out", 4, 1.0)
+    with pytest.raises(ConfigMismatchError, match="train.lr: 1e-05 -> 0.001"):
+        RunState.open(str(tmp_path), load_config(None, ["train.lr=1e-3"]).to_dict())
+    assert RunState.open(str(tmp_path), fixed).done(0, "generate")["rows"] == 4
+
+
+@pytest.mark.parametrize("text", ['{"config": {}, "stages": [', "", '{"stages": []}', "[1, 2]"])
+def test_a_damaged_state_file_names_itself_and_the_way_out(tmp_path, text):
+    (tmp_path / "state.json").write_text(text)
+    with pytest.raises(StateFileError) as err:
+        RunState.open(str(tmp_path), load_config(None, []).to_dict())
+    assert str(tmp_path / "state.json") in str(err.value) and "move it aside" in str(err.value)
+
+
+@pytest.mark.parametrize("field, value", [("run.dir", "s3://AKIAEXAMPLE:wJalrSECRET@bucket/runs/x"),
+                                          ("data.source", "s3://user@bucket/prompts.jsonl"),
+                                          ("eval.judge_url", "https://bob:hunter2@judge.example/v1")])
+def test_credentials_in_a_uri_are_refused(field, value):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{field}={value}"])
+    msg = str(err.value)
+    assert field in msg and "credential chain" in msg
+    assert "wJalrSECRET" not in msg and "hunter2" not in msg  # the error itself leaks nothing
+
+
+def test_plain_uris_pass():
+    cfg = load_config(None, ["run.dir=s3://bucket/runs/x", "eval.judge_url=http://judge:8000/v1"])
+    assert cfg.run.dir == "s3://bucket/runs/x"
+
+
+def test_metrics_mean_on_one_process_needs_no_group():
+    from dlma_ray.train import mean_across_workers
+
+    assert mean_across_workers({"loss": 0.5}, "cpu") == {"loss": 0.5}
