@@ -43,7 +43,8 @@ class DataConfig:
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
     max_prompts: int = _f(64, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
-    max_prompt_tokens: int = _f(256, "drop prompts whose chat-rendered length exceeds this many tokens", min=1)
+    max_prompt_tokens: int = _f(256, "drop (and count) prompts whose longest rendering (plain, positive or negative "
+                                "context) exceeds this many tokens", min=1)
     dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
     heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
                                  min=0.0, max=0.5)
@@ -300,6 +301,11 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
     if cfg.data.max_prompt_tokens >= t.max_length:
         errors.append(f"data.max_prompt_tokens: {cfg.data.max_prompt_tokens} must be below train.max_length "
                       f"({t.max_length}) to leave room for the response")
+    g = cfg.generation
+    if cfg.data.max_prompt_tokens + g.max_new_tokens > g.max_model_len:
+        errors.append(f"generation.max_model_len: {g.max_model_len} cannot hold data.max_prompt_tokens "
+                      f"({cfg.data.max_prompt_tokens}) + generation.max_new_tokens ({g.max_new_tokens}); raise it "
+                      "or lower one of the two")
     if t.global_batch_size % t.micro_batch_size:
         errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                       f"train.micro_batch_size ({t.micro_batch_size})")
