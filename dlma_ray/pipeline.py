@@ -264,8 +264,15 @@ def init_ray(cfg: Config) -> None:
 
 
 def run(cfg: Config) -> RunState:
-    """Run (or resume) every round of ``cfg``; returns the final run state."""
+    """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state."""
+    from dlma_ray.runlock import run_lock
+
     run_dir = storage.absolute(cfg.run.dir)
+    with run_lock(run_dir):
+        return _run_rounds(cfg, run_dir)
+
+
+def _run_rounds(cfg: Config, run_dir: str) -> RunState:
     state = RunState.open(run_dir, cfg.to_dict())
     pending = [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
     if not pending:

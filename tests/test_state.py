@@ -49,3 +49,31 @@ def test_metrics_mean_on_one_process_needs_no_group():
     from dlma_ray.train import mean_across_workers
 
     assert mean_across_workers({"loss": 0.5}, "cpu") == {"loss": 0.5}
+
+
+def test_one_writer_per_run_directory(tmp_path, caplog):
+    import os
+    import subprocess
+    import sys
+
+    from dlma_ray.runlock import LOCK_FILE, RunLocked, run_lock
+
+    code = ("import sys; from dlma_ray.runlock import run_lock\n"
+            "with run_lock(sys.argv[1]): pass")
+    with run_lock(str(tmp_path)):
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+        second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+        assert second.returncode != 0 and f"pid {os.getpid()}" in second.stderr and "RunLocked" in second.stderr
+    assert not (tmp_path / LOCK_FILE).exists()  # released at the end
+    # A holder that is gone: its lock is taken over, and the log says so.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": gone.pid,
+                                                  "started": "then"}))
+    with caplog.at_level("WARNING"), run_lock(str(tmp_path)):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "taking over the lock" in caplog.text
+    with pytest.raises(RunLocked), run_lock(str(tmp_path)):
+        with run_lock(str(tmp_path)):
+            pass
