@@ -272,8 +272,30 @@ def run(cfg: Config) -> RunState:
         return _run_rounds(cfg, run_dir)
 
 
+def output_intact(entry: dict) -> bool:
+    """Is a recorded stage's output still there, whole? Tables must hold the rows recorded."""
+    out = entry.get("output", "")
+    if not out or not storage.exists(out):
+        return False
+    if entry["stage"] in ("generate", "score"):
+        import pyarrow.dataset as pds
+
+        try:
+            return pds.dataset(storage.absolute(out), format="parquet").count_rows() == entry["rows"]
+        except (OSError, ValueError):
+            return False
+    if entry["stage"] == "train":
+        return storage.exists(storage.join(out, "config.json"))
+    return True
+
+
 def _run_rounds(cfg: Config, run_dir: str) -> RunState:
     state = RunState.open(run_dir, cfg.to_dict())
+    broken = next((e for e in state.stages if not output_intact(e)), None)
+    if broken is not None:  # every later stage was built on it: redo from there
+        log.warning("round %d: %s's output %s is missing or does not hold the %d rows recorded: redoing it and "
+                    "every stage after it", broken["round"], broken["stage"], broken["output"], broken["rows"])
+        state.truncate(state.stages.index(broken))
     pending = [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)

@@ -83,6 +83,11 @@ class RunState:
                 return entry
         return None
 
+    def truncate(self, count: int) -> None:
+        """Forget every stage from position ``count`` on (their outputs are redone)."""
+        self.stages = self.stages[:count]
+        self.save()
+
     def record(self, round_index: int, stage: str, output: str, rows: int, seconds: float, **extra) -> None:
         self.stages.append({"round": round_index, "stage": stage, "output": output, "rows": rows,
                             "seconds": round(seconds, 2), **extra})
