@@ -43,7 +43,8 @@ class DataConfig:
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
     max_prompts: int = _f(64, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
-    max_prompt_tokens: int = _f(256, "drop prompts whose chat-rendered length exceeds this many tokens", min=1)
+    max_prompt_tokens: int = _f(256, "drop (and count) prompts whose longest rendering (plain, positive or negative "
+                                "context) exceeds this many tokens", min=1)
     dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
     heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
                                  min=0.0, max=0.5)
@@ -271,13 +272,40 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     return cls(**kwargs)
 
 
+# Fields that may hold a URI: credentials there would be copied into state.json, the tables and the logs.
+URI_FIELDS = ("run.dir", "model.path", "data.source", "eval.preference_pairs", "eval.prompts", "eval.neutral_text",
+              "eval.judge_model", "eval.judge_url", "self_contrast.embedding_model")
+
+
+def _check_no_credentials(cfg: Config, errors: list[str]) -> None:
+    from urllib.parse import urlsplit
+
+    for path in URI_FIELDS:
+        section, key = path.split(".")
+        value = str(getattr(getattr(cfg, section), key))
+        if "://" not in value:
+            continue
+        parts = urlsplit(value)
+        if parts.username or parts.password or "@" in parts.netloc:
+            errors.append(f"{path}: the URI carries credentials (user:secret@host); they would be written to "
+                          "state.json, the tables and the logs. Remove them and use the standard credential "
+                          "chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, ~/.aws/credentials, "
+                          "an instance role; eval.judge_api_key_env for the judge endpoint)")
+
+
 def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
+    _check_no_credentials(cfg, errors)
     t = cfg.train
     if t.clip_low > t.clip_high:
         errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")
     if cfg.data.max_prompt_tokens >= t.max_length:
         errors.append(f"data.max_prompt_tokens: {cfg.data.max_prompt_tokens} must be below train.max_length "
                       f"({t.max_length}) to leave room for the response")
+    g = cfg.generation
+    if cfg.data.max_prompt_tokens + g.max_new_tokens > g.max_model_len:
+        errors.append(f"generation.max_model_len: {g.max_model_len} cannot hold data.max_prompt_tokens "
+                      f"({cfg.data.max_prompt_tokens}) + generation.max_new_tokens ({g.max_new_tokens}); raise it "
+                      "or lower one of the two")
     if t.global_batch_size % t.micro_batch_size:
         errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                       f"train.micro_batch_size ({t.micro_batch_size})")

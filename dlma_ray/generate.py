@@ -58,7 +58,7 @@ def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_r
     """Arguments of `vllm.LLM` for one engine (CPU build or CUDA build: same call)."""
     import torch
 
-    kwargs = dict(model=model_path, dtype=gen["dtype"], enforce_eager=gen["enforce_eager"],
+    kwargs = dict(model=model_path, dtype=gen["dtype"], enforce_eager=gen["enforce_eager"], load_format="safetensors",
                   max_model_len=gen["max_model_len"], seed=gen["seed"], trust_remote_code=trust_remote_code,
                   tensor_parallel_size=tensor_parallel_size)
     if torch.cuda.is_available():

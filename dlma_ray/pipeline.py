@@ -69,10 +69,12 @@ def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]
 
     tok, renderer = renderer_for(cfg)
 
-    def count_tokens(messages):
-        return len(tok(renderer.plain(messages), add_special_tokens=False)["input_ids"])
+    def count_tokens(messages):  # the longest of the three renderings: each must fit the engine and training
+        return max(len(tok(text, add_special_tokens=False)["input_ids"])
+                   for text in (renderer.plain(messages), renderer.positive(messages), renderer.negative(messages)))
 
     records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens, require_target)  # logs its summary
+    records = without_control_tokens(records, tok, cfg.data.source)
     if not records:
         raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}"
                          + ("; self_contrast needs prompts with targets (an hh dialogue ending with an assistant "
@@ -80,6 +82,17 @@ def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]
     return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
              "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
              "round": k, **({"target": r.target} if require_target else {})} for r in records]
+
+
+def without_control_tokens(records: list, tokenizer, source: str) -> list:
+    """Drop, and count, prompts whose text holds the template's special tokens (e.g. `<|im_start|>system`):
+    rendered, such text would open turns of its own, a system turn included."""
+    specials = [t for t in tokenizer.all_special_tokens if len(t) > 1]
+    kept = [r for r in records if not any(s in m["content"] for m in r.as_chat() for s in specials)]
+    if len(kept) < len(records):
+        log.warning("%s: skipped %d prompts holding the chat template's control tokens (%s)", source,
+                    len(records) - len(kept), ", ".join(specials[:4]))
+    return kept
 
 
 def _write_stage(ds, schema, out: str) -> int:
@@ -251,9 +264,38 @@ def init_ray(cfg: Config) -> None:
 
 
 def run(cfg: Config) -> RunState:
-    """Run (or resume) every round of ``cfg``; returns the final run state."""
+    """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state."""
+    from dlma_ray.runlock import run_lock
+
     run_dir = storage.absolute(cfg.run.dir)
+    with run_lock(run_dir):
+        return _run_rounds(cfg, run_dir)
+
+
+def output_intact(entry: dict) -> bool:
+    """Is a recorded stage's output still there, whole? Tables must hold the rows recorded."""
+    out = entry.get("output", "")
+    if not out or not storage.exists(out):
+        return False
+    if entry["stage"] in ("generate", "score"):
+        import pyarrow.dataset as pds
+
+        try:
+            return pds.dataset(storage.absolute(out), format="parquet").count_rows() == entry["rows"]
+        except (OSError, ValueError):
+            return False
+    if entry["stage"] == "train":
+        return storage.exists(storage.join(out, "config.json"))
+    return True
+
+
+def _run_rounds(cfg: Config, run_dir: str) -> RunState:
     state = RunState.open(run_dir, cfg.to_dict())
+    broken = next((e for e in state.stages if not output_intact(e)), None)
+    if broken is not None:  # every later stage was built on it: redo from there
+        log.warning("round %d: %s's output %s is missing or does not hold the %d rows recorded: redoing it and "
+                    "every stage after it", broken["round"], broken["stage"], broken["output"], broken["rows"])
+        state.truncate(state.stages.index(broken))
     pending = [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)

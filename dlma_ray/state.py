@@ -9,6 +9,7 @@ differing keys named, because mixing rounds of two configs would silently change
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +17,17 @@ from typing import Any
 from dlma_ray import storage
 from dlma_ray.config import config_diff
 
+log = logging.getLogger("dlma_ray")
 # Keys that may change between invocations of one run without changing the experiment.
 _RESUMABLE_KEYS = ("run.log_level", "resources.ray_address")
 
 
 class ConfigMismatchError(RuntimeError):
     pass
+
+
+class StateFileError(RuntimeError):
+    """state.json cannot be read: names the file and the ways out."""
 
 
 @dataclass
@@ -42,15 +48,30 @@ class RunState:
             state = cls(run_dir, config)
             state.save()
             return state
-        saved = json.loads(storage.read_text(path))
+        try:
+            saved = json.loads(storage.read_text(path))
+            stages = saved["stages"]
+            saved_config = saved["config"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateFileError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); it records which stages of the run finished. "
+                f"Restore it from a backup, or move it aside to start the run over in {run_dir} (every stage is "
+                "then redone and its output replaced), or use another run.dir.") from None
+        if not stages:
+            # Nothing finished yet: nothing a changed config could make stale (e.g. a first stage that failed).
+            if saved_config != config:
+                log.info("%s: no stage had finished; taking the new config", path)
+            state = cls(run_dir, config)
+            state.save()
+            return state
         # Keys the saved config lacks were added by a newer dlma-ray: their defaults do not block a resume.
-        diff = [d for d in config_diff(saved["config"], config, common_only=True)
+        diff = [d for d in config_diff(saved_config, config, common_only=True)
                 if not d.startswith(_RESUMABLE_KEYS)]
         if diff:
             raise ConfigMismatchError(
                 f"{run_dir} was made with a different config; differing keys:\n  " + "\n  ".join(diff)
                 + "\nUse another run.dir, or the config the run was made with.")
-        return cls(run_dir, config, saved.get("stages", []))
+        return cls(run_dir, config, stages)
 
     def save(self) -> None:
         doc = {"config": self.config, "stages": self.stages, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -61,6 +82,11 @@ class RunState:
             if entry["round"] == round_index and entry["stage"] == stage:
                 return entry
         return None
+
+    def truncate(self, count: int) -> None:
+        """Forget every stage from position ``count`` on (their outputs are redone)."""
+        self.stages = self.stages[:count]
+        self.save()
 
     def record(self, round_index: int, stage: str, output: str, rows: int, seconds: float, **extra) -> None:
         self.stages.append({"round": round_index, "stage": stage, "output": output, "rows": rows,

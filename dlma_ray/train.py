@@ -119,14 +119,16 @@ def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu")
                      clip_low=t["clip_low"], clip_high=t["clip_high"])
 
 
-def _mean_across_workers(values: dict[str, float]) -> dict[str, float]:
+def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
+    """Every worker's metric values averaged. The tensor lives on the worker's own device: NCCL (GPU
+    training) accepts no CPU tensor; gloo takes the CPU one."""
     import torch
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
@@ -177,7 +179,8 @@ def train_loop_per_worker(config: dict) -> None:
             window.append({k: float(v) for k, v in m.items()})
             if micro % accum == 0:
                 step += 1
-                report = _mean_across_workers({k: float(np.mean([w[k] for w in window])) for k in window[0]})
+                report = mean_across_workers({k: float(np.mean([w[k] for w in window])) for k in window[0]},
+                                             engine.device)
                 report.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
                 window = []
                 if rank == 0:

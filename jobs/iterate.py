@@ -17,11 +17,12 @@ def main(argv=None) -> int:
     setup_environment()
     cfg = parse(__doc__.splitlines()[0], argv)
     from dlma_ray.pipeline import run
-    from dlma_ray.state import ConfigMismatchError
+    from dlma_ray.runlock import RunLocked
+    from dlma_ray.state import ConfigMismatchError, StateFileError
 
     try:
         run(cfg)
-    except ConfigMismatchError as exc:
+    except (ConfigMismatchError, StateFileError, RunLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

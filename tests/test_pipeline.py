@@ -25,7 +25,10 @@ from dlma_ray.schema import PAIR_SCHEMA
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 # Each job starts its own Ray: never join a cluster that something else left running on the machine.
-ENV = {**os.environ, "RAY_ADDRESS": "local"}
+# Planted secrets: none may appear anywhere in the run directory or the job's output.
+SECRETS = {"OPENAI_API_KEY": "sk-PLANTED-0penai-9f3e", "AWS_SECRET_ACCESS_KEY": "PLANTEDawsSECRET/7Kq2",
+           "HF_TOKEN": "hf_PLANTEDtoken4Xz"}
+ENV = {**os.environ, "RAY_ADDRESS": "local", **SECRETS}
 
 
 def job_args(model_dir: str, run_dir: Path) -> list[str]:
@@ -70,11 +73,12 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     assert "resuming" in result.stdout and "round 0, stage train" in result.stdout
     after = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
     assert before == after, "finished stages must not be redone"
-    return run_dir, args
+    assert "taking over the lock" in result.stdout  # the killed job's lock: its holder is gone
+    return run_dir, args, result.stdout + result.stderr
 
 
 def test_resume_finished_every_stage_once(finished_run):
-    run_dir, args = finished_run
+    run_dir, args, _ = finished_run
     assert stages(run_dir) == [(k, s) for k in (0, 1) for s in ("generate", "score", "train", "evaluate")]
     rows = {(s["round"], s["stage"]): s["rows"] for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert rows[(0, "generate")] == rows[(0, "score")] == rows[(1, "generate")] == 24
@@ -85,7 +89,7 @@ def test_resume_finished_every_stage_once(finished_run):
 
 
 def test_changed_config_is_refused(finished_run):
-    run_dir, args = finished_run
+    run_dir, args, _ = finished_run
     result = run_job(args + ["train.beta=0.3"], timeout=300)
     assert result.returncode != 0
     assert "train.beta: 0.1 -> 0.3" in result.stdout + result.stderr
@@ -95,7 +99,7 @@ def test_pairs_schema_and_recomputed_logprobs(finished_run, tiny_model_dir, toke
     """Every stored log-prob recomputes from its row alone (context tokenised, the sampled ids, end-of-turn
     only after a finished response), by an unbatched loop written apart from the code under test; R and its
     sign from those recomputed numbers, by hand."""
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
     table = pq.read_table(run_dir / "round_0/pairs")
     assert table.schema.names == PAIR_SCHEMA.names
     assert [f.type for f in table.schema] == [f.type for f in PAIR_SCHEMA]
@@ -129,7 +133,7 @@ def test_pairs_schema_and_recomputed_logprobs(finished_run, tiny_model_dir, toke
 
 
 def test_training_grew_the_margin(finished_run, tokenizer):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
     rows = [r for r in pq.read_table(run_dir / "round_0/pairs").to_pylist() if r["split"] == "train"]
     policy = load_causal_lm(str(run_dir / "round_0/policy"))
     eot = eot_ids(tokenizer)
@@ -149,7 +153,7 @@ def test_training_grew_the_margin(finished_run, tokenizer):
 
 
 def test_round_1_ran_on_round_0_policy(finished_run, tiny_model_dir, tokenizer):
-    run_dir, _ = finished_run
+    run_dir, _, _ = finished_run
     from safetensors.torch import load_file
 
     w0 = load_file(f"{tiny_model_dir}/model.safetensors")
@@ -164,3 +168,12 @@ def test_round_1_ran_on_round_0_policy(finished_run, tiny_model_dir, tokenizer):
     pi1 = direct_logprob(load_causal_lm(str(run_dir / "round_0/policy")), tokenizer, row["pos_context"], ids)
     pi0 = direct_logprob(load_causal_lm(tiny_model_dir), tokenizer, row["pos_context"], ids)
     assert pi1 == pytest.approx(row["logp_pos_chosen"], abs=1e-3) and abs(pi0 - pi1) > 1e-2
+
+
+def test_no_secret_reaches_the_run_dir_or_the_log(finished_run):
+    run_dir, _, job_log = finished_run
+    for value in SECRETS.values():
+        assert value not in job_log
+        for path in run_dir.rglob("*"):
+            if path.is_file():
+                assert value.encode() not in path.read_bytes(), path
