@@ -58,7 +58,8 @@ def pipeline_side(cfg, run_dir):
     import ray
 
     import dlma_ray.generate
-    from dlma_ray.pipeline import init_ray, run_generate
+    from dlma_ray.pipeline import run_generate
+    from dlma_ray.stages import init_ray
 
     t = {}
     with common.timed(t, "ray_start"):

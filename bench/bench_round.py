@@ -30,7 +30,8 @@ def main() -> None:
     common.setup()
     import ray
 
-    from dlma_ray.pipeline import init_ray, run
+    from dlma_ray.pipeline import run
+    from dlma_ray.stages import init_ray
 
     common.header("bench_round: one pipeline round, stage seconds vs wall time")
     run_dir = os.path.join(tempfile.mkdtemp(prefix="bench-round-"), "run")

@@ -194,7 +194,7 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
 
     from dlma_ray.measures import assemble_measures
     from dlma_ray.models import load_tokenizer
-    from dlma_ray.pipeline import init_ray
+    from dlma_ray.stages import init_ray
 
     start = time.time()
     check_judge(cfg)  # before any model loads: a broken judge should cost seconds, not a stage
@@ -259,7 +259,7 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
 
 def run_evaluate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
     """The 4th stage of round k: evaluate round_k/policy; returns (path of eval.json, answers written)."""
-    from dlma_ray.pipeline import reference_for_round, round_dir
+    from dlma_ray.stages import reference_for_round, round_dir
 
     rd = round_dir(run_dir, k)
     policy = storage.join(rd, "policy")

@@ -33,7 +33,7 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
     so that evaluation can judge held-out pairs by R (the responses were not sampled under them).
     """
     from dlma_ray.data import _sample, load_preference_pairs
-    from dlma_ray.pipeline import renderer_for, split_of
+    from dlma_ray.stages import renderer_for, split_of
 
     tok, renderer = renderer_for(cfg)
     pairs, report = load_preference_pairs(cfg.data.source)
@@ -66,8 +66,8 @@ def run_human_pairs(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
     import ray.data
 
     from dlma_ray import storage
-    from dlma_ray.pipeline import _write_stage, round_dir
+    from dlma_ray.stages import round_dir, write_table
     from dlma_ray.schema import GENERATION_SCHEMA
 
     out = storage.join(round_dir(run_dir, k), "generations")
-    return out, _write_stage(ray.data.from_items(human_pair_rows(cfg, k)), GENERATION_SCHEMA, out)
+    return out, write_table(ray.data.from_items(human_pair_rows(cfg, k)), GENERATION_SCHEMA, out)

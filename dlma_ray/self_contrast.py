@@ -132,7 +132,7 @@ def run_generate(cfg, run_dir: str, k: int) -> tuple[str, int]:
     """N seeded samples per prompt with a target, under the plain context -> round_k/generations/."""
     import ray.data
 
-    from dlma_ray import pipeline as p
+    from dlma_ray import stages as p
     from dlma_ray import storage
     from dlma_ray.generate import SampleEngine
     from dlma_ray.prompts import pair_from_config
@@ -143,22 +143,23 @@ def run_generate(cfg, run_dir: str, k: int) -> tuple[str, int]:
     ds = ray.data.from_items(p.prompt_rows(cfg, k, require_target=True)).map_batches(
         SampleEngine,
         fn_constructor_kwargs=dict(
-            model_path=p._model_for_actor(p.policy_for_round(cfg, run_dir, k)),
+            model_path=p.model_for_actor(p.policy_for_round(cfg, run_dir, k)),
             pair=pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative), style=cfg.pair.style,
             gen=vars(cfg.generation), round_index=k, tensor_parallel_size=r.tensor_parallel_size,
             trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_engine),
             num_samples=sc.num_samples),
         # A batch of B prompts is B*N requests in one engine call.
-        batch_size=max(1, cfg.generation.batch_size // sc.num_samples), concurrency=r.num_engines,
+        batch_size=max(1, cfg.generation.batch_size // sc.num_samples),
+        concurrency=p.pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine),
         num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
-    return out, p._write_stage(ds, GENERATION_SCHEMA, out)
+    return out, p.write_table(ds, GENERATION_SCHEMA, out)
 
 
 def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
     """Similarity to y*, the per-prompt filter, then reference log-probs -> round_k/pairs/ (k rows a prompt)."""
     import ray.data
 
-    from dlma_ray import pipeline as p
+    from dlma_ray import stages as p
     from dlma_ray import storage
     from dlma_ray.embedding import SimilarityActor
 
@@ -173,7 +174,8 @@ def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
         SimilarityActor,
         fn_constructor_kwargs=dict(model=sc.embedding_model, batch_size=sc.embedding_batch_size,
                                    torch_threads=r.threads_for(sc.cpus_per_embedder)),
-        batch_size=max(sc.embedding_batch_size, 64), concurrency=sc.num_embedders,
+        batch_size=max(sc.embedding_batch_size, 64),
+        concurrency=p.pool_size("embedders", sc.num_embedders, sc.cpus_per_embedder, sc.gpus_per_embedder),
         num_cpus=sc.cpus_per_embedder, num_gpus=sc.gpus_per_embedder,
     ).groupby("prompt_id", num_partitions=shuffle_partitions(n_prompts * sc.num_samples)).map_groups(
         filter_prompt_group, batch_format="numpy",

@@ -20,7 +20,7 @@ from dlma_ray.cli import parse, setup_environment  # noqa: E402
 def latest_round(run_dir: str) -> int:
     """The highest k whose round_<k>/policy exists (rounds are contiguous from 0)."""
     from dlma_ray import storage
-    from dlma_ray.pipeline import round_dir
+    from dlma_ray.stages import round_dir
 
     k = -1
     while storage.exists(storage.join(round_dir(run_dir, k + 1), "policy")):
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     from dlma_ray import storage
     from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
-    from dlma_ray.pipeline import reference_for_round, round_dir
+    from dlma_ray.stages import reference_for_round, round_dir
     from dlma_ray.report import write_report
 
     run_dir = storage.absolute(cfg.run.dir)

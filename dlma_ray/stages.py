@@ -1,0 +1,180 @@
+"""Plumbing every stage shares, blind to the method: the round's paths, the prompt rows, actor pools sized
+to the cluster, tables written under a temporary name, the scorer pool, Ray's start.
+
+The stage runners (dlma_ray.pipeline, dlma_ray.methods, dlma_ray.self_contrast) build on these; nothing
+here imports a runner, so the runners never import each other's internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+from dlma_ray import storage
+from dlma_ray.config import Config
+from dlma_ray.prompts import pair_from_config
+from dlma_ray.schema import PAIR_SCHEMA, conform
+
+log = logging.getLogger("dlma_ray")
+
+
+def round_dir(run_dir: str, k: int) -> str:
+    return storage.join(run_dir, f"round_{k}")
+
+
+def policy_for_round(cfg: Config, run_dir: str, k: int) -> str:
+    """pi_k: the configured model at round 0, else the policy trained in round k-1."""
+    return cfg.model.path if k == 0 else storage.join(round_dir(run_dir, k - 1), "policy")
+
+
+def reference_for_round(cfg: Config, run_dir: str, k: int) -> str:
+    return policy_for_round(cfg, run_dir, k) if cfg.rounds.reference == "round_start" else cfg.model.path
+
+
+def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
+    """A prompt's split, fixed for the whole run: held-out prompts are never trained on in any round."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little") / 2 ** 64
+    return "heldout" if h < heldout_fraction else "train"
+
+
+def renderer_for(cfg: Config):
+    """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
+    from dlma_ray.models import load_tokenizer
+    from dlma_ray.prompts import ContrastiveRenderer
+
+    tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    return tok, ContrastiveRenderer(tok, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
+                                    cfg.pair.style)
+
+
+def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]:
+    """Prompt rows (PROMPT_SCHEMA) for round k; ``require_target`` keeps only prompts with an SFT target and
+    adds it as a `target` column (Self-Contrast's y*)."""
+    from dlma_ray.data import load_prompts
+
+    tok, renderer = renderer_for(cfg)
+
+    def count_tokens(messages):  # the longest of the three renderings: each must fit the engine and training
+        return max(len(tok(text, add_special_tokens=False)["input_ids"])
+                   for text in (renderer.plain(messages), renderer.positive(messages), renderer.negative(messages)))
+
+    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens, require_target)  # logs its summary
+    records = without_control_tokens(records, tok, cfg.data.source)
+    if not records:
+        raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}"
+                         + ("; self_contrast needs prompts with targets (an hh dialogue ending with an assistant "
+                            "turn, or a target/response column)" if require_target else ""))
+    return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
+             "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
+             "round": k, **({"target": r.target} if require_target else {})} for r in records]
+
+
+def without_control_tokens(records: list, tokenizer, source: str) -> list:
+    """Drop, and count, prompts whose text holds the template's special tokens (e.g. `<|im_start|>system`):
+    rendered, such text would open turns of its own, a system turn included."""
+    specials = [t for t in tokenizer.all_special_tokens if len(t) > 1]
+    kept = [r for r in records if not any(s in m["content"] for m in r.as_chat() for s in specials)]
+    if len(kept) < len(records):
+        log.warning("%s: skipped %d prompts holding the chat template's control tokens (%s)", source,
+                    len(records) - len(kept), ", ".join(specials[:4]))
+    return kept
+
+
+def fitting_pool_size(requested: int, cpus: float, gpus: float, cluster_cpus: float, cluster_gpus: float,
+                      reserve_cpus: float = 1.0) -> int:
+    """How many actors of a stage's pool to start: at most ``requested``, and no more than the cluster holds
+    while ``reserve_cpus`` stay free for Ray Data's read and write tasks (a pool holding every CPU leaves its
+    own input unread: the stage waits forever). Raises when not even one actor fits."""
+    fits = [requested]
+    if cpus > 0:
+        fits.append(int((cluster_cpus - reserve_cpus) // cpus))
+    if gpus > 0:
+        fits.append(int(cluster_gpus // gpus))
+    size = min(fits)
+    if size < 1:
+        raise RuntimeError(f"an actor needing {cpus:g} CPU and {gpus:g} GPU cannot be placed beside the "
+                           f"{reserve_cpus:g} CPU Ray Data needs for reading and writing: the cluster has "
+                           f"{cluster_cpus:g} CPU and {cluster_gpus:g} GPU; lower resources.cpus_per_* / gpus_per_*")
+    return size
+
+
+def pool_size(name: str, requested: int, cpus: float, gpus: float) -> int:
+    """``fitting_pool_size`` against the running cluster, said in the log when it shrinks the pool."""
+    import ray
+
+    total = ray.cluster_resources()
+    size = fitting_pool_size(requested, cpus, gpus, total.get("CPU", 0.0), total.get("GPU", 0.0))
+    if size < requested:
+        log.warning("%s: %d actors requested, %d fit beside Ray Data's read/write tasks (cluster: %g CPU, %g GPU)",
+                    name, requested, size, total.get("CPU", 0.0), total.get("GPU", 0.0))
+    return size
+
+
+def write_table(ds, schema, out: str) -> int:
+    """Write a Ray dataset as Parquet under a temporary name, rename it into place, count its rows."""
+    import ray.data
+
+    tmp = storage.temp_sibling(out)
+    ds.map_batches(lambda t: conform(t, schema), batch_format="pyarrow", batch_size=None).write_parquet(tmp)
+    storage.commit_dir(tmp, out)
+    return ray.data.read_parquet(out).count()
+
+
+def scorer_stage(ds, cfg: Config, run_dir: str, k: int, mode: str):
+    """``ds`` (generation rows) mapped through the scorer pool of round k: pair rows with `drop_reason`."""
+    from dlma_ray.score import PairScorer
+
+    r = cfg.resources
+    return ds.map_batches(
+        PairScorer,
+        fn_constructor_kwargs=dict(
+            policy_path=model_for_actor(policy_for_round(cfg, run_dir, k)),
+            reference_path=model_for_actor(reference_for_round(cfg, run_dir, k)),
+            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
+            max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
+            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
+        batch_size=max(cfg.scoring.batch_size, 32),
+        concurrency=pool_size("scorers", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer),
+        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+
+
+def write_scored(ds, out: str, k: int) -> tuple[int, dict]:
+    """Count the scorer's drop reasons, write the kept rows as the pairs table; (rows, summary)."""
+    ds = ds.materialize()
+    flags = ds.select_columns(["drop_reason", "chosen_finished", "rejected_finished"]).to_pandas()
+    kept = flags[flags.drop_reason == ""]
+    summary = {"rows_in": len(flags), "kept": len(kept),
+               "dropped": {str(k_): int(v) for k_, v in flags.drop_reason[flags.drop_reason != ""].value_counts().items()},
+               "unfinished_kept": int((~(kept.chosen_finished & kept.rejected_finished)).sum())}
+    log.info("round %d: score kept %d of %d pairs (dropped: %s; kept with a response cut at max_new_tokens, "
+             "scored as a prefix: %d)", k, summary["kept"], summary["rows_in"], summary["dropped"] or "none",
+             summary["unfinished_kept"])
+    if not summary["kept"]:
+        raise ValueError(f"round {k}: the score stage dropped every pair ({summary['dropped']}); raise "
+                         "train.max_length or generation.max_new_tokens, or set scoring.unfinished=keep")
+    return write_table(ds.filter(lambda row: row["drop_reason"] == ""), PAIR_SCHEMA, out), summary
+
+
+def model_for_actor(ref: str) -> str:
+    # `builtin:` references resolve inside each actor: every node converts and caches its own copy.
+    # Hub names pass through; only an existing local path is made absolute for other processes.
+    return storage.absolute(ref) if os.path.exists(ref) else ref
+
+
+def init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # `ray job submit` sets RAY_ADDRESS; without it the job starts its own Ray instead of joining
+    # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    info = ray.init(address=address)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    url = getattr(info, "dashboard_url", "") or ""
+    url = f"http://{url}" if url and "://" not in url else url or "not running"
+    log.info("Ray dashboard: %s (Jobs, Train and Data tabs show progress; the Metrics tab and each node's "
+             "Prometheus endpoint carry the dlma_* metrics: generation tokens/s, pairs scored, R, loss, margin)",
+             url)
