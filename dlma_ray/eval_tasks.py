@@ -143,24 +143,34 @@ def answer_sampling(cfg: Config) -> dict:
             "top_k": g.top_k, "seed": cfg.eval.seed}
 
 
+FIXED_SCORES = ("contrast_baseline", "tokens_baseline", "pairs_chosen", "pairs_rejected", "neutral")
+
+
 def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], baseline: list[dict],
-                         pairs: list[dict], neutral: list[dict], judged_pairs: list[dict] | None = None) -> dict:
-    """Everything pi_0 (the fixed judge) computes: see the module docstring."""
+                         pairs: list[dict], neutral: list[dict], judged_pairs: list[dict] | None = None,
+                         fixed: dict | None = None) -> dict:
+    """Everything pi_0 (the fixed judge) computes: see the module docstring. ``fixed`` holds the FIXED_SCORES
+    of an earlier round (they depend on pi_0 and the evaluation items only): they are not computed again."""
     model, tok = load(round0_ref, cfg)
     r, bs = renderer(tok, cfg), cfg.eval.batch_size
-    new_ids, base_ids = answer_ids(tok, answers, r.end_of_turn), answer_ids(tok, baseline, r.end_of_turn)
-    y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
-    chats = [p["messages"] for p in pairs]
+    new_ids = answer_ids(tok, answers, r.end_of_turn)
     out = {
         "contrast_policy": contrast(model, tok, r, answers, new_ids, bs),
-        "contrast_baseline": contrast(model, tok, r, baseline, base_ids, bs),
-        "tokens_policy": [len(i) for i in new_ids], "tokens_baseline": [len(i) for i in base_ids],
+        "tokens_policy": [len(i) for i in new_ids],
         "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers], new_ids, bs),
-        "pairs_chosen": plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
-        "pairs_rejected": plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
-        "neutral": neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []),
         "margins": None,
     }
+    if fixed is not None:
+        out.update({k: fixed[k] for k in FIXED_SCORES})
+    else:
+        base_ids = answer_ids(tok, baseline, r.end_of_turn)
+        y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
+        chats = [p["messages"] for p in pairs]
+        out.update(
+            contrast_baseline=contrast(model, tok, r, baseline, base_ids, bs), tokens_baseline=[len(i) for i in base_ids],
+            pairs_chosen=plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
+            pairs_rejected=plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
+            neutral=neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []))
     if cfg.eval.judge == "reward_model":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -38,6 +38,7 @@ BUILTIN_PAIR_SOURCES = {"builtin:demo-pairs": ASSETS / "demo_pairs.jsonl"}
 BUILTIN_TEXT_SOURCES = {"builtin:neutral-text": ASSETS / "neutral_text.jsonl"}
 REFUSAL_LABELS = ASSETS / "refusal_labels.jsonl"
 BASELINE_FILE = "baseline_answers.jsonl"
+BASELINE_SCORES_FILE = "baseline_scores.json"  # pi_0's scores of the fixed items, beside the answers it judges
 
 
 # ---------------------------------------------------------------- inputs
@@ -174,6 +175,27 @@ def _clean(x):
     return x
 
 
+def fixed_scores_key(cfg: Config, baseline: list[dict], pairs: list[dict], neutral: list[dict]) -> str:
+    """What pi_0's fixed scores depend on: the model, the pair, the eval batch-independent items."""
+    import hashlib
+
+    parts = {"model": _ref(cfg.model.path), "pair": [cfg.pair.name, cfg.pair.positive, cfg.pair.negative,
+                                                    cfg.pair.style], "dtype": cfg.scoring.dtype,
+             "baseline": [(b["prompt_id"], b["token_ids"], b["finished"]) for b in baseline],
+             "pairs": [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs], "neutral": neutral}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def read_fixed_scores(path: str, key: str) -> dict | None:
+    if not storage.exists(path):
+        return None
+    try:
+        doc = json.loads(storage.read_text(path))
+    except ValueError:
+        return None
+    return doc["scores"] if doc.get("key") == key else None
+
+
 def refusal_judge_agreement() -> dict:
     """How often the refusal rule agrees with the shipped human labels (dlma_ray/assets/refusal_labels.jsonl)."""
     return {**judge_agreement(_read_jsonl(REFUSAL_LABELS)), "labels": "builtin:refusal-labels"}
@@ -219,10 +241,16 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
         baseline = ray.get(baseline_ref)
         storage.write_text_atomic(baseline_path, _jsonl(baseline))
     judged_pairs = judged_pairs if cfg.eval.judge != "self_reward" else []
+    fixed_path = storage.join(storage.dirname(baseline_path), BASELINE_SCORES_FILE)
+    key = fixed_scores_key(cfg, baseline, pairs, neutral)
+    fixed = read_fixed_scores(fixed_path, key)
     initial_ref = _task(eval_tasks.initial_model_scores, **scorer).remote(cfg, round0, answers, baseline, pairs,
-                                                                           neutral, judged_pairs)
+                                                                           neutral, judged_pairs, fixed)
     policy_ref = _task(eval_tasks.policy_scores, **scorer).remote(cfg, policy, answers, pairs, heldout or [], neutral)
     initial, scores = ray.get(initial_ref), ray.get(policy_ref)
+    if fixed is None:
+        storage.write_text_atomic(fixed_path, json.dumps(
+            {"key": key, "scores": {k: initial[k] for k in eval_tasks.FIXED_SCORES}}))
     margins = initial["margins"]
     if cfg.eval.judge == "openai":
         margins = openai_margins(cfg.eval.judge_url, cfg.eval.judge_model, api_key(cfg.eval.judge_api_key_env),

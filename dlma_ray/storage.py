@@ -22,6 +22,10 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts) if is_uri(base) else os.path.join(base, *parts)
 
 
+def dirname(path: str) -> str:
+    return posixpath.dirname(path.rstrip("/")) if is_uri(path) else os.path.dirname(path)
+
+
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     if is_uri(path):
         return pafs.FileSystem.from_uri(path)

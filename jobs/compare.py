@@ -27,17 +27,19 @@ log = logging.getLogger("dlma_ray.compare")
 
 
 def share_baseline(base: Path, method: str, done: list[str]) -> None:
-    """Round 0's evaluation answers depend on the model and eval settings only, the same for every method:
-    hand an earlier method's to this one (evaluate.py re-checks them and answers again if they differ)."""
-    from dlma_ray.evaluate import BASELINE_FILE
+    """pi_0's evaluation answers and its scores of the fixed items depend on the model and eval settings only,
+    the same for every method: hand an earlier method's to this one (evaluate.py re-checks both by their
+    settings and key, and computes them again if they differ)."""
+    from dlma_ray.evaluate import BASELINE_FILE, BASELINE_SCORES_FILE
 
-    target = base / method / BASELINE_FILE
-    for other in done:
-        source = base / other / BASELINE_FILE
-        if source.exists() and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-            return
+    for name in (BASELINE_FILE, BASELINE_SCORES_FILE):
+        target = base / method / name
+        for other in done:
+            source = base / other / name
+            if source.exists() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                break
 
 
 def main(argv=None) -> int:

@@ -463,3 +463,22 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, toke
     agree = sum((r > 0) == (j > 0) for r, j in zip(initial["judged_pair_rewards"], out["judge_pair_margins"]))
     assert m["self_reward_vs_judge"]["n"] == 4 and m["self_reward_vs_judge"]["count"] == agree
     assert sum(b["n"] for b in d["self_reward_vs_judge_bins"]) == 4
+
+
+def test_pi0_fixed_scores_are_reused_not_recomputed(tiny_model_dir, tokenizer):
+    """pi_0's scores of its own answers, the human pairs and the neutral text do not change across rounds:
+    handed back (from baseline_scores.json), they are used as they are; the policy's own are always new."""
+    from dlma_ray.eval_tasks import FIXED_SCORES, initial_model_scores
+    from dlma_ray.evaluate import fixed_scores_key, load_eval_pairs
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=2"])
+    pairs, _ = load_eval_pairs(cfg, tokenizer)
+    msgs = [{"role": "user", "content": "hi"}]
+    answers = [{"messages": msgs, "answer": "Hello", "prompt_id": "a", "token_ids": [19556], "finished": True}]
+    first = initial_model_scores(cfg, tiny_model_dir, answers, answers, pairs, [])
+    planted = {k: first[k] for k in FIXED_SCORES} | {"contrast_baseline": [123.0]}
+    again = initial_model_scores(cfg, tiny_model_dir, answers, answers, pairs, [], None, planted)
+    assert again["contrast_baseline"] == [123.0] and again["pairs_chosen"] == first["pairs_chosen"]
+    assert again["contrast_policy"] == pytest.approx(first["contrast_policy"], abs=1e-6)
+    other = [{**answers[0], "token_ids": [19557]}]
+    assert fixed_scores_key(cfg, answers, pairs, []) != fixed_scores_key(cfg, other, pairs, [])
