@@ -1,13 +1,43 @@
-"""Command-line plumbing shared by the job scripts: `--config FILE` plus dotted overrides."""
+"""The `dlma-ray` command: run, eval, compare, report, config, export, card.
+
+    dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py)
+    dlma-ray eval [--config FILE] [--policy DIR] [--round K]    evaluate a policy (= jobs/evaluate.py)
+    dlma-ray compare [--config FILE] [--methods a,b]            methods side by side (= jobs/compare.py)
+    dlma-ray report [RUN_DIR]                                   re-render <run>/report.md
+    dlma-ray config [--config FILE] [overrides] [--reference]   the resolved config as YAML / the field reference
+    dlma-ray export [RUN_DIR] --round K --out DIR               a round's pairs in TRL's preference format
+    dlma-ray card [RUN_DIR] [--round K]                         a policy folder's model card (README.md)
+
+Every command takes `--config FILE` and dotted overrides; report, export and card take a run directory
+instead (or find it as the config's run.dir). A bad config exits with status 2, naming each bad field.
+jobs/*.py, the `ray job submit` entry points, call `main` with their subcommand.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import os
 import sys
+import textwrap
+import typing
 
 from dlma_ray.config import Config, ConfigError, load_config
+
+SECTION_DOCS = {
+    "model": "the policy at round 0: a built-in, a local HF folder or a hub name",
+    "data": "prompts (or preference pairs for dpo): source, split, field, sampling, held-out fraction",
+    "pair": "the contrastive prompt pair: a built-in or your own positive / negative system messages",
+    "generation": "vLLM sampling and engine settings",
+    "scoring": "scorer actors: batch size, dtype, what to do with cut responses",
+    "train": "method, loss, optimizer, batch sizes, DeepSpeed ZeRO stage, precision",
+    "self_contrast": "Self-Contrast: samples per prompt, the similarity filter, the embedding model",
+    "rounds": "how many rounds, and the DPO reference (pi_k or pi_0)",
+    "eval": "the evaluation after each round: held-out prompts, human pairs, the judge",
+    "run": "run directory, seed, log level",
+    "resources": "Ray address, actor pools and the CPUs / GPUs of each actor",
+}
+OVERRIDES_HELP = "dotted overrides, section.key=value (e.g. train.beta=0.2 rounds.count=3)"
 
 
 def setup_environment() -> None:
@@ -19,16 +49,162 @@ def setup_environment() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
-def parse(description: str, argv: list[str] | None = None) -> Config:
-    parser = argparse.ArgumentParser(description=description, epilog="Overrides: section.key=value, e.g. "
-                                     "train.beta=0.2 rounds.count=3. Field reference: python -m dlma_ray.config")
-    parser.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, section.key=value")
-    args = parser.parse_args(argv)
+def sections_help() -> str:
+    """One line per config section with its keys (from the config classes, so it never goes stale)."""
+    hints = typing.get_type_hints(Config)
+    lines = ["config sections (every field: dlma-ray config --reference, or docs/CONFIG.md):"]
+    for section in dataclasses.fields(Config):
+        keys = ", ".join(f.name for f in dataclasses.fields(hints[section.name]))
+        lines.append(f"  {section.name:<15}{SECTION_DOCS.get(section.name, '')}")
+        lines += textwrap.wrap(f"keys: {keys}", 100, initial_indent=" " * 17, subsequent_indent=" " * 23)
+    return "\n".join(lines)
+
+
+def _config_arguments(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def _run_dir_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file whose run.dir to use when no RUN_DIR is given")
+    p.add_argument("target", nargs="*", metavar="RUN_DIR | section.key=value",
+                   help="the run directory, or overrides that name it (run.dir=...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    sections = ", ".join(f.name for f in dataclasses.fields(Config))
+    parser = argparse.ArgumentParser(
+        prog="dlma-ray", description=__doc__.split("\n\n")[0], formatter_class=raw,
+        epilog=textwrap.fill(f"Each command has its own --help. Config sections: {sections}; `dlma-ray config "
+                             "--help` describes them, `dlma-ray config --reference` every field.", 100))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("run", help="run (or resume) every round: generate -> score -> train -> evaluate",
+                       description="Run DLMA rounds (or another train.method), resuming from the run directory.",
+                       formatter_class=raw, epilog=sections_help())
+    _config_arguments(p)
+    p = sub.add_parser("eval", help="evaluate the run's latest (or round K's) policy, or any policy folder",
+                       description="Evaluate a policy: distillation gain vs pi_0, refusals, KL, perplexity, "
+                                   "implicit reward, each with a 95%% interval.")
+    _config_arguments(p)
+    p.add_argument("--policy", help="policy folder (or builtin:/hub name) to evaluate alone; default: the run's")
+    p.add_argument("--round", type=int, help="round whose policy to evaluate (with --policy: whose held-out pairs)")
+    p.add_argument("--out", help="output folder with --policy (default <run.dir>/evals/<policy name>)")
+    p = sub.add_parser("compare", help="run several methods from the same start and compare their evaluations",
+                       description="Every method runs with the same config but train.method, into "
+                                   "<run.dir>/<method>/; then <run.dir>/comparison.md and comparison.png.")
+    _config_arguments(p)
+    from dlma_ray.commands import DEFAULT_METHODS, METHODS
+
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+    p = sub.add_parser("report", help="write <run>/report.md and its figures from what the run has",
+                       description="Re-render a run's report (report.md, report/*.png).")
+    _run_dir_arguments(p)
+    p = sub.add_parser("config", help="print the resolved config as YAML, or the field reference",
+                       description="Print the config after --config and overrides, as YAML (a file that "
+                                   "`--config` takes back), or with --reference every field's type, default "
+                                   "and meaning.", formatter_class=raw, epilog=sections_help())
+    _config_arguments(p)
+    p.add_argument("--reference", action="store_true", help="print every field's type, default and meaning "
+                                                            "(Markdown, as in docs/CONFIG.md)")
+    p = sub.add_parser("export", help="export a round's pairs as a datasets dataset in TRL's preference format",
+                       description="A round's pairs as a Hugging Face dataset (save_to_disk) in TRL's "
+                                   "conversational preference format; trl.DPOTrainer loads it as is.")
+    _run_dir_arguments(p)
+    from dlma_ray.export import add_arguments
+
+    add_arguments(p)
+    p = sub.add_parser("card", help="write a policy folder's model card (README.md) for the HF Hub",
+                       description="Write <run>/round_K/policy/README.md: method, base model, rounds, data, "
+                                   "the evaluation with intervals, the config.")
+    _run_dir_arguments(p)
+    p.add_argument("--round", type=int, help="round whose policy (default: the latest trained)")
+    for p in sub.choices.values():
+        p.set_defaults(subparser=p)  # errors print the subcommand's usage line
+    return parser
+
+
+def _load(parser: argparse.ArgumentParser, path: str | None, overrides: list[str]) -> Config:
     try:
-        cfg = load_config(args.config, args.overrides)
+        return load_config(path, overrides)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
-    logging.basicConfig(level=cfg.run.log_level, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    overrides = [t for t in args.target if "=" in t]
+    dirs = [t for t in args.target if "=" not in t]
+    if len(dirs) > 1 or dirs and (overrides or args.config):
+        parser.exit(2, f"error: give one RUN_DIR, or --config / overrides that name it; got {args.target}\n")
+    return dirs[0] if dirs else _load(parser, args.config, overrides).run.dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = args.subparser
+    from dlma_ray import commands
+
+    if args.command in ("run", "eval", "config"):
+        cfg = _load(sub, args.config, args.overrides)
+        if args.command == "config":
+            return print_config(cfg, args.reference)
+        commands.setup_logging(cfg)
+        if args.command == "run":
+            return commands.run_job(cfg)
+        return commands.evaluate_job(cfg, args.policy, args.round, args.out)
+    if args.command == "compare":
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in commands.METHODS]
+        if unknown or not methods:
+            sub.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(commands.METHODS)}\n")
+        try:
+            base_cfg, configs = commands.method_configs(args.config, args.overrides, methods)
+        except ConfigError as exc:
+            sub.exit(2, f"error: {exc}\n")
+        commands.setup_logging(base_cfg)
+        return commands.compare_job(base_cfg, configs)
+    run_dir = _run_dir(sub, args)
+    if args.command == "report":
+        from dlma_ray.report import write_report
+
+        print(write_report(run_dir))
+        return 0
+    if args.command == "export":
+        from dlma_ray.export import run_from_args
+
+        return run_from_args(run_dir, args)
+    from dlma_ray.modelcard import write_model_card
+
+    k = commands.latest_round(run_dir) if args.round is None else args.round
+    print(write_model_card(run_dir, k))
+    return 0
+
+
+def print_config(cfg: Config, reference: bool = False) -> int:
+    import yaml
+
+    from dlma_ray.config import reference_markdown
+
+    sys.stdout.write(reference_markdown() if reference else yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return 0
+
+
+def parse(description: str, argv: list[str] | None = None) -> Config:
+    """`--config FILE` plus dotted overrides for a script of its own (the subcommands use main)."""
+    from dlma_ray.commands import setup_logging
+
+    parser = argparse.ArgumentParser(description=description, epilog="Overrides: section.key=value, e.g. "
+                                     "train.beta=0.2 rounds.count=3. Field reference: dlma-ray config --reference")
+    _config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = _load(parser, args.config, args.overrides)
+    setup_logging(cfg)
     return cfg
+
+
+if __name__ == "__main__":  # vLLM starts its workers with spawn: the guard is required
+    sys.exit(main())

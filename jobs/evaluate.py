@@ -6,60 +6,20 @@
 
 --policy evaluates any HF folder (or builtin:/hub name) alone; its eval.json and answers.jsonl go to --out
 (default <run.dir>/evals/<policy folder name>); with --round K it is also scored on round K's held-out pairs.
+The `ray job submit` entry point of `dlma-ray eval` (dlma_ray/cli.py, dlma_ray/commands.py: evaluate_job).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dlma_ray.cli import parse, setup_environment  # noqa: E402
-
-
-def latest_round(run_dir: str) -> int:
-    """The highest k whose round_<k>/policy exists (rounds are contiguous from 0)."""
-    from dlma_ray import storage
-    from dlma_ray.stages import round_dir
-
-    k = -1
-    while storage.exists(storage.join(round_dir(run_dir, k + 1), "policy")):
-        k += 1
-    if k < 0:
-        raise SystemExit(f"error: {run_dir} has no trained policy (round_0/policy); give --policy PATH")
-    return k
+from dlma_ray.cli import main as cli_main  # noqa: E402
+from dlma_ray.commands import latest_round  # noqa: E402, F401  (kept importable from here)
 
 
 def main(argv=None) -> int:
-    setup_environment()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--policy", help="policy folder to evaluate (default: the run's latest policy)")
-    pre.add_argument("--round", type=int, help="round whose policy (or held-out pairs, with --policy) to use")
-    pre.add_argument("--out", help="output folder with --policy (default <run.dir>/evals/<policy name>)")
-    ours, rest = pre.parse_known_args(argv)
-    cfg = parse(__doc__.splitlines()[0] + " Also: --policy PATH, --round K, --out DIR (see jobs/evaluate.py).",
-                rest)
-
-    from dlma_ray import storage
-    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
-    from dlma_ray.stages import reference_for_round, round_dir
-    from dlma_ray.report import write_report
-
-    run_dir = storage.absolute(cfg.run.dir)
-    if ours.policy is None:
-        k = latest_round(run_dir) if ours.round is None else ours.round
-        path, _ = run_evaluate(cfg, run_dir, k)
-        print(f"wrote {path}; report: {write_report(run_dir)}")
-        return 0
-    out = ours.out or storage.join(run_dir, "evals", Path(ours.policy.rstrip("/")).name.replace(":", "_"))
-    heldout, reference = [], None
-    if ours.round is not None:
-        heldout = read_heldout(storage.join(round_dir(run_dir, ours.round), "pairs"), cfg.eval.heldout_pairs)
-        reference = reference_for_round(cfg, run_dir, ours.round)
-    evaluate_policy(cfg, ours.policy, out, reference=reference, heldout=heldout, round_index=ours.round,
-                    baseline_path=storage.join(run_dir, "baseline_answers.jsonl"))
-    print(f"wrote {storage.join(out, 'eval.json')}")
-    return 0
+    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # vLLM starts its workers with spawn: the guard is required

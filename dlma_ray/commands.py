@@ -1,0 +1,140 @@
+"""What each job does once its config is loaded: `dlma-ray run | eval | compare` and jobs/*.py call these.
+
+    run_job(cfg)                                   jobs/iterate.py: every round, resumable
+    evaluate_job(cfg, policy, round_k, out)        jobs/evaluate.py: a round's policy, or any policy folder
+    compare_job(config_path, overrides, methods)   jobs/compare.py: several methods from the same start
+
+Argument parsing lives in dlma_ray.cli; these take parsed values and return the exit status.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from dlma_ray.config import Config, load_config
+
+log = logging.getLogger("dlma_ray")
+METHODS = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
+DEFAULT_METHODS = ("dlma", "rlcd", "context_distillation")
+
+
+def setup_logging(cfg: Config) -> None:
+    logging.basicConfig(level=cfg.run.log_level, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_job(cfg: Config) -> int:
+    """Run (or resume) every round of ``cfg``; 2 for a run directory that refuses this config or is locked."""
+    from dlma_ray.pipeline import run
+    from dlma_ray.runlock import RunLocked
+    from dlma_ray.state import ConfigMismatchError, StateFileError
+
+    try:
+        run(cfg)
+    except (ConfigMismatchError, StateFileError, RunLocked) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def latest_round(run_dir: str) -> int:
+    """The highest k whose round_<k>/policy exists (rounds are contiguous from 0)."""
+    from dlma_ray import storage
+
+    k = -1
+    while storage.exists(storage.join(run_dir, f"round_{k + 1}", "policy")):
+        k += 1
+    if k < 0:
+        raise SystemExit(f"error: {run_dir} has no trained policy (round_0/policy); give --policy PATH")
+    return k
+
+
+def write_card_quietly(run_dir: str, k: int) -> None:
+    """The model card is a view of finished work: a problem writing it must not fail the job."""
+    from dlma_ray.modelcard import write_model_card
+
+    try:
+        log.info("model card: %s", write_model_card(run_dir, k))
+    except Exception:
+        log.exception("could not write round %d's model card; run `dlma-ray card %s --round %d` to retry",
+                      k, run_dir, k)
+
+
+def evaluate_job(cfg: Config, policy: str | None = None, round_k: int | None = None, out: str | None = None) -> int:
+    """Without ``policy``: round k's policy (default the latest) into round_k/eval.json, then the report and
+    the policy's model card. With ``policy``: that folder alone into ``out`` (default <run>/evals/<name>),
+    also scored on round k's held-out pairs when ``round_k`` is given."""
+    from dlma_ray import storage
+    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
+    from dlma_ray.report import write_report
+    from dlma_ray.stages import reference_for_round, round_dir
+
+    run_dir = storage.absolute(cfg.run.dir)
+    if policy is None:
+        k = latest_round(run_dir) if round_k is None else round_k
+        path, _ = run_evaluate(cfg, run_dir, k)
+        write_card_quietly(run_dir, k)
+        print(f"wrote {path}; report: {write_report(run_dir)}")
+        return 0
+    out = out or storage.join(run_dir, "evals", Path(policy.rstrip("/")).name.replace(":", "_"))
+    heldout, reference = [], None
+    if round_k is not None:
+        heldout = read_heldout(storage.join(round_dir(run_dir, round_k), "pairs"), cfg.eval.heldout_pairs)
+        reference = reference_for_round(cfg, run_dir, round_k)
+    evaluate_policy(cfg, policy, out, reference=reference, heldout=heldout, round_index=round_k,
+                    baseline_path=storage.join(run_dir, "baseline_answers.jsonl"))
+    print(f"wrote {storage.join(out, 'eval.json')}")
+    return 0
+
+
+def share_baseline(base: Path, method: str, done: list[str]) -> None:
+    """pi_0's evaluation answers and its scores of the fixed items depend on the model and eval settings only,
+    the same for every method: hand an earlier method's to this one (evaluate.py re-checks both by their
+    settings and key, and computes them again if they differ)."""
+    from dlma_ray.evaluate import BASELINE_FILE, BASELINE_SCORES_FILE
+
+    for name in (BASELINE_FILE, BASELINE_SCORES_FILE):
+        target = base / method / name
+        for other in done:
+            source = base / other / name
+            if source.exists() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+                break
+
+
+def method_configs(config_path: str | None, overrides: list[str], methods: list[str]) -> tuple[Config, dict]:
+    """The base config and one per method (`train.method`, `run.dir=<run.dir>/<method>`); ConfigError if any
+    is invalid, so that every method's config is checked before any work starts."""
+    from dlma_ray import storage
+
+    base_cfg = load_config(config_path, overrides)
+    configs = {m: load_config(config_path, [*overrides, f"train.method={m}",
+                                            f"run.dir={storage.join(base_cfg.run.dir, m)}"]) for m in methods}
+    return base_cfg, configs
+
+
+def compare_job(base_cfg: Config, configs: dict[str, Config]) -> int:
+    """Run each method's config in turn (a failure is reported and the others still run), then the comparison
+    table; 1 if a method failed."""
+    from dlma_ray import storage
+    from dlma_ray.compare import write_comparison
+    from dlma_ray.pipeline import run
+
+    base = Path(storage.absolute(base_cfg.run.dir))
+    failures, done = {}, []
+    for m, cfg in configs.items():
+        log.info("method %s -> %s", m, cfg.run.dir)
+        if not storage.is_uri(str(base)):
+            share_baseline(base, m, done)
+        try:
+            run(cfg)
+            done.append(m)
+        except Exception as exc:  # one method's failure must not cost the others their run
+            log.exception("method %s failed; continuing with the others", m)
+            failures[m] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    print(write_comparison(str(base), list(configs), failures))
+    return 1 if failures else 0
