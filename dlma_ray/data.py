@@ -20,7 +20,9 @@ Bad rows are skipped and counted by reason in a ``LoadReport``, never raised; an
 (missing file, unknown format, broken JSON document) is a config error and raises with its name.
 
 Preference pairs (``load_preference_pairs``) are rows of two hh dialogues ``{"chosen", "rejected"}`` that
-share every turn but the last assistant turn, or rows of explicit ``{"prompt", "chosen", "rejected"}``.
+share every turn but the last assistant turn, rows of explicit ``{"prompt", "chosen", "rejected"}``, or
+rows in TRL's conversational preference format (chat messages; ``dlma_ray.preference_formats``), e.g. a
+round exported by ``dlma_ray.export``. A folder written by ``save_to_disk`` is read like ``hf:<folder>``.
 """
 
 from __future__ import annotations
@@ -217,13 +219,18 @@ def record_from_row(row: Any, prompt_field: str = "prompt") -> PromptRecord:
 
 
 def pair_from_row(row: Any) -> PreferencePair:
-    """A ``{chosen, rejected}`` hh row or a ``{prompt, chosen, rejected}`` row as a PreferencePair."""
+    """A ``{chosen, rejected}`` hh row, a ``{prompt, chosen, rejected}`` row, or a row in TRL's conversational
+    preference format (dlma_ray.preference_formats) as a PreferencePair."""
+    from dlma_ray.preference_formats import conversational_pair, is_conversational_pair
+
     row = _as_object(row)
     if row.get("chosen") is None or row.get("rejected") is None:
         raise RowError("missing field", "chosen/rejected")
-    if not isinstance(row["chosen"], str) or not isinstance(row["rejected"], str):
-        raise RowError("wrong type", "chosen/rejected must be strings")
-    if row.get("prompt") is not None:
+    if is_conversational_pair(row):  # TRL's conversational preference format
+        chat, chosen, rejected = conversational_pair(row)
+    elif not isinstance(row["chosen"], str) or not isinstance(row["rejected"], str):
+        raise RowError("wrong type", "chosen/rejected must be strings or chat messages")
+    elif row.get("prompt") is not None:
         chat = _chat_from_value(row["prompt"])
         chosen, rejected = row["chosen"].strip(), row["rejected"].strip()
     else:
@@ -310,6 +317,8 @@ def read_rows(source: str, split: str = "train", prompt_field: str = "prompt") -
             raise ValueError(f"data source {source!r}: give a dataset name or folder after 'hf:'")
         return _read_hf(source[3:], split, source)
     path = Path(source).expanduser()
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
+        return _read_hf(str(path), split, source)  # a folder written by save_to_disk
     if not path.is_file():
         raise FileNotFoundError(f"data source {source!r}: no such file")
     name = path.name.lower()
@@ -380,9 +389,11 @@ def load_prompts(cfg: DataConfig, seed: int, count_tokens: Callable[[Chat], int]
     return records, report
 
 
-def load_preference_pairs(path: str, limit: int = 0, seed: int = 0) -> tuple[list[PreferencePair], LoadReport]:
-    """Preference pairs from a file source (usually jsonl.gz); exact repeats are dropped, then ``limit`` sampled."""
+def load_preference_pairs(path: str, limit: int = 0, seed: int = 0,
+                          split: str = "train") -> tuple[list[PreferencePair], LoadReport]:
+    """Preference pairs from any source ``read_rows`` reads (a jsonl.gz file, ``hf:<name or folder>``, a
+    saved folder; ``split`` picks from an HF dataset); exact repeats are dropped, then ``limit`` sampled."""
     report = LoadReport(source=path)
-    pairs = _collect(read_rows(path), pair_from_row, lambda p: (p.prompt.prompt_id, p.chosen, p.rejected),
+    pairs = _collect(read_rows(path, split), pair_from_row, lambda p: (p.prompt.prompt_id, p.chosen, p.rejected),
                      None, limit, seed, report)
     return pairs, report
