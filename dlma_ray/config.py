@@ -38,7 +38,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = _f("builtin:demo",
-                     "prompts: `builtin:demo`, a local .jsonl/.json/.parquet file (.gz ok), or `hf:<dataset name>`")
+                     "prompts (dpo: preference pairs, hh-rlhf or TRL's format): `builtin:demo`, a local "
+                     ".jsonl/.json/.parquet file (.gz ok), a `save_to_disk` folder, or `hf:<dataset name or folder>`")
     split: str = _f("train", "split to read when `source` is an HF dataset")
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
@@ -90,7 +91,8 @@ class ScoringConfig:
 class TrainConfig:
     method: Literal["dlma", "rlcd", "dpo", "self_contrast", "context_distillation"] = _f(
         "dlma", "training method (README, Methods): `rlcd` = DLMA with gamma = 0 and no contrastive scoring; "
-        "`dpo` = human pairs from data.source; `self_contrast`; `context_distillation` = SFT on y+")
+        "`dpo` = preference pairs from data.source (hh-rlhf or TRL's preference format); `self_contrast`; "
+        "`context_distillation` = SFT on y+")
     beta: float = _f(0.1, "DPO temperature beta (released: 0.1)", min=0.0)
     gamma: float = _f(0.2, "weight of the clipped self-reward in the DLMA margin (0 = plain DPO)", min=0.0)
     clip_low: float = _f(-40.0, "lower clip bound L of the self-reward (released: -40)")

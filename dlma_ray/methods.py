@@ -26,8 +26,9 @@ UNSCORED = ("context_distillation",)  # no model in the score stage: the SFT los
 def human_pair_rows(cfg: Config, k: int) -> list[dict]:
     """`dpo`: preference pairs from data.source as generation rows (GENERATION_SCHEMA) for round k.
 
-    hh-rlhf rows {chosen, rejected} (two dialogues sharing all but the last turn) or explicit {prompt,
-    chosen, rejected} rows (dlma_ray.data.load_preference_pairs). Pairs whose plain context exceeds
+    hh-rlhf rows {chosen, rejected} (two dialogues sharing all but the last turn), explicit {prompt,
+    chosen, rejected} rows, or TRL's conversational preference rows, e.g. a dlma-ray export
+    (dlma_ray.data.load_preference_pairs; data.split picks from an HF dataset). Pairs whose plain context exceeds
     data.max_prompt_tokens are dropped, then data.max_prompts pairs sampled with run.seed. Contexts are
     rendered with the run's template: plain for training and the reference; pos/neg with the pair, only
     so that evaluation can judge held-out pairs by R (the responses were not sampled under them).
@@ -36,7 +37,7 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
     from dlma_ray.stages import renderer_for, split_of
 
     tok, renderer = renderer_for(cfg)
-    pairs, report = load_preference_pairs(cfg.data.source)
+    pairs, report = load_preference_pairs(cfg.data.source, split=cfg.data.split)
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     count = lambda text: len(ids(text))  # noqa: E731
     fit = [p for p in pairs if count(renderer.plain(p.prompt.as_chat())) <= cfg.data.max_prompt_tokens]
@@ -45,7 +46,8 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
              cfg.data.source, report.summary(), len(pairs) - len(fit), len(fit) - len(picked))
     if not picked:
         raise ValueError(f"no usable preference pairs in data.source={cfg.data.source!r}: {report.summary()}; "
-                         "train.method=dpo needs hh-rlhf {chosen, rejected} rows or {prompt, chosen, rejected} rows")
+                         "train.method=dpo needs hh-rlhf {chosen, rejected} rows, {prompt, chosen, rejected} rows "
+                         "or TRL's conversational preference rows")
     rows = []
     for p in picked:
         chat = p.prompt.as_chat()

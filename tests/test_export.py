@@ -176,3 +176,18 @@ def test_trl_dpo_trainer_trains_one_step_on_the_export(pairs_run, tmp_path, tiny
     result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss)
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_dpo_reads_an_export(pairs_run, tmp_path):
+    """The dpo method's generate stage takes an exported folder as data.source (no engine: tokenizer only)."""
+    from dlma_ray.config import load_config
+    from dlma_ray.methods import human_pair_rows
+
+    export_round(str(pairs_run), 1, str(tmp_path / "trl"))
+    cfg = load_config(None, ["train.method=dpo", f"data.source={tmp_path / 'trl'}", "data.max_prompts=0",
+                             "pair.name=harmless"])
+    rows = sorted(human_pair_rows(cfg, 0), key=lambda r: r["prompt_id"])
+    want = sorted((r for r in _table(pairs_run) if r["split"] == "train"), key=lambda r: r["prompt_id"])
+    assert [(r["prompt_id"], r["chosen"], r["rejected"], r["plain_context"], r["pos_context"]) for r in rows] == \
+        [(r["prompt_id"], r["chosen"], r["rejected"], r["plain_context"], r["pos_context"]) for r in want]
+    assert {r["policy"] for r in rows} == {f"data:{tmp_path / 'trl'}"}
