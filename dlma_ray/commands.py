@@ -52,23 +52,13 @@ def latest_round(run_dir: str) -> int:
     return k
 
 
-def write_card_quietly(run_dir: str, k: int) -> None:
-    """The model card is a view of finished work: a problem writing it must not fail the job."""
-    from dlma_ray.modelcard import write_model_card
-
-    try:
-        log.info("model card: %s", write_model_card(run_dir, k))
-    except Exception:
-        log.exception("could not write round %d's model card; run `dlma-ray card %s --round %d` to retry",
-                      k, run_dir, k)
-
-
 def evaluate_job(cfg: Config, policy: str | None = None, round_k: int | None = None, out: str | None = None) -> int:
     """Without ``policy``: round k's policy (default the latest) into round_k/eval.json, then the report and
     the policy's model card. With ``policy``: that folder alone into ``out`` (default <run>/evals/<name>),
     also scored on round k's held-out pairs when ``round_k`` is given."""
     from dlma_ray import storage
     from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
+    from dlma_ray.modelcard import write_card_quietly
     from dlma_ray.report import write_report
     from dlma_ray.stages import reference_for_round, round_dir
 

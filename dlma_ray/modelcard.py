@@ -1,6 +1,7 @@
 """A Hugging Face model card (`README.md`) for a round's policy folder, so that an upload is a usable repository.
 
     write_model_card(run_dir, k)        -> <run>/round_k/policy/README.md
+    write_card_quietly(run_dir, k)      the same for the pipeline, after round k's evaluate stage: logs, never raises
     dlma-ray card RUN_DIR [--round K]   (the same from the command line; default: the latest policy)
     huggingface-cli upload USER/NAME <run>/round_k/policy    (publishes weights, tokenizer and this card)
 
@@ -12,6 +13,7 @@ round's eval.json `measures`), and the run's config as YAML (from state.json).
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import yaml
 from dlma_ray import storage
 from dlma_ray.runview import read_json
 
+log = logging.getLogger("dlma_ray")
 # Built-in models: (hub repository the weights come from, its license).
 BUILTIN_BASES = {"builtin:smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 METHOD_WORDS = {
@@ -169,3 +172,13 @@ def write_model_card(run_dir: str, round_k: int) -> str:
     out = storage.join(policy, "README.md")
     storage.write_text_atomic(out, render_card(run_dir, round_k))
     return out
+
+
+def write_card_quietly(run_dir: str, round_k: int) -> None:
+    """write_model_card for the pipeline: the card is a view of finished work, a problem writing it is logged
+    and must not fail the round."""
+    try:
+        log.info("model card: %s", write_model_card(run_dir, round_k))
+    except Exception:
+        log.exception("could not write round %d's model card; run `dlma-ray card %s --round %d` to retry",
+                      round_k, run_dir, round_k)
