@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from dlma_ray import methods
 from dlma_ray.config import Config, ConfigError, load_config
 
 
@@ -21,12 +22,13 @@ def setup_environment() -> None:
 
 def parse(description: str, argv: list[str] | None = None) -> Config:
     parser = argparse.ArgumentParser(description=description, epilog="Overrides: section.key=value, e.g. "
-                                     "train.beta=0.2 rounds.count=3. Field reference: python -m dlma_ray.config")
+                                     "train.beta=0.2 rounds.count=3. Field reference: python -m dlma_ray.configdoc")
     parser.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, section.key=value")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        methods.check(cfg)  # the method's name and its own settings, before any work
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     logging.basicConfig(level=cfg.run.log_level, stream=sys.stdout,

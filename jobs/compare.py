@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from dlma_ray import methods as registry  # noqa: E402
 from dlma_ray.cli import setup_environment  # noqa: E402
 
-METHODS = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
 DEFAULT_METHODS = ("dlma", "rlcd", "context_distillation")
 log = logging.getLogger("dlma_ray.compare")
 
@@ -30,9 +30,9 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
     """pi_0's evaluation answers and its scores of the fixed items depend on the model and eval settings only,
     the same for every method: hand an earlier method's to this one (evaluate.py re-checks both by their
     settings and key, and computes them again if they differ)."""
-    from dlma_ray.evaluate import BASELINE_FILE, BASELINE_SCORES_FILE
+    from dlma_ray.layout import BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE
 
-    for name in (BASELINE_FILE, BASELINE_SCORES_FILE):
+    for name in (BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE):
         target = base / method / name
         for other in done:
             source = base / other / name
@@ -48,13 +48,13 @@ def main(argv=None) -> int:
                                      epilog="Overrides: section.key=value; they apply to every method.")
     parser.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated methods of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+                        help=f"comma-separated methods of {', '.join(registry.names())} (default: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, section.key=value")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in registry.names()]
     if unknown or not methods:
-        parser.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(METHODS)}\n")
+        parser.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(registry.names())}\n")
 
     from dlma_ray import storage
     from dlma_ray.compare import write_comparison
@@ -65,6 +65,8 @@ def main(argv=None) -> int:
         configs = {m: load_config(args.config, args.overrides + [f"train.method={m}",
                                                                  f"run.dir={storage.join(base_cfg.run.dir, m)}"])
                    for m in methods}
+        for cfg in configs.values():
+            registry.check(cfg)
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
     logging.basicConfig(level=base_cfg.run.log_level, stream=sys.stdout,

@@ -18,14 +18,11 @@ from dlma_ray.cli import parse, setup_environment  # noqa: E402
 
 
 def latest_round(run_dir: str) -> int:
-    """The highest k whose round_<k>/policy exists (rounds are contiguous from 0)."""
-    from dlma_ray import storage
-    from dlma_ray.stages import round_dir
+    """The last round with a trained policy."""
+    from dlma_ray.layout import RunLayout
 
-    k = -1
-    while storage.exists(storage.join(round_dir(run_dir, k + 1), "policy")):
-        k += 1
-    if k < 0:
+    k = RunLayout(run_dir).latest_policy()
+    if k is None:
         raise SystemExit(f"error: {run_dir} has no trained policy (round_0/policy); give --policy PATH")
     return k
 
@@ -41,23 +38,23 @@ def main(argv=None) -> int:
                 rest)
 
     from dlma_ray import storage
-    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
-    from dlma_ray.stages import reference_for_round, round_dir
+    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_round
+    from dlma_ray.layout import RunLayout
     from dlma_ray.report import write_report
+    from dlma_ray.stages.common import Round
 
-    run_dir = storage.absolute(cfg.run.dir)
+    run = RunLayout(storage.absolute(cfg.run.dir))
     if ours.policy is None:
-        k = latest_round(run_dir) if ours.round is None else ours.round
-        path, _ = run_evaluate(cfg, run_dir, k)
-        print(f"wrote {path}; report: {write_report(run_dir)}")
+        k = latest_round(run.root) if ours.round is None else ours.round
+        print(f"wrote {run_round(Round(cfg, run, k)).output}; report: {write_report(run.root)}")
         return 0
-    out = ours.out or storage.join(run_dir, "evals", Path(ours.policy.rstrip("/")).name.replace(":", "_"))
+    out = ours.out or run.evals(Path(ours.policy.rstrip("/")).name.replace(":", "_"))
     heldout, reference = [], None
     if ours.round is not None:
-        heldout = read_heldout(storage.join(round_dir(run_dir, ours.round), "pairs"), cfg.eval.heldout_pairs)
-        reference = reference_for_round(cfg, run_dir, ours.round)
+        r = Round(cfg, run, ours.round)
+        heldout, reference = read_heldout(r.paths.pairs, cfg.eval.heldout_pairs), r.reference
     evaluate_policy(cfg, ours.policy, out, reference=reference, heldout=heldout, round_index=ours.round,
-                    baseline_path=storage.join(run_dir, "baseline_answers.jsonl"))
+                    baseline_path=run.baseline_answers)
     print(f"wrote {storage.join(out, 'eval.json')}")
     return 0
 
