@@ -3,7 +3,7 @@
 Same prompts (N of the run's prompt set, each rendered under the positive and the negative prompt =
 2N requests), same sampling (generation.temperature/top_p/max_new_tokens), the pipeline's
 per-request seeds on both vLLM sides.
-  (a) pipeline: `run_generate` (prompt loading, Ray Data, engine actor start, generate, Parquet
+  (a) pipeline: `stages.generate.contrastive` (prompt loading, Ray Data, engine actor start, generate, Parquet
       write); inside the actor, `import vllm`, the engine's start and its generate call are timed.
   (b) standalone: `import vllm`, `vllm.LLM(...)` with the pipeline's engine arguments, one
       `llm.generate` over the same rendered prompts.
@@ -58,17 +58,18 @@ def pipeline_side(cfg, run_dir):
     import ray
 
     import dlma_ray.generate
-    from dlma_ray.pipeline import run_generate
-    from dlma_ray.stages import init_ray
+    from dlma_ray.layout import RunLayout
+    from dlma_ray.stages.common import Round, init_ray
+    from dlma_ray.stages.generate import contrastive
 
     t = {}
     with common.timed(t, "ray_start"):
         init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dlma_ray.generate.GenerationEngine = TimedEngine  # run_generate imports the class when called
+    dlma_ray.generate.GenerationEngine = TimedEngine  # the stage imports the class when called
     try:
         with common.timed(t, "total"):
-            out, _ = run_generate(cfg, run_dir, 0)
+            out = contrastive(Round(cfg, RunLayout(run_dir), 0)).output
     finally:
         dlma_ray.generate.GenerationEngine = GenerationEngine
         ray.shutdown()

@@ -1,7 +1,7 @@
 """One training step: DeepSpeed (ZeRO-2, torch AdamW, one gloo process) vs a plain torch step.
 
 Both sides start from the same weights and take identical steps on one batch of pairs built the
-way the train stage builds it (`dlma_ray.train.pair_batch`, `dlma_ray.losses.dlma_loss`, the pair's
+way the train stage builds it (`dlma_ray.methods.base.preference_batch`, `dlma_ray.losses.dlma_loss`, the pair's
 reference log-probs and R from `dlma_ray.score.PairScorer`). A step is forward, loss, backward,
 gradient clipping (train.grad_clip) and the optimizer update. Steps alternate between the two sides
 so a change in machine load hits both; the losses of both sides are printed as a check that they
@@ -51,7 +51,8 @@ def main() -> None:
     from dlma_ray.logprobs import sequence_logprobs
     from dlma_ray.losses import dlma_loss
     from dlma_ray.models import load_causal_lm, load_tokenizer
-    from dlma_ray.train import deepspeed_config, make_optimizer, pair_batch
+    from dlma_ray.methods.base import preference_batch
+    from dlma_ray.train import deepspeed_config, make_optimizer
 
     common.header(f"bench_train_step: DeepSpeed ZeRO-{args.zero_stage} step vs plain torch step")
     path = common.model_dir()
@@ -59,7 +60,7 @@ def main() -> None:
                                  f"train.global_batch_size={args.pairs}", f"train.zero_stage={args.zero_stage}").train)
     rows = pair_rows(args.pairs, path)
     dev = common.device()
-    batch = pair_batch(load_tokenizer(path), rows, t["max_length"]).to(dev)
+    batch = preference_batch(load_tokenizer(path), rows, t["max_length"]).to(dev)
     n = args.pairs
     ref_c, ref_r, reward = (torch.as_tensor(rows[k], dtype=torch.float32, device=dev)
                             for k in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))

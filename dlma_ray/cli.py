@@ -22,6 +22,7 @@ import sys
 import textwrap
 import typing
 
+from dlma_ray import methods
 from dlma_ray.config import Config, ConfigError, load_config
 
 SECTION_DOCS = {
@@ -95,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every method runs with the same config but train.method, into "
                                    "<run.dir>/<method>/; then <run.dir>/comparison.md and comparison.png.")
     _config_arguments(p)
-    from dlma_ray.commands import DEFAULT_METHODS, METHODS
+    from dlma_ray.commands import DEFAULT_METHODS
 
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, of {', '.join(METHODS)} (default: {','.join(DEFAULT_METHODS)})")
+                   help=f"comma-separated, of {', '.join(methods.names())} (default: {','.join(DEFAULT_METHODS)})")
     p = sub.add_parser("report", help="write <run>/report.md and its figures from what the run has",
                        description="Re-render a run's report (report.md, report/*.png).")
     _run_dir_arguments(p)
@@ -128,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(parser: argparse.ArgumentParser, path: str | None, overrides: list[str]) -> Config:
     try:
-        return load_config(path, overrides)
+        cfg = load_config(path, overrides)
+        methods.check(cfg)  # the method's name and its own settings, before any work
+        return cfg
     except ConfigError as exc:
         parser.exit(2, f"error: {exc}\n")
 
@@ -157,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
             return commands.run_job(cfg)
         return commands.evaluate_job(cfg, args.policy, args.round, args.out)
     if args.command == "compare":
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in commands.METHODS]
-        if unknown or not methods:
-            sub.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(commands.METHODS)}\n")
+        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in methods.names()]
+        if unknown or not chosen:
+            sub.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(methods.names())}\n")
         try:
-            base_cfg, configs = commands.method_configs(args.config, args.overrides, methods)
+            base_cfg, configs = commands.method_configs(args.config, args.overrides, chosen)
         except ConfigError as exc:
             sub.exit(2, f"error: {exc}\n")
         commands.setup_logging(base_cfg)
@@ -187,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
 def print_config(cfg: Config, reference: bool = False) -> int:
     import yaml
 
-    from dlma_ray.config import reference_markdown
+    from dlma_ray.configdoc import config_reference
 
-    sys.stdout.write(reference_markdown() if reference else yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    sys.stdout.write(config_reference() if reference else yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return 0
 
 

@@ -2,7 +2,7 @@
 
     run_job(cfg)                                   jobs/iterate.py: every round, resumable
     evaluate_job(cfg, policy, round_k, out)        jobs/evaluate.py: a round's policy, or any policy folder
-    compare_job(config_path, overrides, methods)   jobs/compare.py: several methods from the same start
+    method_configs, compare_job                    jobs/compare.py: several methods from the same start
 
 Argument parsing lives in dlma_ray.cli; these take parsed values and return the exit status.
 """
@@ -14,10 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from dlma_ray import methods as registry
 from dlma_ray.config import Config, load_config
 
 log = logging.getLogger("dlma_ray")
-METHODS = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
 DEFAULT_METHODS = ("dlma", "rlcd", "context_distillation")
 
 
@@ -41,13 +41,11 @@ def run_job(cfg: Config) -> int:
 
 
 def latest_round(run_dir: str) -> int:
-    """The highest k whose round_<k>/policy exists (rounds are contiguous from 0)."""
-    from dlma_ray import storage
+    """The last round with a trained policy."""
+    from dlma_ray.layout import RunLayout
 
-    k = -1
-    while storage.exists(storage.join(run_dir, f"round_{k + 1}", "policy")):
-        k += 1
-    if k < 0:
+    k = RunLayout(run_dir).latest_policy()
+    if k is None:
         raise SystemExit(f"error: {run_dir} has no trained policy (round_0/policy); give --policy PATH")
     return k
 
@@ -57,25 +55,26 @@ def evaluate_job(cfg: Config, policy: str | None = None, round_k: int | None = N
     the policy's model card. With ``policy``: that folder alone into ``out`` (default <run>/evals/<name>),
     also scored on round k's held-out pairs when ``round_k`` is given."""
     from dlma_ray import storage
-    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_evaluate
+    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_round
+    from dlma_ray.layout import RunLayout
     from dlma_ray.modelcard import write_card_quietly
     from dlma_ray.report import write_report
-    from dlma_ray.stages import reference_for_round, round_dir
+    from dlma_ray.stages.common import Round
 
-    run_dir = storage.absolute(cfg.run.dir)
+    run = RunLayout(storage.absolute(cfg.run.dir))
     if policy is None:
-        k = latest_round(run_dir) if round_k is None else round_k
-        path, _ = run_evaluate(cfg, run_dir, k)
-        write_card_quietly(run_dir, k)
-        print(f"wrote {path}; report: {write_report(run_dir)}")
+        k = latest_round(run.root) if round_k is None else round_k
+        out_path = run_round(Round(cfg, run, k)).output
+        write_card_quietly(run.root, k)
+        print(f"wrote {out_path}; report: {write_report(run.root)}")
         return 0
-    out = out or storage.join(run_dir, "evals", Path(policy.rstrip("/")).name.replace(":", "_"))
+    out = out or run.evals(Path(policy.rstrip("/")).name.replace(":", "_"))
     heldout, reference = [], None
     if round_k is not None:
-        heldout = read_heldout(storage.join(round_dir(run_dir, round_k), "pairs"), cfg.eval.heldout_pairs)
-        reference = reference_for_round(cfg, run_dir, round_k)
+        r = Round(cfg, run, round_k)
+        heldout, reference = read_heldout(r.paths.pairs, cfg.eval.heldout_pairs), r.reference
     evaluate_policy(cfg, policy, out, reference=reference, heldout=heldout, round_index=round_k,
-                    baseline_path=storage.join(run_dir, "baseline_answers.jsonl"))
+                    baseline_path=run.baseline_answers)
     print(f"wrote {storage.join(out, 'eval.json')}")
     return 0
 
@@ -84,9 +83,9 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
     """pi_0's evaluation answers and its scores of the fixed items depend on the model and eval settings only,
     the same for every method: hand an earlier method's to this one (evaluate.py re-checks both by their
     settings and key, and computes them again if they differ)."""
-    from dlma_ray.evaluate import BASELINE_FILE, BASELINE_SCORES_FILE
+    from dlma_ray.layout import BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE
 
-    for name in (BASELINE_FILE, BASELINE_SCORES_FILE):
+    for name in (BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE):
         target = base / method / name
         for other in done:
             source = base / other / name
@@ -104,6 +103,8 @@ def method_configs(config_path: str | None, overrides: list[str], methods: list[
     base_cfg = load_config(config_path, overrides)
     configs = {m: load_config(config_path, [*overrides, f"train.method={m}",
                                             f"run.dir={storage.join(base_cfg.run.dir, m)}"]) for m in methods}
+    for cfg in configs.values():
+        registry.check(cfg)
     return base_cfg, configs
 
 

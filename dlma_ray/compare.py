@@ -18,30 +18,34 @@ import time
 
 from dlma_ray import storage
 from dlma_ray.figures import pyplot
+from dlma_ray.layout import RunLayout
 from dlma_ray.runview import fmt_num, get, md_table, read_json
 
-METHOD_ORDER = ("dlma", "rlcd", "dpo", "self_contrast", "context_distillation")
 # The measures drawn in the figure (dlma_ray.measures names), each with its 95% interval.
 FIGURE_MEASURES = ("distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
                    "implicit_reward_accuracy")
 
 
 def discover_methods(base_dir: str) -> list[str]:
-    """Sub-directories of ``base_dir`` holding a run (state.json), known methods first in METHOD_ORDER."""
+    """Sub-directories of ``base_dir`` holding a run (state.json), registered methods first, in registry order."""
+    from dlma_ray.methods import names
+
+    order = names()
     if storage.is_uri(base_dir) or not os.path.isdir(base_dir):
-        return [m for m in METHOD_ORDER if storage.exists(storage.join(base_dir, m, "state.json"))]
+        return [m for m in order if storage.exists(RunLayout(storage.join(base_dir, m)).state)]
     found = [d for d in sorted(os.listdir(base_dir)) if os.path.isfile(os.path.join(base_dir, d, "state.json"))]
-    return [m for m in METHOD_ORDER if m in found] + [m for m in found if m not in METHOD_ORDER]
+    return [m for m in order if m in found] + [m for m in found if m not in order]
 
 
 def load_method(run_dir: str) -> dict:
     """A method's run: its state, its last eval.json (and round), its training summary."""
-    state = read_json(storage.join(run_dir, "state.json")) or {}
+    run = RunLayout(run_dir)
+    state = read_json(run.state) or {}
     stages = state.get("stages") or []
     rounds = sorted({s["round"] for s in stages})
     last_eval, eval_round = None, None
     for k in reversed(rounds):
-        last_eval = read_json(storage.join(run_dir, f"round_{k}", "eval.json"))
+        last_eval = read_json(run.round(k).eval_json)
         if last_eval:
             eval_round = k
             break

@@ -21,31 +21,25 @@ Bad rows are skipped and counted by reason in a ``LoadReport``, never raised; an
 
 Preference pairs (``load_preference_pairs``) are rows of two hh dialogues ``{"chosen", "rejected"}`` that
 share every turn but the last assistant turn, rows of explicit ``{"prompt", "chosen", "rejected"}``, or
-rows in TRL's conversational preference format (chat messages; ``dlma_ray.preference_formats``), e.g. a
-round exported by ``dlma_ray.export``. A folder written by ``save_to_disk`` is read like ``hf:<folder>``.
+TRL's conversational rows (dlma_ray.preference_formats), such as a round exported by dlma_ray.export.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
-import random
 import re
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from dlma_ray.config import DataConfig
+from dlma_ray.preference_formats import conversational_parts, is_conversational_pair
+from dlma_ray.sources import RowError, read_rows, sample
 
 log = logging.getLogger(__name__)
 
 Chat = list[dict[str, str]]
-ASSETS = Path(__file__).resolve().parent / "assets"
-BUILTIN_SOURCES = {"builtin:demo": "demo_prompts.jsonl", "builtin:demo-eval": "demo_eval_prompts.jsonl",
-                   "builtin:heldout": "heldout_prompts.jsonl"}
 _HH_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 _TRAILING_EMPTY_ASSISTANT = re.compile(r"\n\nAssistant:\s*$")
 T = TypeVar("T")
@@ -105,28 +99,23 @@ class LoadReport:
     sampled_out: int = 0  # usable rows left out by the max_prompts / limit sample
     kept: int = 0
     source: str = ""
+    examples: list[str] = field(default_factory=list)  # where the first skipped rows are, and why
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, where: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where or self.source}: {reason}")
 
     def summary(self) -> str:
         parts = [f"{self.source or 'source'}: read {self.rows_read} rows, kept {self.kept}"]
         if self.skipped:
             reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items()))
-            parts.append(f"skipped {sum(self.skipped.values())} ({reasons})")
+            parts.append(f"skipped {sum(self.skipped.values())} ({reasons}; first: {', '.join(self.examples)})")
         for label, n in (("duplicates", self.duplicates), ("too long", self.too_long),
                          ("left out by sampling", self.sampled_out)):
             if n:
                 parts.append(f"{label} {n}")
         return "; ".join(parts)
-
-
-class RowError(ValueError):
-    """Why one row cannot be used; ``reason`` is the LoadReport key."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 # ---------------------------------------------------------------- parsing rows
@@ -191,8 +180,6 @@ def _chat_from_value(value: Any) -> Chat:
 
 
 def _as_object(row: Any) -> dict:
-    if isinstance(row, RowError):  # the reader could not even decode this row
-        raise row
     if not isinstance(row, dict):
         raise RowError("not an object", type(row).__name__)
     return row
@@ -221,23 +208,22 @@ def record_from_row(row: Any, prompt_field: str = "prompt") -> PromptRecord:
 def pair_from_row(row: Any) -> PreferencePair:
     """A ``{chosen, rejected}`` hh row, a ``{prompt, chosen, rejected}`` row, or a row in TRL's conversational
     preference format (dlma_ray.preference_formats) as a PreferencePair."""
-    from dlma_ray.preference_formats import conversational_pair, is_conversational_pair
-
     row = _as_object(row)
     if row.get("chosen") is None or row.get("rejected") is None:
         raise RowError("missing field", "chosen/rejected")
-    if is_conversational_pair(row):  # TRL's conversational preference format
-        chat, chosen, rejected = conversational_pair(row)
-    elif not isinstance(row["chosen"], str) or not isinstance(row["rejected"], str):
-        raise RowError("wrong type", "chosen/rejected must be strings or chat messages")
-    elif row.get("prompt") is not None:
-        chat = _chat_from_value(row["prompt"])
-        chosen, rejected = row["chosen"].strip(), row["rejected"].strip()
-    else:
-        if any(_TRAILING_EMPTY_ASSISTANT.search(row[c]) for c in ("chosen", "rejected")):
+    if is_conversational_pair(row):  # completions as texts; whole dialogues when the prompt is implicit
+        prompt, first, second = conversational_parts(row)
+    elif isinstance(row["chosen"], str) and isinstance(row["rejected"], str):
+        prompt, first, second = row.get("prompt"), row["chosen"], row["rejected"]
+        if prompt is None and any(_TRAILING_EMPTY_ASSISTANT.search(t) for t in (first, second)):
             raise RowError("empty", "a dialogue ends with an empty assistant turn")
-        chat = _chat_from_value(row["chosen"])
-        other = _chat_from_value(row["rejected"])
+    else:
+        raise RowError("wrong type", "chosen/rejected must be strings or chat messages")
+    if prompt is not None:
+        chat = _chat_from_value(prompt)
+        chosen, rejected = first.strip(), second.strip()
+    else:
+        chat, other = _chat_from_value(first), _chat_from_value(second)
         if chat[-1]["role"] != "assistant" or other[-1]["role"] != "assistant":
             raise RowError("bad pair", "a dialogue does not end with an assistant turn")
         if chat[:-1] != other[:-1]:
@@ -252,93 +238,6 @@ def pair_from_row(row: Any) -> PreferencePair:
     return PreferencePair(PromptRecord.from_chat(chat, None, _kind(row)), chosen, rejected)
 
 
-# ---------------------------------------------------------------- reading sources
-
-def _read_jsonl(path: Path, source: str) -> Iterator[Any]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            for raw in fh:
-                if not raw.strip():
-                    continue  # blank lines (e.g. a trailing one) are not rows
-                try:
-                    text = raw.decode("utf-8-sig")
-                except UnicodeDecodeError:
-                    yield RowError("undecodable line")
-                    continue
-                try:
-                    yield json.loads(text)
-                except json.JSONDecodeError:
-                    yield RowError("invalid json")
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"data source {source!r} cannot be read: {exc}") from exc
-
-
-def _read_document(path: Path, source: str, prompt_field: str) -> Iterator[Any]:
-    """A .json(.gz) list or a .parquet table, read whole: a broken document is one config error."""
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            return iter(pq.read_table(path).to_pylist())
-        raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
-        data = json.loads(raw.decode("utf-8-sig"))
-    except (OSError, EOFError, ValueError, zlib.error) as exc:  # pyarrow and json errors are ValueErrors
-        raise ValueError(f"data source {source!r} cannot be read: {exc}") from exc
-    if not isinstance(data, list):
-        raise ValueError(f"data source {source!r}: expected a top-level JSON list, got {type(data).__name__}")
-    return iter({prompt_field: item} if isinstance(item, str) else item for item in data)
-
-
-def _read_hf(name: str, split: str, source: str) -> Iterator[Any]:
-    import datasets  # heavy: only when an hf: source is asked for
-
-    folder = Path(name).expanduser()
-    try:
-        ds = datasets.load_from_disk(str(folder)) if folder.is_dir() else datasets.load_dataset(name, split=split)
-    except Exception as exc:  # datasets raises many types; all mean the same config error here
-        raise ValueError(f"data source {source!r} cannot be loaded: {exc}") from exc
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise ValueError(f"data source {source!r} has no split {split!r}; splits: {', '.join(ds)}")
-        ds = ds[split]
-    return iter(ds)
-
-
-def read_rows(source: str, split: str = "train", prompt_field: str = "prompt") -> Iterator[Any]:
-    """Raw rows of a source; rows that cannot be decoded come as RowError instances to be counted."""
-    if source.startswith("builtin:"):
-        if source not in BUILTIN_SOURCES:
-            raise ValueError(f"data source {source!r} is not a built-in; built-ins: {', '.join(BUILTIN_SOURCES)}")
-        return _read_jsonl(ASSETS / BUILTIN_SOURCES[source], source)
-    if source.startswith("hf:"):
-        if not source[3:]:
-            raise ValueError(f"data source {source!r}: give a dataset name or folder after 'hf:'")
-        return _read_hf(source[3:], split, source)
-    path = Path(source).expanduser()
-    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
-        return _read_hf(str(path), split, source)  # a folder written by save_to_disk
-    if not path.is_file():
-        raise FileNotFoundError(f"data source {source!r}: no such file")
-    name = path.name.lower()
-    stem = name[:-3] if name.endswith(".gz") else name
-    if stem.endswith(".jsonl"):
-        return _read_jsonl(path, source)
-    if stem.endswith(".json") or name.endswith(".parquet"):
-        return _read_document(path, source, prompt_field)
-    raise ValueError(f"data source {source!r}: unknown format; expected .jsonl, .json (.gz ok), .parquet, "
-                     "builtin:demo or hf:<name>")
-
-
-def _sample(items: list[T], k: int, seed: int) -> list[T]:
-    """k seeded picks, kept in source order so runs stay readable."""
-    if k <= 0 or k >= len(items):
-        return items
-    picked = sorted(random.Random(seed).sample(range(len(items)), k))
-    return [items[i] for i in picked]
-
-
 # ---------------------------------------------------------------- public loaders
 
 def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T], Any] | None,
@@ -349,9 +248,11 @@ def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T]
     for row in rows:
         report.rows_read += 1
         try:
+            if isinstance(row, RowError):
+                raise row
             item = convert(row)
         except RowError as err:
-            report.skip(err.reason)
+            report.skip(err.reason, err.where or f"{report.source} row {report.rows_read}")
             continue
         if key is not None and key(item) in seen:
             report.duplicates += 1
@@ -362,7 +263,7 @@ def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T]
             report.too_long += 1
             continue
         items.append(item)
-    sampled = _sample(items, limit, seed)
+    sampled = sample(items, limit, seed)
     report.sampled_out, report.kept = len(items) - len(sampled), len(sampled)
     log.info(report.summary())
     return sampled

@@ -37,10 +37,10 @@ class PoolingSpec:
 def resolve_embedding_model(ref: str) -> str:
     """A folder for `builtin:` references; folders and hub names are returned as given."""
     if ref in BUILTIN_EMBEDDERS:
-        from dlma_ray.models import _package_dir  # find_spec: locates the package without importing it
+        from dlma_ray.models import package_dir  # find_spec: locates the package without importing it
 
         package, sub = BUILTIN_EMBEDDERS[ref]
-        folder = _package_dir(package) / sub
+        folder = package_dir(package) / sub
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{ref}: the package {package!r} holds no model folder at {folder}")
         return str(folder)

@@ -46,13 +46,6 @@ def load(ref: str, cfg: Config):
     return model, load_tokenizer(ref, cfg.model.trust_remote_code)
 
 
-def renderer(tokenizer, cfg: Config):
-    from dlma_ray.prompts import ContrastiveRenderer, pair_from_config
-
-    return ContrastiveRenderer(tokenizer, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
-                               cfg.pair.style)
-
-
 def answer_ids(tokenizer, rows: list[dict], end_of_turn: str) -> list[list[int]]:
     from dlma_ray.logprobs import response_ids
 
@@ -116,7 +109,7 @@ def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[d
     gen = dict(vars(g), seed=cfg.eval.seed)
     llm = LLM(**engine_kwargs(resolve_model_path(model_ref), gen, cfg.resources.tensor_parallel_size,
                               cfg.model.trust_remote_code))
-    r = renderer(llm.get_tokenizer(), cfg)
+    r = cfg.pair.renderer(llm.get_tokenizer())
     stop = stop_token_ids(llm.get_tokenizer(), r.end_of_turn)
     params = [sampling_params(gen, cfg.eval.max_new_tokens, request_seed(cfg.eval.seed, 0, p["prompt_id"], "eval"),
                               stop) for p in prompts]
@@ -152,7 +145,7 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
     """Everything pi_0 (the fixed judge) computes: see the module docstring. ``fixed`` holds the FIXED_SCORES
     of an earlier round (they depend on pi_0 and the evaluation items only): they are not computed again."""
     model, tok = load(round0_ref, cfg)
-    r, bs = renderer(tok, cfg), cfg.eval.batch_size
+    r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size
     new_ids = answer_ids(tok, answers, r.end_of_turn)
     out = {
         "contrast_policy": contrast(model, tok, r, answers, new_ids, bs),
@@ -201,7 +194,7 @@ def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list
     from dlma_ray.logprobs import side_ids
 
     model, tok = load(policy_ref, cfg)
-    r, bs = renderer(tok, cfg), cfg.eval.batch_size
+    r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size
     y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
     chats = [p["messages"] for p in pairs]
     out = {

@@ -1,6 +1,6 @@
 """Evaluate stage: how good is a round's new policy? -> round_<k>/eval.json and round_<k>/answers.jsonl.
 
-    run_evaluate(cfg, run_dir, k)          after round k's train stage: pi_{k+1} = round_k/policy
+    run_round(r)                           after round k's train stage: pi_{k+1} = round_k/policy
     evaluate_policy(cfg, policy, out_dir)  any policy folder alone (jobs/evaluate.py)
 
 Model work runs in Ray tasks with max_calls=1 (dlma_ray.eval_tasks): the worker process exits when the
@@ -23,22 +23,22 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from pathlib import Path
 
 from dlma_ray import eval_tasks, storage
 from dlma_ray.config import Config, DataConfig
 from dlma_ray.evaluation import api_key, check_judge, openai_margins
+from dlma_ray.interfaces import StageResult
+from dlma_ray.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.refusal import judge_agreement, refusal_rates
+from dlma_ray.stages.common import Round, init_ray
 
 log = logging.getLogger("dlma_ray.evaluate")
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUILTIN_PAIR_SOURCES = {"builtin:demo-pairs": ASSETS / "demo_pairs.jsonl"}
 BUILTIN_TEXT_SOURCES = {"builtin:neutral-text": ASSETS / "neutral_text.jsonl"}
 REFUSAL_LABELS = ASSETS / "refusal_labels.jsonl"
-BASELINE_FILE = "baseline_answers.jsonl"
-BASELINE_SCORES_FILE = "baseline_scores.json"  # pi_0's scores of the fixed items, beside the answers it judges
 
 
 # ---------------------------------------------------------------- inputs
@@ -50,12 +50,6 @@ def pairs_source_path(source: str) -> str:
                              + ", ".join(BUILTIN_PAIR_SOURCES))
         return str(BUILTIN_PAIR_SOURCES[source])
     return source
-
-
-def _sample(items: list, k: int, seed: int) -> list:
-    if k <= 0 or k >= len(items):
-        return items
-    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -81,13 +75,14 @@ def load_neutral_text(cfg: Config) -> list[dict]:
 def load_eval_pairs(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
     """Human-labelled pairs whose plain context fits data.max_prompt_tokens, then a seeded sample."""
     from dlma_ray.data import load_preference_pairs
+    from dlma_ray.sources import sample
 
     pairs, report = load_preference_pairs(pairs_source_path(cfg.eval.preference_pairs))
-    renderer = eval_tasks.renderer(tokenizer, cfg)
+    renderer = cfg.pair.renderer(tokenizer)
     fit = [p for p in pairs if len(tokenizer(renderer.plain(p.prompt.as_chat()), add_special_tokens=False)
                                    ["input_ids"]) <= cfg.data.max_prompt_tokens]
     rows = [{"prompt_id": p.prompt.prompt_id, "messages": p.prompt.as_chat(), "chosen": p.chosen,
-             "rejected": p.rejected} for p in _sample(fit, cfg.eval.max_pairs, cfg.eval.seed)]
+             "rejected": p.rejected} for p in sample(fit, cfg.eval.max_pairs, cfg.eval.seed)]
     return rows, {"source": cfg.eval.preference_pairs, "summary": report.summary(), "too_long": len(pairs) - len(fit),
                   "n": len(rows)}
 
@@ -100,7 +95,7 @@ def load_eval_prompts(cfg: Config, tokenizer) -> list[dict]:
     dc = DataConfig(source=src, split="test" if src.startswith("hf:") else cfg.data.split,
                     prompt_field="prompt" if src.startswith("builtin:") else cfg.data.prompt_field,
                     max_prompts=cfg.eval.max_prompts, max_prompt_tokens=cfg.data.max_prompt_tokens, dedup=True)
-    renderer = eval_tasks.renderer(tokenizer, cfg)
+    renderer = cfg.pair.renderer(tokenizer)
     records, report = load_prompts(dc, cfg.eval.seed,
                                    lambda chat: len(tokenizer(renderer.plain(chat), add_special_tokens=False)["input_ids"]))
     if not records:
@@ -216,15 +211,13 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
 
     from dlma_ray.measures import assemble_measures
     from dlma_ray.models import load_tokenizer
-    from dlma_ray.stages import init_ray
-
     start = time.time()
     check_judge(cfg)  # before any model loads: a broken judge should cost seconds, not a stage
     tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
     prompts = load_eval_prompts(cfg, tok)
     pairs, pairs_info = load_eval_pairs(cfg, tok)
     neutral = load_neutral_text(cfg)
-    baseline_path = baseline_path or storage.join(storage.absolute(cfg.run.dir), BASELINE_FILE)
+    baseline_path = baseline_path or RunLayout(storage.absolute(cfg.run.dir)).baseline_answers
     round0, policy = _ref(cfg.model.path), _ref(policy_path)
     init_ray(cfg)
     r = cfg.resources
@@ -285,16 +278,13 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     return result
 
 
-def run_evaluate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
-    """The 4th stage of round k: evaluate round_k/policy; returns (path of eval.json, answers written)."""
-    from dlma_ray.stages import reference_for_round, round_dir
-
-    rd = round_dir(run_dir, k)
-    policy = storage.join(rd, "policy")
-    if not storage.exists(policy):
-        raise FileNotFoundError(f"round {k} has no trained policy at {policy}; run its train stage first")
-    result = evaluate_policy(cfg, policy, rd, reference=reference_for_round(cfg, run_dir, k),
-                             heldout=read_heldout(storage.join(rd, "pairs"), cfg.eval.heldout_pairs),
-                             round_index=k, baseline_path=storage.join(run_dir, BASELINE_FILE),
-                             judged_pairs=read_judged_pairs(storage.join(rd, "pairs"), cfg.eval.max_pairs))
-    return storage.join(rd, "eval.json"), result["details"]["heldout_prompts"]
+def run_round(r: Round) -> StageResult:
+    """The evaluate stage of round k: pi_{k+1} = round_k/policy -> round_k/eval.json and answers.jsonl."""
+    paths = r.paths
+    if not storage.exists(paths.policy):
+        raise FileNotFoundError(f"round {r.k} has no trained policy at {paths.policy}; run its train stage first")
+    result = evaluate_policy(r.cfg, paths.policy, paths.dir, reference=r.reference,
+                             heldout=read_heldout(paths.pairs, r.cfg.eval.heldout_pairs), round_index=r.k,
+                             baseline_path=r.run.baseline_answers,
+                             judged_pairs=read_judged_pairs(paths.pairs, r.cfg.eval.max_pairs))
+    return StageResult(paths.eval_json, result["details"]["heldout_prompts"])

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from dlma_ray import metrics
+from dlma_ray import telemetry
 from dlma_ray.prompts import ContrastiveRenderer, PromptPair
 
 
@@ -100,32 +100,35 @@ class GenerationEngine:
                 f"{prefix}_tokens": np.array([len(i) for i, _ in sampled], dtype=np.int32),
                 f"{prefix}_finished": np.array([f for _, f in sampled], dtype=bool)}
 
+    def _generate(self, prompts: list[str], params: list, n_prompts: int) -> list:
+        """One engine call (vLLM batches every request together), timed and counted for the dashboard."""
+        start = time.perf_counter()
+        outs = [o.outputs[0] for o in self.llm.generate(prompts, params, use_tqdm=False)]
+        tokens = sum(len(o.token_ids) for o in outs)
+        telemetry.inc("dlma_prompts_generated_total", n_prompts, round=self.round_index)
+        telemetry.inc("dlma_tokens_generated_total", tokens, round=self.round_index)
+        telemetry.set_gauge("dlma_generation_tokens_per_second", tokens / (time.perf_counter() - start),
+                          round=self.round_index)
+        return outs
+
+    def _context_columns(self, chats: list, owner) -> dict[str, np.ndarray]:
+        """The policy, the three renderings of each output row's chat and the end-of-turn text."""
+        texts = {name: [render(c) for c in chats] for name, render in
+                 (("pos_context", self.renderer.positive), ("neg_context", self.renderer.negative),
+                  ("plain_context", self.renderer.plain))}
+        out = {name: np.array([values[j] for j in owner], dtype=object) for name, values in texts.items()}
+        out.update(policy=np.array([self.model_ref] * len(owner), dtype=object),
+                   end_of_turn=np.array([self.renderer.end_of_turn] * len(owner), dtype=object))
+        return out
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chats = [json.loads(m) for m in batch["messages_json"]]
-        ids = list(batch["prompt_id"])
-        pos = [self.renderer.positive(c) for c in chats]
-        neg = [self.renderer.negative(c) for c in chats]
+        ids, n = list(batch["prompt_id"]), len(batch["prompt_id"])
+        context = self._context_columns(chats, range(n))
         params = [self._params(i, "pos") for i in ids] + [self._params(i, "neg") for i in ids]
-        # Both sides in one call: the engine batches them together.
-        start = time.perf_counter()
-        outs = self.llm.generate(pos + neg, params, use_tqdm=False)
-        n = len(ids)
-        chosen, rejected = [o.outputs[0] for o in outs[:n]], [o.outputs[0] for o in outs[n:]]
-        tokens = sum(len(o.token_ids) for o in chosen + rejected)
-        metrics.inc("dlma_prompts_generated_total", n, round=self.round_index)
-        metrics.inc("dlma_tokens_generated_total", tokens, round=self.round_index)
-        metrics.set_gauge("dlma_generation_tokens_per_second", tokens / (time.perf_counter() - start),
-                          round=self.round_index)
-        out = dict(batch)
-        out.update(
-            policy=np.array([self.model_ref] * n, dtype=object),
-            pos_context=np.array(pos, dtype=object),
-            neg_context=np.array(neg, dtype=object),
-            plain_context=np.array([self.renderer.plain(c) for c in chats], dtype=object),
-            end_of_turn=np.array([self.renderer.end_of_turn] * n, dtype=object),
-            **self._response_columns("chosen", chosen), **self._response_columns("rejected", rejected),
-        )
-        return out
+        outs = self._generate(list(context["pos_context"]) + list(context["neg_context"]), params, n)
+        return {**batch, **context, **self._response_columns("chosen", outs[:n]),
+                **self._response_columns("rejected", outs[n:])}
 
 
 class SampleEngine(GenerationEngine):
@@ -143,17 +146,10 @@ class SampleEngine(GenerationEngine):
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         chats = [json.loads(m) for m in batch["messages_json"]]
         ids, n = list(batch["prompt_id"]), self.num_samples
-        plain = [self.renderer.plain(c) for c in chats]
-        pos, neg = [self.renderer.positive(c) for c in chats], [self.renderer.negative(c) for c in chats]
         owner = np.repeat(np.arange(len(ids)), n)  # output row -> input row
+        context = self._context_columns(chats, owner)
         params = [self._params(ids[j], f"sample{i}") for j in range(len(ids)) for i in range(n)]
-        start = time.perf_counter()
-        outs = [o.outputs[0] for o in self.llm.generate([plain[j] for j in owner], params, use_tqdm=False)]
-        tokens = sum(len(o.token_ids) for o in outs)
-        metrics.inc("dlma_prompts_generated_total", len(ids), round=self.round_index)
-        metrics.inc("dlma_tokens_generated_total", tokens, round=self.round_index)
-        metrics.set_gauge("dlma_generation_tokens_per_second", tokens / (time.perf_counter() - start),
-                          round=self.round_index)
+        outs = self._generate(list(context["plain_context"]), params, len(ids))
         tok = self.llm.get_tokenizer()
         targets = [str(t) for t in batch["target"]]
         target_ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in targets]
@@ -161,11 +157,7 @@ class SampleEngine(GenerationEngine):
         chosen_ids[:] = [target_ids[j] for j in owner]
         out = {name: np.asarray(values)[owner] for name, values in batch.items()}
         out.update(
-            policy=np.array([self.model_ref] * len(owner), dtype=object),
-            pos_context=np.array([pos[j] for j in owner], dtype=object),
-            neg_context=np.array([neg[j] for j in owner], dtype=object),
-            plain_context=np.array([plain[j] for j in owner], dtype=object),
-            end_of_turn=np.array([self.renderer.end_of_turn] * len(owner), dtype=object),
+            **context,
             chosen=np.array([targets[j] for j in owner], dtype=object), chosen_token_ids=chosen_ids,
             chosen_tokens=np.array([len(target_ids[j]) for j in owner], dtype=np.int32),
             chosen_finished=np.ones(len(owner), dtype=bool),

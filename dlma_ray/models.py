@@ -36,7 +36,7 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
     # find_spec locates the package without running its __init__ (which needs the `llm` CLI).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -95,7 +95,7 @@ def resolve_builtin(name: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the folder made
         if _is_complete(target):
             return target
-        gguf = _package_dir(package) / filename
+        gguf = package_dir(package) / filename
         log.info("converting the built-in model %s from %s (once; cached in %s)", name, gguf, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
         try:

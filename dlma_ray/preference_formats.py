@@ -1,4 +1,4 @@
-"""Preference rows in TRL's conversational format, as (prompt chat, chosen text, rejected text).
+"""Preference rows in TRL's conversational format, brought to the shapes dlma_ray.data checks.
 
 TRL's preference datasets (https://huggingface.co/docs/trl/dataset_formats) hold, per row:
 
@@ -9,14 +9,14 @@ TRL's preference datasets (https://huggingface.co/docs/trl/dataset_formats) hold
 with messages `{"role": ..., "content": ...}`; `dlma_ray.export` writes the explicit kind. A completion
 here is one assistant message (a string is taken too, as in TRL's mixed rows). Message contents given as
 text parts (`[{"type": "text", "text": ...}]`) are joined; any other part (an image) makes the row unusable.
-The string formats (hh-rlhf dialogues, `{prompt, chosen, rejected}` strings) stay in dlma_ray.data.
+The roles, their order and empty texts are checked by dlma_ray.data.pair_from_row like every other row.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dlma_ray.data import Chat, RowError, _chat_from_value
+from dlma_ray.sources import RowError
 
 
 def _is_messages(value: Any) -> bool:
@@ -37,38 +37,32 @@ def _content(value: Any) -> Any:
     return value
 
 
-def _messages(value: Any) -> Chat:
-    """Messages with text contents, checked like every prompt (roles alternate from a user turn)."""
+def messages(value: Any) -> list[dict]:
+    """A list of messages with text contents (a string is passed through: a plain or hh-rlhf prompt)."""
+    if isinstance(value, str):
+        return value
     if not _is_messages(value):
         raise RowError("wrong type", f"expected a list of {{role, content}} messages, got {type(value).__name__}")
-    return _chat_from_value([{**m, "content": _content(m.get("content"))} for m in value])
+    return [{**m, "content": _content(m.get("content"))} for m in value]
 
 
-def _completion(value: Any) -> str:
-    """A completion: one assistant message, or a plain string."""
+def completion(value: Any) -> str:
+    """A completion's text: one assistant message, or a plain string."""
     if isinstance(value, str):
-        return value.strip()
+        return value
     if not (isinstance(value, (list, tuple)) and value and all(isinstance(m, dict) for m in value)):
         raise RowError("wrong type", f"a completion must be a string or a list of messages, got {type(value).__name__}")
     if len(value) != 1 or value[0].get("role") != "assistant":
         raise RowError("bad pair", "a completion must be exactly one assistant message")
-    content = _content(value[0].get("content"))
-    if not isinstance(content, str):
+    text = _content(value[0].get("content"))
+    if not isinstance(text, str):
         raise RowError("wrong type", "an assistant message's content is not text")
-    return content.strip()
+    return text
 
 
-def conversational_pair(row: dict) -> tuple[Chat, str, str]:
-    """(prompt messages ending with a user turn, chosen text, rejected text) of a TRL conversational row."""
-    if row.get("chosen") is None or row.get("rejected") is None:
-        raise RowError("missing field", "chosen/rejected")
+def conversational_parts(row: dict) -> tuple[Any, Any, Any]:
+    """(prompt, chosen, rejected) of a TRL conversational row: with an explicit prompt, its messages and the
+    two completions' texts; with an implicit one, (None, chosen dialogue, rejected dialogue)."""
     if row.get("prompt") is not None:
-        prompt = row["prompt"]
-        chat = _messages(prompt) if not isinstance(prompt, str) else _chat_from_value(prompt)
-        return chat, _completion(row["chosen"]), _completion(row["rejected"])
-    chosen, rejected = _messages(row["chosen"]), _messages(row["rejected"])
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise RowError("bad pair", "a dialogue does not end with an assistant turn")
-    if chosen[:-1] != rejected[:-1]:
-        raise RowError("bad pair", "chosen and rejected differ before their last turn")
-    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+        return messages(row["prompt"]), completion(row["chosen"]), completion(row["rejected"])
+    return None, messages(row["chosen"]), messages(row["rejected"])

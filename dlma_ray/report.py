@@ -16,6 +16,7 @@ import time
 
 from dlma_ray import storage
 from dlma_ray.figures import FIGURES, bin_label, plot_accuracy, plot_eval, plot_rewards, plot_training
+from dlma_ray.layout import RunLayout
 from dlma_ray.runview import fmt_num, fmt_pct, get, load_run, md_table
 
 
@@ -142,7 +143,8 @@ def write_report(run_dir: str) -> str:
     """Write <run_dir>/report.md and <run_dir>/report/*.png from what the run has; returns report.md's path."""
     run_dir = storage.absolute(run_dir)
     run = load_run(run_dir)
-    local = tempfile.mkdtemp(prefix="dlma-report-") if storage.is_uri(run_dir) else os.path.join(run_dir, "report")
+    layout = RunLayout(run_dir)
+    local = tempfile.mkdtemp(prefix="dlma-report-") if storage.is_uri(run_dir) else layout.report_dir
     os.makedirs(local, exist_ok=True)
     notes = {}
     for name, plot in zip(FIGURES, (plot_rewards, plot_accuracy, plot_training, plot_eval)):
@@ -150,8 +152,8 @@ def write_report(run_dir: str) -> str:
         if notes[name] and os.path.exists(os.path.join(local, name)):
             os.remove(os.path.join(local, name))  # a stale figure from an earlier report would mislead
     if storage.is_uri(run_dir):
-        storage.upload_dir(local, storage.join(run_dir, "report"))
-    out = storage.join(run_dir, "report.md")
+        storage.upload_dir(local, layout.report_dir)
+    out = layout.report_md
     storage.write_text_atomic(out, render_markdown(run, run_dir, notes))
     return out
 

@@ -10,6 +10,7 @@ import json
 import math
 
 from dlma_ray import storage
+from dlma_ray.layout import RunLayout
 
 
 def read_json(path: str):
@@ -22,10 +23,10 @@ def read_jsonl(path: str):
     return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
-def _rewards(run_dir: str, k: int) -> list[float] | None:
+def _rewards(run: RunLayout, k: int) -> list[float] | None:
     import pyarrow.parquet as pq
 
-    path = storage.join(run_dir, f"round_{k}", "pairs")
+    path = run.round(k).pairs
     if not storage.exists(path):
         return None
     rows = pq.read_table(path, columns=["self_reward"]).column("self_reward").to_pylist()
@@ -33,20 +34,16 @@ def _rewards(run_dir: str, k: int) -> list[float] | None:
 
 
 def load_run(run_dir: str) -> dict:
-    state = read_json(storage.join(run_dir, "state.json")) or {}
-    count = (state.get("config") or {}).get("rounds", {}).get("count", 0)
-    rounds, k = [], 0
-    while k < count or storage.exists(storage.join(run_dir, f"round_{k}")):
-        if storage.exists(storage.join(run_dir, f"round_{k}")):
-            rounds.append(k)
-        k += 1
+    run = RunLayout(run_dir)
+    state = read_json(run.state) or {}
+    rounds = run.rounds((state.get("config") or {}).get("rounds", {}).get("count", 0))
     return {
         "state": state, "rounds": rounds,
-        "rewards": {k: _rewards(run_dir, k) for k in rounds},
-        "metrics": {k: read_jsonl(storage.join(run_dir, f"round_{k}", "policy", "train_metrics.jsonl")) for k in rounds},
-        "evals": {k: read_json(storage.join(run_dir, f"round_{k}", "eval.json")) for k in rounds},
-        "answers": {k: read_jsonl(storage.join(run_dir, f"round_{k}", "answers.jsonl")) for k in rounds},
-        "baseline": read_jsonl(storage.join(run_dir, "baseline_answers.jsonl")),
+        "rewards": {k: _rewards(run, k) for k in rounds},
+        "metrics": {k: read_jsonl(run.round(k).train_metrics) for k in rounds},
+        "evals": {k: read_json(run.round(k).eval_json) for k in rounds},
+        "answers": {k: read_jsonl(run.round(k).answers) for k in rounds},
+        "baseline": read_jsonl(run.baseline_answers),
     }
 
 

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from dlma_ray import metrics
+from dlma_ray import telemetry
 from dlma_ray.logprobs import score_ids, side_ids, text_ids
 from dlma_ray.losses import self_reward
 
@@ -134,7 +134,7 @@ class PairScorer:
         out["drop_reason"] = np.array(reasons, dtype=object)
         round_index = int(batch["round"][0]) if n else -1
         kept = [i for i in range(n) if not reasons[i]]
-        metrics.inc("dlma_pairs_scored_total", len(kept), round=round_index)
+        telemetry.inc("dlma_pairs_scored_total", len(kept), round=round_index)
         if self.mode == "contrastive":
-            metrics.observe_self_rewards(scores["self_reward"][kept], round_index)
+            telemetry.observe_self_rewards(scores["self_reward"][kept], round_index)
         return out

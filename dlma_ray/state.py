@@ -18,8 +18,14 @@ from dlma_ray import storage
 from dlma_ray.config import config_diff
 
 log = logging.getLogger("dlma_ray")
-# Keys that may change between invocations of one run without changing the experiment.
-_RESUMABLE_KEYS = ("run.log_level", "resources.ray_address")
+# Keys that may change between invocations of one run without making a finished stage's output stale: where
+# the run lives and what runs it, how it logs, batch sizes of inference (not of training: they shape the
+# optimizer steps), evaluation settings (rounds already evaluated keep their eval.json), and the round count
+# (more rounds extend the run; fewer stop it early).
+RESUMABLE_KEYS = ("run.dir", "run.log_level", "run.trackers", "resources.", "generation.batch_size",
+                  "scoring.batch_size", "eval.", "rounds.count", "self_contrast.num_embedders",
+                  "self_contrast.cpus_per_embedder", "self_contrast.gpus_per_embedder",
+                  "self_contrast.embedding_batch_size")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -65,12 +71,16 @@ class RunState:
             state.save()
             return state
         # Keys the saved config lacks were added by a newer dlma-ray: their defaults do not block a resume.
-        diff = [d for d in config_diff(saved_config, config, common_only=True)
-                if not d.startswith(_RESUMABLE_KEYS)]
-        if diff:
+        changes = config_diff(saved_config, config, common_only=True)
+        stale = [d for d in changes if not d.startswith(RESUMABLE_KEYS)]
+        if stale:
             raise ConfigMismatchError(
-                f"{run_dir} was made with a different config; differing keys:\n  " + "\n  ".join(diff)
-                + "\nUse another run.dir, or the config the run was made with.")
+                f"{run_dir} was made with a different config, and these changes would make its finished stages "
+                "stale:\n  " + "\n  ".join(stale) + "\nUse another run.dir, or the config the run was made with "
+                "(it is stored in state.json under `config`). Changes to resources, inference batch sizes, "
+                "evaluation settings and rounds.count are accepted.")
+        for change in changes:
+            log.info("%s: resuming with a changed setting that leaves finished stages valid: %s", path, change)
         return cls(run_dir, config, stages)
 
     def save(self) -> None:

@@ -1,5 +1,5 @@
-"""Train stage: Ray Train `TorchTrainer`, each worker one DeepSpeed engine, the method's loss (`batch_loss`):
-DLMA (gamma 0 for rlcd / dpo), context distillation's SFT NLL, or Self-Contrast's grouped DPO.
+"""The train worker: runs inside each Ray Train worker (dlma_ray.stages.train starts them), one DeepSpeed
+engine each, the loss handed in by the method (`config["loss"]`, dlma_ray.methods): this loop never names one.
 
 The reference log-probs were computed by the scorer and travel in the pairs table, so no
 reference model sits in training memory. Workers read the round's Parquet through their Ray Data
@@ -16,11 +16,9 @@ import tempfile
 
 import numpy as np
 
-from dlma_ray import metrics
-from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
-from dlma_ray.losses import dlma_loss, grouped_dpo_loss, sft_loss
-
-METRICS_FILE = "train_metrics.jsonl"
+from dlma_ray import telemetry
+from dlma_ray.interfaces import TrainLoopConfig
+from dlma_ray.layout import TRAIN_METRICS_FILE
 
 
 def deepspeed_config(t: dict, num_workers: int) -> dict:
@@ -69,56 +67,6 @@ def make_optimizer(params, t: dict):
     return torch.optim.SGD(params, lr=t["lr"], weight_decay=t["weight_decay"])
 
 
-def pair_batch(tokenizer, rows: dict[str, np.ndarray], max_length: int, padding_side: str = "right"):
-    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones, after the plain
-    context, as the token ids the score stage scored (`logprobs.side_ids`)."""
-    contexts = [str(c) for c in rows["plain_context"]] * 2
-    responses = side_ids(tokenizer, rows, "chosen") + side_ids(tokenizer, rows, "rejected")
-    return collate([encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)],
-                   pad_id(tokenizer), padding_side)
-
-
-def batch_loss(model, tokenizer, rows: dict, t: dict, method: str, device="cpu"):
-    """The loss of one micro-batch for ``method``, and its metrics (a dict of 0-d tensors).
-
-    dlma / rlcd / dpo: rows are pairs, the DLMA loss (gamma 0 except for dlma: rlcd and dpo have no R).
-    context_distillation: token-mean NLL of chosen (y+) after plain_context; the rejected side is unused.
-    self_contrast: rows are prompts (dlma_ray.self_contrast.group_pairs); y* is encoded once, then each of
-    the prompt's negatives: B + M sequences in one forward.
-    """
-    import torch
-
-    def col(name, values=None):
-        # torch.tensor copies: Ray's numpy batches are read-only, which torch.as_tensor warns about.
-        return torch.tensor(np.asarray(rows[name] if values is None else values, dtype=np.float64),
-                            dtype=torch.float32, device=device)
-
-    if method == "context_distillation":
-        batch = collate([encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
-                         zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))], pad_id(tokenizer))
-        tokens = torch.tensor(batch.response_lengths, dtype=torch.float32, device=device)
-        loss = sft_loss(sequence_logprobs(model, batch.to(device)), tokens)
-        return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean()}
-    if method == "self_contrast":
-        from dlma_ray.self_contrast import expand_groups
-
-        rejected, ref_rejected, group = expand_groups(tokenizer, rows)
-        contexts = [str(c) for c in rows["plain_context"]]
-        enc = [encode_response(tokenizer, c, r, t["max_length"])
-               for c, r in zip(contexts, side_ids(tokenizer, rows, "chosen"))]
-        enc += [encode_response(tokenizer, contexts[g], r, t["max_length"]) for g, r in zip(group, rejected)]
-        logp = sequence_logprobs(model, collate(enc, pad_id(tokenizer)).to(device))
-        n = len(contexts)
-        return grouped_dpo_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col(None, ref_rejected),
-                                torch.as_tensor(group, device=device), beta=t["beta"])
-    gamma = t["gamma"] if method == "dlma" else 0.0
-    logp = sequence_logprobs(model, pair_batch(tokenizer, rows, t["max_length"]).to(device))
-    n = len(rows["chosen"])
-    return dlma_loss(logp[:n], logp[n:], col("ref_logp_chosen"), col("ref_logp_rejected"),
-                     col("self_reward") if gamma else None, beta=t["beta"], gamma=gamma,
-                     clip_low=t["clip_low"], clip_high=t["clip_high"])
-
-
 def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
     """Every worker's metric values averaged. The tensor lives on the worker's own device: NCCL (GPU
     training) accepts no CPU tensor; gloo takes the CPU one."""
@@ -133,7 +81,7 @@ def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
-def train_loop_per_worker(config: dict) -> None:
+def train_loop_per_worker(config: TrainLoopConfig) -> None:
     """Runs on every Ray Train worker: one DeepSpeed engine over this worker's shard of pairs."""
     import deepspeed
     import ray.train
@@ -163,13 +111,13 @@ def train_loop_per_worker(config: dict) -> None:
                                            config=deepspeed_config(t, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
     shard = ray.train.get_dataset_shard("train")
-    metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), METRICS_FILE)
+    metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), TRAIN_METRICS_FILE)
     step, micro, window, report = 0, 0, [], {}
     for epoch in range(t["epochs"]):
         for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
             if step >= total_steps:
                 break
-            loss, m = batch_loss(engine, tokenizer, rows, t, config["method"], engine.device)
+            loss, m = config["loss"](engine, tokenizer, rows, t, engine.device)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}, epoch {epoch} on rank "
                                          f"{rank}; the last good policy is kept. Lower train.lr or check the pairs.")
@@ -186,10 +134,10 @@ def train_loop_per_worker(config: dict) -> None:
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(report) + "\n")
-                    metrics.set_gauge("dlma_train_loss", report["loss"], round=config["round"])
+                    telemetry.set_gauge("dlma_train_loss", report["loss"], round=config["round"])
                     if "reward_margin" in report:  # not for context distillation (no pairs)
-                        metrics.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
-                    metrics.inc("dlma_train_steps_total", 1, round=config["round"])
+                        telemetry.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
+                    telemetry.inc("dlma_train_steps_total", 1, round=config["round"])
                 ray.train.report(report)
     _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
 
@@ -210,5 +158,5 @@ def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final
                            safe_serialization=True)
     tokenizer.save_pretrained(out)
     if os.path.exists(metrics_path):
-        shutil.copy(metrics_path, os.path.join(out, METRICS_FILE))
+        shutil.copy(metrics_path, os.path.join(out, TRAIN_METRICS_FILE))
     ray.train.report(final, checkpoint=Checkpoint.from_directory(out))

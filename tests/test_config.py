@@ -39,7 +39,8 @@ def test_int_accepted_for_float_and_stored_as_float():
 @pytest.mark.parametrize("override, expected", [
     ("train.betta=0.1", r"train\.betta: unknown key; allowed keys here: method, beta"),
     ("trian.beta=0.1", r"trian: unknown key; allowed keys here: model, data"),
-    ("train.method=ppo", r"train\.method: 'ppo' is not allowed; expected one of 'dlma', 'rlcd'"),
+    ("train.method=ppo", r"train\.method: 'ppo' is not a method; expected one of dlma, rlcd, dpo"),
+    ("train.method=self_contrast;self_contrast.num_negatives=7", r"self_contrast\.num_negatives: 7 can never be met"),
     ("train.beta=high", r"train\.beta: 'high' is not a float"),
     ("rounds.count=0", r"rounds\.count: 0 is out of range; expected a int >= 1"),
     ("train.zero_stage=4", r"train\.zero_stage: 4 is not allowed; expected one of 0, 1, 2, 3"),
@@ -55,8 +56,11 @@ def test_int_accepted_for_float_and_stored_as_float():
     ("no_equals_sign", r"expected the form section\.key=value"),
 ])
 def test_error_paths_name_the_key_and_what_is_allowed(override, expected):
+    """As the command line checks a config: the fields, then the method's name and its own settings."""
+    from dlma_ray import methods
+
     with pytest.raises(ConfigError, match=expected):
-        load_config(None, [override])
+        methods.check(load_config(None, override.split(";")))
 
 
 def test_several_errors_reported_at_once():
@@ -92,4 +96,6 @@ def test_config_reference_doc_is_current():
     from pathlib import Path
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
-    assert doc.read_text() == reference_markdown(), "regenerate with: python -m dlma_ray.config > docs/CONFIG.md"
+    from dlma_ray.configdoc import config_reference
+
+    assert doc.read_text() == config_reference(), "regenerate with: python -m dlma_ray.configdoc > docs/CONFIG.md"

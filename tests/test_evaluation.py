@@ -1,7 +1,7 @@
 """Evaluation metrics on constructed cases with known answers, the judges, and the evaluate stage's pieces.
 
 Fast: pure functions, a forced-logits judge, a local fake OpenAI endpoint, and the tiny model in-process.
-The one slow test runs `run_evaluate` for real (Ray + vLLM) on a hand-built one-round run.
+The one slow test runs the evaluate stage (`run_round`) for real (Ray + vLLM) on a hand-built one-round run.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def test_real_hh_pairs_load_and_filter(tokenizer):
 def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     """The tasks' numbers against direct computations; a policy equal to pi_0 has gain, KL and implicit
     margins of exactly 0."""
-    from dlma_ray.eval_tasks import initial_model_scores, policy_scores, renderer
+    from dlma_ray.eval_tasks import initial_model_scores, policy_scores
     from dlma_ray.evaluate import _read_baseline, _ref, load_eval_pairs, load_neutral_text
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4",
@@ -337,7 +337,7 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     pol = policy_scores(cfg, tiny_model_dir, answers, pairs, held, neutral)
     from dlma_ray.models import load_causal_lm
 
-    model, r = load_causal_lm(tiny_model_dir), renderer(tokenizer, cfg)
+    model, r = load_causal_lm(tiny_model_dir), cfg.pair.renderer(tokenizer)
     ids = [[19556, 17] + eot, [9019]]  # end-of-turn only after the finished answer
     direct = [direct_logprob(model, tokenizer, r.positive(msgs), i) - direct_logprob(model, tokenizer, r.negative(msgs), i)
               for i in ids]
@@ -368,7 +368,9 @@ def test_job_finds_the_latest_policy(tmp_path):
         job.latest_round(str(tmp_path))
     for k in (0, 1):
         (tmp_path / f"round_{k}" / "policy").mkdir(parents=True)
+        (tmp_path / f"round_{k}" / "policy" / "config.json").write_text("{}")
     (tmp_path / "round_2" / "pairs").mkdir(parents=True)  # round 2 still running: no policy yet
+    (tmp_path / "round_2" / "policy").mkdir()  # an incomplete folder is not a policy
     assert job.latest_round(str(tmp_path)) == 1
 
 
@@ -401,7 +403,9 @@ def _hand_made_run(run: Path, model_dir: str, tokenizer) -> None:
 def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     import ray
 
-    from dlma_ray.evaluate import run_evaluate
+    from dlma_ray.evaluate import run_round
+    from dlma_ray.layout import RunLayout
+    from dlma_ray.stages.common import Round
     from dlma_ray.report import write_report
 
     run = tmp_path / "run"
@@ -410,7 +414,8 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
                              "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4", "eval.rlaif_judge=true",
                              "generation.cpu_kvcache_gb=1", "rounds.count=1"])
     try:
-        path, rows = run_evaluate(cfg, str(run), 0)
+        result = run_round(Round(cfg, RunLayout(str(run)), 0))
+        path, rows = result.output, result.rows
     finally:
         ray.shutdown()
     assert path == str(run / "round_0" / "eval.json") and rows == 4

@@ -181,7 +181,7 @@ def test_trl_dpo_trainer_trains_one_step_on_the_export(pairs_run, tmp_path, tiny
 def test_dpo_reads_an_export(pairs_run, tmp_path):
     """The dpo method's generate stage takes an exported folder as data.source (no engine: tokenizer only)."""
     from dlma_ray.config import load_config
-    from dlma_ray.methods import human_pair_rows
+    from dlma_ray.methods.dpo import human_pair_rows
 
     export_round(str(pairs_run), 1, str(tmp_path / "trl"))
     cfg = load_config(None, ["train.method=dpo", f"data.source={tmp_path / 'trl'}", "data.max_prompts=0",

@@ -12,7 +12,7 @@ import torch
 
 from dlma_ray.embedding import PoolingSpec, cosine, pool, pooling_spec, resolve_embedding_model
 from dlma_ray.losses import grouped_dpo_loss
-from dlma_ray.self_contrast import (
+from dlma_ray.negatives import (
     expand_groups, filter_prompt_group, group_pairs, negative_seed, select_negatives,
 )
 
@@ -188,9 +188,9 @@ def test_grouped_loss_by_hand():
     assert equal.item() == pytest.approx(np.mean([term(0, 0), term(0, 1), term(1, 2), term(1, 3)]), rel=1e-6)
 
 
-def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
+def test_method_losses_on_a_model_match_hand_computation(tiny_model, tokenizer):
     from conftest import direct_logprob
-    from dlma_ray.train import batch_loss
+    from dlma_ray.methods import get
 
     ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
 
@@ -198,7 +198,7 @@ def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
     rows = {c: np.array(v, dtype=object) for c, v in table.to_pydict().items()}
     t = {"max_length": 64, "beta": 0.5}
     with torch.no_grad():
-        loss, _ = batch_loss(tiny_model, tokenizer, rows, t, "self_contrast")
+        loss, _ = get("self_contrast").loss(tiny_model, tokenizer, rows, t, "cpu")
         total = 0.0
         for b in range(2):
             ctx, eot = rows["plain_context"][b], rows["end_of_turn"][b]
@@ -208,7 +208,7 @@ def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
             total += -sum(math.log(1 / (1 + math.exp(-0.5 * h))) for h in hs) / 2
         assert loss.item() == pytest.approx(total / 2, rel=1e-4)
         # Context distillation: the token-mean NLL of chosen after the plain context.
-        cd, _ = batch_loss(tiny_model, tokenizer, rows, t, "context_distillation")
+        cd, _ = get("context_distillation").loss(tiny_model, tokenizer, rows, t, "cpu")
         nll = -sum(direct_logprob(tiny_model, tokenizer, rows["plain_context"][b], ids(rows["chosen"][b]) + ids("<eot>"))
                    for b in range(2))
         n_tok = sum(len(ids(rows["chosen"][b]) + ids("<eot>")) for b in range(2))
@@ -216,11 +216,11 @@ def test_batch_loss_on_a_model_matches_hand_computation(tiny_model, tokenizer):
 
 
 @pytest.mark.parametrize("method,gamma", [("dlma", 0.2), ("rlcd", 0.0), ("dpo", 0.0)])
-def test_batch_loss_of_pair_methods(tiny_model, tokenizer, method, gamma):
+def test_losses_of_pair_methods(tiny_model, tokenizer, method, gamma):
     """The pair methods share the DLMA loss; only dlma adds the self-reward margin. Sampled ids are trained as
     stored, with the end-of-turn tokens only after a finished response."""
     from conftest import direct_logprob
-    from dlma_ray.train import batch_loss
+    from dlma_ray.methods import get
 
     ids = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
     obj = lambda *v: np.array(list(v), dtype=object)  # noqa: E731
@@ -232,7 +232,7 @@ def test_batch_loss_of_pair_methods(tiny_model, tokenizer, method, gamma):
             "self_reward": np.array([50.0, -3.0])}  # the first is clipped to 40
     t = {"max_length": 64, "beta": 0.1, "gamma": 0.2, "clip_low": -40.0, "clip_high": 40.0}
     with torch.no_grad():
-        loss, m = batch_loss(tiny_model, tokenizer, rows, t, method)
+        loss, m = get(method).loss(tiny_model, tokenizer, rows, t, "cpu")
         pc = [direct_logprob(tiny_model, tokenizer, "Q1: ", ids("good answer") + ids("<e>")),
               direct_logprob(tiny_model, tokenizer, "Q2: ", ids("fine"))]
         pr = [direct_logprob(tiny_model, tokenizer, "Q1: ", ids("bad") + ids("<e>")),
@@ -247,5 +247,5 @@ def test_batch_loss_of_pair_methods(tiny_model, tokenizer, method, gamma):
     # A NaN R is never read as 0: dlma's loss turns NaN (the train loop stops on it); rlcd and dpo ignore R.
     rows["self_reward"] = np.array([50.0, np.nan])
     with torch.no_grad():
-        loss, _ = batch_loss(tiny_model, tokenizer, rows, t, method)
+        loss, _ = get(method).loss(tiny_model, tokenizer, rows, t, "cpu")
     assert math.isnan(loss.item()) == (method == "dlma")

@@ -83,6 +83,7 @@ def test_a_stage_whose_output_does_not_match_its_record_is_redone(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from dlma_ray.layout import RunLayout
     from dlma_ray.pipeline import output_intact
 
     gen, pairs = tmp_path / "round_0/generations", tmp_path / "round_0/pairs"
@@ -92,7 +93,7 @@ def test_a_stage_whose_output_does_not_match_its_record_is_redone(tmp_path):
     entries = [{"round": 0, "stage": "generate", "output": str(gen), "rows": 3},
                {"round": 0, "stage": "score", "output": str(pairs), "rows": 3},  # a row went missing
                {"round": 0, "stage": "train", "output": str(tmp_path / "round_0/policy"), "rows": 3}]
-    assert [output_intact(e) for e in entries] == [True, False, False]
+    assert [output_intact(RunLayout(str(tmp_path)), e) for e in entries] == [True, False, False]
     state = RunState(str(tmp_path), {}, list(entries))
     state.truncate(1)
     assert [e["stage"] for e in json.loads((tmp_path / "state.json").read_text())["stages"]] == ["generate"]

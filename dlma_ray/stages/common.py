@@ -1,8 +1,7 @@
-"""Plumbing every stage shares, blind to the method: the round's paths, the prompt rows, actor pools sized
-to the cluster, tables written under a temporary name, the scorer pool, Ray's start.
+"""Plumbing every stage shares, blind to the method: the `Round`, the prompt rows, actor pools sized to the
+cluster (`ActorPool`, `map_actors`), tables written under a temporary name, Ray's start.
 
-The stage runners (dlma_ray.pipeline, dlma_ray.methods, dlma_ray.self_contrast) build on these; nothing
-here imports a runner, so the runners never import each other's internals.
+The stages (dlma_ray.stages.*) and the methods (dlma_ray.methods) build on these.
 """
 
 from __future__ import annotations
@@ -12,25 +11,39 @@ import json
 import logging
 import os
 
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
 from dlma_ray import storage
 from dlma_ray.config import Config
-from dlma_ray.prompts import pair_from_config
+from dlma_ray.interfaces import StageResult
+from dlma_ray.layout import RoundLayout, RunLayout
 from dlma_ray.schema import PAIR_SCHEMA, conform
 
 log = logging.getLogger("dlma_ray")
 
 
-def round_dir(run_dir: str, k: int) -> str:
-    return storage.join(run_dir, f"round_{k}")
+@dataclass(frozen=True)
+class Round:
+    """One round of one run: the config, the run's paths and the round index k (pi_k is trained into pi_{k+1})."""
 
+    cfg: Config
+    run: RunLayout
+    k: int
 
-def policy_for_round(cfg: Config, run_dir: str, k: int) -> str:
-    """pi_k: the configured model at round 0, else the policy trained in round k-1."""
-    return cfg.model.path if k == 0 else storage.join(round_dir(run_dir, k - 1), "policy")
+    @property
+    def paths(self) -> RoundLayout:
+        return self.run.round(self.k)
 
+    @property
+    def policy(self) -> str:
+        """pi_k as an actor loads it: the configured model at round 0, else the policy trained in round k-1."""
+        return model_for_actor(self.cfg.model.path if self.k == 0 else self.run.round(self.k - 1).policy)
 
-def reference_for_round(cfg: Config, run_dir: str, k: int) -> str:
-    return policy_for_round(cfg, run_dir, k) if cfg.rounds.reference == "round_start" else cfg.model.path
+    @property
+    def reference(self) -> str:
+        """The DPO reference: pi_k (`rounds.reference: round_start`, the paper) or pi_0 (`initial`)."""
+        return self.policy if self.cfg.rounds.reference == "round_start" else model_for_actor(self.cfg.model.path)
 
 
 def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
@@ -42,11 +55,9 @@ def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
 def renderer_for(cfg: Config):
     """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
     from dlma_ray.models import load_tokenizer
-    from dlma_ray.prompts import ContrastiveRenderer
 
     tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
-    return tok, ContrastiveRenderer(tok, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
-                                    cfg.pair.style)
+    return tok, cfg.pair.renderer(tok)
 
 
 def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]:
@@ -122,26 +133,52 @@ def write_table(ds, schema, out: str) -> int:
     return ray.data.read_parquet(out).count()
 
 
-def scorer_stage(ds, cfg: Config, run_dir: str, k: int, mode: str):
-    """``ds`` (generation rows) mapped through the scorer pool of round k: pair rows with `drop_reason`."""
+@dataclass(frozen=True)
+class ActorPool:
+    """A pool of Ray Data actors of one callable class: what to build, how many, what each reserves."""
+
+    name: str  # for the log, e.g. "engines"
+    cls: type
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    size: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+    batch_size: int = 32
+
+
+def map_actors(ds, pool: ActorPool):
+    """``ds`` mapped through ``pool``, its size fitted to the cluster (``pool_size``)."""
+    return ds.map_batches(pool.cls, fn_constructor_kwargs=dict(pool.kwargs), batch_size=pool.batch_size,
+                          concurrency=pool_size(pool.name, pool.size, pool.cpus, pool.gpus),
+                          num_cpus=pool.cpus, num_gpus=pool.gpus)
+
+
+def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) -> ActorPool:
+    """vLLM engine actors (dlma_ray.generate) loading pi_k, with the run's prompt pair and sampling settings."""
+    res, cfg = r.cfg.resources, r.cfg
+    kwargs = dict(model_path=r.policy, pair=cfg.pair.prompt_pair(), style=cfg.pair.style, gen=vars(cfg.generation),
+                  round_index=r.k, tensor_parallel_size=res.tensor_parallel_size,
+                  trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
+                  **extra)
+    return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,
+                     batch_size or cfg.generation.batch_size)
+
+
+def scorer_pool(r: Round, mode: str) -> ActorPool:
+    """Scorer actors (dlma_ray.score.PairScorer) of round k: pi_k for R, the round's reference for ref_logp_*."""
     from dlma_ray.score import PairScorer
 
-    r = cfg.resources
-    return ds.map_batches(
-        PairScorer,
-        fn_constructor_kwargs=dict(
-            policy_path=model_for_actor(policy_for_round(cfg, run_dir, k)),
-            reference_path=model_for_actor(reference_for_round(cfg, run_dir, k)),
-            dtype=cfg.scoring.dtype, batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
-            max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
-        batch_size=max(cfg.scoring.batch_size, 32),
-        concurrency=pool_size("scorers", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer),
-        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+    cfg, res = r.cfg, r.cfg.resources
+    kwargs = dict(policy_path=r.policy, reference_path=r.reference, dtype=cfg.scoring.dtype,
+                  batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
+                  max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
+                  trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_scorer))
+    return ActorPool("scorers", PairScorer, kwargs, res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
+                     max(cfg.scoring.batch_size, 32))
 
 
-def write_scored(ds, out: str, k: int) -> tuple[int, dict]:
-    """Count the scorer's drop reasons, write the kept rows as the pairs table; (rows, summary)."""
+def write_scored(ds, r: Round) -> StageResult:
+    """Count the scorer's drop reasons, write the kept rows as the round's pairs table."""
     ds = ds.materialize()
     flags = ds.select_columns(["drop_reason", "chosen_finished", "rejected_finished"]).to_pandas()
     kept = flags[flags.drop_reason == ""]
@@ -149,12 +186,13 @@ def write_scored(ds, out: str, k: int) -> tuple[int, dict]:
                "dropped": {str(k_): int(v) for k_, v in flags.drop_reason[flags.drop_reason != ""].value_counts().items()},
                "unfinished_kept": int((~(kept.chosen_finished & kept.rejected_finished)).sum())}
     log.info("round %d: score kept %d of %d pairs (dropped: %s; kept with a response cut at max_new_tokens, "
-             "scored as a prefix: %d)", k, summary["kept"], summary["rows_in"], summary["dropped"] or "none",
+             "scored as a prefix: %d)", r.k, summary["kept"], summary["rows_in"], summary["dropped"] or "none",
              summary["unfinished_kept"])
     if not summary["kept"]:
-        raise ValueError(f"round {k}: the score stage dropped every pair ({summary['dropped']}); raise "
+        raise ValueError(f"round {r.k}: the score stage dropped every pair ({summary['dropped']}); raise "
                          "train.max_length or generation.max_new_tokens, or set scoring.unfinished=keep")
-    return write_table(ds.filter(lambda row: row["drop_reason"] == ""), PAIR_SCHEMA, out), summary
+    out = r.paths.pairs
+    return StageResult(out, write_table(ds.filter(lambda row: row["drop_reason"] == ""), PAIR_SCHEMA, out), summary)
 
 
 def model_for_actor(ref: str) -> str:

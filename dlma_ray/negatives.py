@@ -1,6 +1,6 @@
-"""Self-Contrast (arXiv 2404.00604): y* against k of the policy's own least-similar samples.
-
-Round k of `train.method: self_contrast`, on the pipeline's usual stages:
+"""Self-Contrast's negatives (arXiv 2404.00604): the filter choosing k of the policy's own samples least
+similar to the target y*, and the grouping of a prompt's k pairs for training. Plain functions; the
+method (dlma_ray.methods.self_contrast) wires them into the stages:
 
     generate  vLLM engine actors (generate.SampleEngine): N samples per prompt with an SFT target y*, under
               the plain context, seeded per (prompt, sample index)  -> round_k/generations/, N rows per prompt
@@ -11,9 +11,6 @@ Round k of `train.method: self_contrast`, on the pipeline's usual stages:
     train     rows grouped back by prompt before the shard split (one row per prompt, its k negatives as
               list columns), so a prompt's k pairs share one micro-batch, one worker and one optimizer
               step; loss = mean over prompts of -(1/k) sum_i log sigmoid(beta * h(y*, y-_i))
-
-The filter and the grouping are plain functions (tested without Ray); the `run_*` functions wire them
-into Ray Data.
 """
 
 from __future__ import annotations
@@ -120,80 +117,7 @@ def expand_groups(tokenizer, rows: dict) -> tuple[list[list[int]], list[float], 
     return rejected, ref, group
 
 
-# ---------------------------------------------------------------- stage runners (Ray Data)
-
 def shuffle_partitions(rows: int) -> int:
     """Hash partitions of a groupby: Ray's default (200) costs seconds of tasks on a small table; one per
     ~2000 rows, at most 200, keeps small rounds quick and large ones parallel."""
     return max(1, min(200, rows // 2000))
-
-
-def run_generate(cfg, run_dir: str, k: int) -> tuple[str, int]:
-    """N seeded samples per prompt with a target, under the plain context -> round_k/generations/."""
-    import ray.data
-
-    from dlma_ray import stages as p
-    from dlma_ray import storage
-    from dlma_ray.generate import SampleEngine
-    from dlma_ray.prompts import pair_from_config
-    from dlma_ray.schema import GENERATION_SCHEMA
-
-    out = storage.join(p.round_dir(run_dir, k), "generations")
-    r, sc = cfg.resources, cfg.self_contrast
-    ds = ray.data.from_items(p.prompt_rows(cfg, k, require_target=True)).map_batches(
-        SampleEngine,
-        fn_constructor_kwargs=dict(
-            model_path=p.model_for_actor(p.policy_for_round(cfg, run_dir, k)),
-            pair=pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative), style=cfg.pair.style,
-            gen=vars(cfg.generation), round_index=k, tensor_parallel_size=r.tensor_parallel_size,
-            trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_engine),
-            num_samples=sc.num_samples),
-        # A batch of B prompts is B*N requests in one engine call.
-        batch_size=max(1, cfg.generation.batch_size // sc.num_samples),
-        concurrency=p.pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine),
-        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
-    return out, p.write_table(ds, GENERATION_SCHEMA, out)
-
-
-def run_score(cfg, run_dir: str, k: int) -> tuple[str, int, dict]:
-    """Similarity to y*, the per-prompt filter, then reference log-probs -> round_k/pairs/ (k rows a prompt)."""
-    import ray.data
-
-    from dlma_ray import stages as p
-    from dlma_ray import storage
-    from dlma_ray.embedding import SimilarityActor
-
-    rd = p.round_dir(run_dir, k)
-    src, out = storage.join(rd, "generations"), storage.join(rd, "pairs")
-    r, sc = cfg.resources, cfg.self_contrast
-    generations = ray.data.read_parquet(src)
-    n_prompts = generations.count() // sc.num_samples  # the generate stage wrote N rows per prompt
-    # Materialised before scoring: the embedding and the scorer pools then never hold CPUs at the same time
-    # (on a small machine two pools plus Ray Data's own tasks would not fit).
-    negatives = generations.map_batches(
-        SimilarityActor,
-        fn_constructor_kwargs=dict(model=sc.embedding_model, batch_size=sc.embedding_batch_size,
-                                   torch_threads=r.threads_for(sc.cpus_per_embedder)),
-        batch_size=max(sc.embedding_batch_size, 64),
-        concurrency=p.pool_size("embedders", sc.num_embedders, sc.cpus_per_embedder, sc.gpus_per_embedder),
-        num_cpus=sc.cpus_per_embedder, num_gpus=sc.gpus_per_embedder,
-    ).groupby("prompt_id", num_partitions=shuffle_partitions(n_prompts * sc.num_samples)).map_groups(
-        filter_prompt_group, batch_format="numpy",
-        fn_kwargs=dict(keep_fraction=sc.keep_fraction, k=sc.num_negatives, seed=cfg.generation.seed),
-    ).materialize()
-    kept = negatives.count() // sc.num_negatives  # exactly k rows per kept prompt
-    summary = {"prompts": n_prompts, "kept_prompts": kept, "dropped_prompts": n_prompts - kept,
-               "num_negatives": sc.num_negatives}
-    log.info("round %d: self_contrast kept %d of %d prompts (%d had fewer than k=%d candidates after the filter)",
-             k, kept, n_prompts, n_prompts - kept, sc.num_negatives)
-    if not kept:
-        raise ValueError(f"round {k}: no prompt kept {sc.num_negatives} negatives; sample more "
-                         "(self_contrast.num_samples) or lower self_contrast.num_negatives")
-    rows, scored = p.write_scored(p.scorer_stage(negatives, cfg, run_dir, k, "reference"), out, k)
-    return out, rows, {**summary, "pairs": scored}
-
-
-def training_dataset(ds, rows: int):
-    """The train split's pair rows -> one row per prompt (see ``group_pairs``), before shuffle and shard split."""
-    return ds.groupby("prompt_id", num_partitions=shuffle_partitions(rows)).map_groups(group_pairs,
-                                                                                     batch_format="pyarrow")

@@ -1,0 +1,127 @@
+"""The `Method` base class and its registry. A method is one decorated class in one file of this folder:
+
+    @register
+    class Rlcd(Method):
+        name = "rlcd"
+
+Its defaults: the contrastive generate stage, the score stage computing reference log-probs only, training
+on pair rows with the DPO loss, the standard evaluation. A method overrides what differs, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from dlma_ray.config import Config, ConfigError
+from dlma_ray.interfaces import Batch, StageResult
+from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.losses import dlma_loss
+from dlma_ray.stages import generate, score
+from dlma_ray.stages import train as train_stage
+from dlma_ray.stages.common import Round
+
+M = TypeVar("M", bound=type)
+_REGISTRY: dict[str, "Method"] = {}
+
+
+class Method:
+    name: ClassVar[str]
+    unit: ClassVar[str] = "pairs"  # what a training row is
+    scoring: ClassVar[str] = "reference"  # the score stage's mode (dlma_ray.score): contrastive, reference, none
+    summary: ClassVar[str] = ""  # one line for the docs and --help
+    order: ClassVar[int] = 100  # where it is listed (docs, comparison): lower first
+
+    def check(self, cfg: Config) -> list[str]:
+        """Config errors only this method can see (each naming its field); [] when fine."""
+        return []
+
+    def generate(self, r: Round) -> StageResult:
+        return generate.contrastive(r)
+
+    def score(self, r: Round) -> StageResult:
+        return score.pairs(r, self.scoring)
+
+    def train(self, r: Round) -> StageResult:
+        return train_stage.fit(r, self)
+
+    def evaluate(self, r: Round) -> StageResult:
+        from dlma_ray.evaluate import run_round  # the evaluation stage also serves jobs/evaluate.py
+
+        return run_round(r)
+
+    def training_rows(self, ds):
+        """The round's train-split pair rows as this method trains on them (one row = one `unit`)."""
+        return ds
+
+    def loss(self, model, tokenizer, rows: Batch, t: dict[str, Any], device) -> tuple[Any, dict]:
+        """DPO on (y+, y-) against the stored reference log-probs (the DLMA loss with gamma 0)."""
+        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, t["max_length"], device)
+        return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),
+                         float_column(rows["ref_logp_rejected"], device), None, beta=t["beta"], gamma=0.0)
+
+
+# ---------------------------------------------------------------- helpers the losses share
+
+def float_column(values, device):
+    """A column (or any sequence of numbers) as a float32 tensor; copies: Ray's numpy batches are read-only."""
+    import torch
+
+    return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32, device=device)
+
+
+def preference_batch(tokenizer, rows: Batch, max_length: int):
+    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones, after the plain
+    context, as the token ids the score stage scored (`logprobs.side_ids`)."""
+    contexts = [str(c) for c in rows["plain_context"]] * 2
+    responses = side_ids(tokenizer, rows, "chosen") + side_ids(tokenizer, rows, "rejected")
+    return collate([encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)],
+                   pad_id(tokenizer))
+
+
+def pair_logprobs(model, tokenizer, rows: Batch, max_length: int, device):
+    """log pi(y+|x) and log pi(y-|x) under the plain context, in one forward (``preference_batch``)."""
+    logp = sequence_logprobs(model, preference_batch(tokenizer, rows, max_length).to(device))
+    n = len(rows["chosen"])
+    return logp[:n], logp[n:]
+
+
+# ---------------------------------------------------------------- the registry
+
+def register(cls: M) -> M:
+    """Class decorator: make a method available under its `name` (`train.method`)."""
+    name = getattr(cls, "name", None)
+    if not name:
+        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        raise ValueError(f"method {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
+    if cls.scoring not in ("contrastive", "reference", "none"):
+        raise ValueError(f"{cls.__name__}.scoring: {cls.scoring!r}; expected contrastive, reference or none")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that register a toy method clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    """The registered method names, in listing order."""
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+
+
+def get(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise ConfigError(f"train.method: {name!r} is not a method; expected one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def check(cfg: Config) -> Method:
+    """The run's method, after its own config checks: raises ConfigError naming every bad field."""
+    method = get(cfg.train.method)
+    errors = method.check(cfg)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+    return method

@@ -1,0 +1,23 @@
+"""Context distillation: supervised fine-tuning on y+ (the answer under the positive prompt) after the plain
+context. No reference model: the score stage only checks lengths."""
+
+from __future__ import annotations
+
+from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.losses import sft_loss
+from dlma_ray.methods.base import Method, float_column, register
+
+
+@register
+class ContextDistillation(Method):
+    name = "context_distillation"
+    order = 40
+    scoring = "none"
+    summary = "SFT on y+ after the plain context (the rejected side is unused)"
+
+    def loss(self, model, tokenizer, rows, t, device):
+        batch = collate([encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
+                         zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))], pad_id(tokenizer))
+        tokens = float_column(batch.response_lengths, device)
+        loss = sft_loss(sequence_logprobs(model, batch.to(device)), tokens)
+        return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean()}

@@ -1,0 +1,15 @@
+"""Score stage: round_k/generations/ -> scorer actors (dlma_ray.score.PairScorer) -> round_k/pairs/."""
+
+from __future__ import annotations
+
+from dlma_ray.interfaces import StageResult
+from dlma_ray.stages.common import Round, map_actors, scorer_pool, write_scored
+
+
+def pairs(r: Round, mode: str, ds=None) -> StageResult:
+    """Score ``ds`` (default: the round's generations) in ``mode`` (contrastive, reference or none) and write
+    the kept rows as the pairs table; the summary counts what was dropped and why."""
+    import ray.data
+
+    ds = ray.data.read_parquet(r.paths.generations) if ds is None else ds
+    return write_scored(map_actors(ds, scorer_pool(r, mode)), r)

@@ -1,0 +1,73 @@
+"""Train stage: the round's training rows -> Ray Train `TorchTrainer` (DeepSpeed per worker, the method's
+loss) -> round_k/policy/ = pi_{k+1}. The worker loop is dlma_ray.train; it never names a method."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Protocol
+
+from dlma_ray import storage
+from dlma_ray.interfaces import LossFn, StageResult, TrainLoopConfig
+from dlma_ray.stages.common import Round
+
+log = logging.getLogger("dlma_ray")
+
+
+class Trainable(Protocol):
+    """What training needs of a method."""
+
+    name: str
+    unit: str  # what a training row is: "pairs", or "prompts" (Self-Contrast: k pairs a row)
+    loss: LossFn
+
+    def training_rows(self, ds): ...
+
+
+def optimizer_steps(rows: int, micro_batch_size: int, global_batch_size: int, workers: int, epochs: int) -> int:
+    """Optimizer steps of a round: every worker takes rows // workers, in whole micro-batches and whole steps."""
+    micro_per_step = global_batch_size // (micro_batch_size * workers)
+    return (rows // workers) // micro_batch_size // micro_per_step * epochs
+
+
+def fit(r: Round, method: Trainable) -> StageResult:
+    import ray.data
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dlma_ray.train import train_loop_per_worker
+
+    t, res = r.cfg.train, r.cfg.resources
+    ds = ray.data.read_parquet(r.paths.pairs).filter(lambda row: row["split"] == "train")
+    # Rows are regrouped (if the method does) BEFORE the shuffle and the shard split, so a group can only
+    # ever land in one micro-batch on one worker.
+    ds = method.training_rows(ds).random_shuffle(seed=t.seed + r.k).materialize()
+    n_train = ds.count()
+    total_steps = optimizer_steps(n_train, t.micro_batch_size, t.global_batch_size, res.num_train_workers, t.epochs)
+    if total_steps < 1:
+        raise ValueError(f"round {r.k} has {n_train} training {method.unit}, fewer than one optimizer step needs "
+                         f"(train.global_batch_size={t.global_batch_size}); use more prompts or a smaller batch")
+    log.info("round %d: %s training on %d %s, %d optimizer steps of %d %s", r.k, method.name, n_train, method.unit,
+             total_steps, t.global_batch_size, method.unit)
+    loop_config: TrainLoopConfig = dict(
+        train=vars(t), loss=method.loss, policy_path=r.policy, total_steps=total_steps, round=r.k,
+        threads=res.threads_for(res.cpus_per_train_worker), use_gpu=res.use_gpu_for_training,
+        trust_remote_code=r.cfg.model.trust_remote_code)
+    scratch = r.paths.train_scratch
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=res.use_gpu_for_training,
+                                     resources_per_worker={"CPU": res.cpus_per_train_worker}),
+        datasets={"train": ds},
+        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage.absolute(scratch),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"round {r.k}: training finished without a policy checkpoint")
+    src = result.checkpoint.path
+    if storage.is_uri(r.run.root):
+        src = f"{r.run.root.split('://', 1)[0]}://{src}"
+    storage.commit_dir(src, r.paths.policy)
+    storage.delete_dir(scratch)
+    return StageResult(r.paths.policy, n_train, dict(result.metrics or {}))
