@@ -31,6 +31,7 @@ import math
 import sys
 
 from dlma_ray import storage
+from dlma_ray.layout import RunLayout
 
 EXTRA_COLUMNS = ("prompt_id", "round", "kind", "self_reward", "ref_logp_chosen", "ref_logp_rejected",
                  "chosen_finished", "rejected_finished")
@@ -38,7 +39,7 @@ SPLITS = ("train", "heldout", "all")
 
 
 def pairs_path(run_dir: str, round_k: int) -> str:
-    return storage.join(storage.absolute(run_dir), f"round_{round_k}", "pairs")
+    return RunLayout(storage.absolute(run_dir)).round(round_k).pairs
 
 
 def _number(x) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from dlma_ray import storage
+from dlma_ray.layout import RunLayout
 from dlma_ray.runview import read_json
 
 log = logging.getLogger("dlma_ray")
@@ -103,7 +104,8 @@ def render_card(run_dir: str, k: int) -> str:
     """The card's text for round k's policy (pi_{k+1}), from state.json and the eval.json files of rounds 0..k."""
     from dlma_ray.report import eval_table
 
-    state = read_json(storage.join(run_dir, "state.json")) or {}
+    run = RunLayout(run_dir)
+    state = read_json(run.state) or {}
     cfg = state.get("config") or {}
     if not cfg:
         raise FileNotFoundError(f"{run_dir}/state.json has no config: is {run_dir} a dlma-ray run directory?")
@@ -141,8 +143,7 @@ def render_card(run_dir: str, k: int) -> str:
           f"- **Contrastive pair**: `{p.get('name')}` ({p.get('style')} style)"
           + (f": positive \"{p.get('positive')}\", negative \"{p.get('negative')}\"." if p.get("positive") else "."),
           ""] + _training_rows(state, k) + [""]
-    evals = {j: e for j in range(k + 1) if (e := read_json(storage.join(run_dir, f"round_{j}", "eval.json")))
-             and e.get("measures")}
+    evals = {j: e for j in range(k + 1) if (e := read_json(run.round(j).eval_json)) and e.get("measures")}
     md += ["## Evaluation", ""]
     if evals:
         md += [("Held-out prompts never trained on, each measure beside pi_0 (the untouched base) on the same "
@@ -166,7 +167,7 @@ def render_card(run_dir: str, k: int) -> str:
 def write_model_card(run_dir: str, round_k: int) -> str:
     """Write round ``round_k``'s policy card to <run>/round_k/policy/README.md; returns its path."""
     run_dir = storage.absolute(run_dir)
-    policy = storage.join(run_dir, f"round_{round_k}", "policy")
+    policy = RunLayout(run_dir).round(round_k).policy
     if not storage.exists(policy):
         raise FileNotFoundError(f"{policy}: round {round_k} has no trained policy")
     out = storage.join(policy, "README.md")
