@@ -118,6 +118,11 @@ class TrainConfig:
     max_length: int = _f(512, "longest prompt + response in tokens during training (released: 512)", min=8)
     seed: int = _f(0, "seed for shuffling pairs and for initialisation")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    checkpoint_every: int = _f(50, "save a resumable checkpoint (weights, optimizer shards, progress) into "
+                               "round_<k>/.ray_train every this many optimizer steps; 0 = only the final policy",
+                               min=0)
+    max_failures: int = _f(2, "Ray Train retries of a round's training after a worker fails (each resumes from the "
+                           "latest checkpoint)", min=0)
 
 
 @dataclass
@@ -188,6 +193,8 @@ class ResourcesConfig:
     num_train_workers: int = _f(1, "Ray Train workers (one DeepSpeed rank each)", min=1)
     cpus_per_train_worker: float = _f(1.0, "CPUs per train worker", min=0.0)
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
+    max_actor_restarts: int = _f(3, "how often Ray restarts a killed engine, scorer or embedding actor (its "
+                                 "unfinished batches are redone) before the stage fails", min=0)
     # Ray Data's read/write tasks need a CPU beside each actor, so an actor cannot reserve every core of a
     # small machine; on one that runs a stage at a time, 2 threads still use both cores.
     torch_threads: int = _f(2, "torch threads per scorer/train worker; 0 = the CPUs it reserves", min=0)

@@ -16,7 +16,6 @@ are made by the driver (dlma_ray.evaluate), so a task never decides what a measu
 from __future__ import annotations
 
 import gc
-import os
 
 from dlma_ray.config import Config
 
@@ -97,30 +96,19 @@ def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple
 
 def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
     """The model's sampled answer to each prompt under the plain chat format (vLLM, seeded per prompt)."""
-    g = cfg.generation
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(g.cpu_kvcache_gb))
-    import torch
-    from vllm import LLM
+    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, start_engine, stop_engine, stop_token_ids
 
-    from dlma_ray.generate import engine_kwargs, request_seed, sampled_ids, sampling_params, stop_token_ids
-    from dlma_ray.models import resolve_model_path
-
-    torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
-    gen = dict(vars(g), seed=cfg.eval.seed)
-    llm = LLM(**engine_kwargs(resolve_model_path(model_ref), gen, cfg.resources.tensor_parallel_size,
-                              cfg.model.trust_remote_code))
+    gen = dict(vars(cfg.generation), seed=cfg.eval.seed)
+    llm = start_engine(model_ref, gen, cfg.resources.tensor_parallel_size, cfg.model.trust_remote_code,
+                       cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
     r = cfg.pair.renderer(llm.get_tokenizer())
     stop = stop_token_ids(llm.get_tokenizer(), r.end_of_turn)
     params = [sampling_params(gen, cfg.eval.max_new_tokens, request_seed(cfg.eval.seed, 0, p["prompt_id"], "eval"),
                               stop) for p in prompts]
     try:
         outs = llm.generate([r.plain(p["messages"]) for p in prompts], params, use_tqdm=False)
-    finally:  # stop the engine's own processes now rather than leave them to interpreter exit
-        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        try:
-            core.shutdown()
-        except Exception:  # best effort: the worker process exits after this task anyway (max_calls=1)
-            pass
+    finally:
+        stop_engine(llm)
     rows = []
     for p, o in zip(prompts, outs):
         ids, finished = sampled_ids(o.outputs[0], stop)

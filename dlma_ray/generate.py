@@ -70,22 +70,44 @@ def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_r
     return kwargs
 
 
+def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust_remote_code: bool = False,
+                 torch_threads: int = 1):
+    """A `vllm.LLM` for ``model_ref``. On CPU its engine core runs in this process: a separate core process
+    gains nothing on a CPU and, when the actor ends, dies first and fills the log with shutdown tracebacks."""
+    import torch
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    from dlma_ray.models import resolve_model_path
+
+    torch.set_num_threads(torch_threads)
+    return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
+
+
+def stop_engine(llm) -> None:
+    """Shut the engine's core (and its processes, if any) down now, not at interpreter exit."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 class GenerationEngine:
     """A Ray Data callable class: prompt rows in, rows with (y+, y-) and their contexts out."""
 
     def __init__(self, model_path: str, pair: PromptPair, style: str, gen: dict, round_index: int,
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, torch_threads: int = 1):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
-        import torch
-        from vllm import LLM
-
-        from dlma_ray.models import resolve_model_path
-
-        torch.set_num_threads(torch_threads)
-        self.llm = LLM(**engine_kwargs(resolve_model_path(model_path), gen, tensor_parallel_size, trust_remote_code))
+        self.llm = start_engine(model_path, gen, tensor_parallel_size, trust_remote_code, torch_threads)
         self.renderer = ContrastiveRenderer(self.llm.get_tokenizer(), pair, style)
         self.stop_ids = stop_token_ids(self.llm.get_tokenizer(), self.renderer.end_of_turn)
         self.gen, self.round_index, self.model_ref = gen, round_index, model_path
+
+    def __del__(self):  # Ray Data calls it when the stage ends its actor pool
+        if getattr(self, "llm", None) is not None:
+            stop_engine(self.llm)
+            self.llm = None
 
     def _params(self, prompt_id: str, side: str):
         return sampling_params(self.gen, self.gen["max_new_tokens"],

@@ -126,20 +126,34 @@ def resolve_model_path(ref: str) -> str:
 
 
 def _local_copy(uri: str) -> str:
+    """A verified local copy of a remote model folder: downloaded once per node under a file lock, checked
+    against the remote listing (every file, its size) on each use, downloaded again when it differs (a
+    damaged copy, or a policy redone under the same URI)."""
     import hashlib
 
     from dlma_ray import storage
 
     target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (target / "config.json").exists():
-        return str(target)
-    tmp = Path(tempfile.mkdtemp(prefix=".remote.", dir=target.parent if target.parent.exists() else None))
-    storage.download_dir(uri, str(tmp))
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    manifest = target / ".manifest.json"
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait, then verify it
+        remote = storage.file_sizes(uri)
+        if not remote:
+            raise FileNotFoundError(f"{uri}: no files there (is the run directory's policy finished?)")
+        local = {str(p.relative_to(target)): p.stat().st_size for p in target.rglob("*") if p.is_file()
+                 and p.name != manifest.name} if target.exists() else {}
+        if manifest.exists() and json.loads(manifest.read_text()) == remote == local:
+            return str(target)
+        tmp = Path(tempfile.mkdtemp(prefix=".remote.", dir=target.parent))
+        storage.download_dir(uri, str(tmp))
+        got = {str(p.relative_to(tmp)): p.stat().st_size for p in tmp.rglob("*") if p.is_file()}
+        if got != remote:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(f"{uri}: the downloaded copy does not match the remote files ({len(got)} of {len(remote)})")
+        (tmp / manifest.name).write_text(json.dumps(remote, sort_keys=True))
+        shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
 
 

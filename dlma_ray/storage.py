@@ -7,11 +7,16 @@ where a rename is a copy, committed by the state file that is written last).
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import uuid
 
 import pyarrow.fs as pafs
+
+# Attempts of every object-store call (with backoff, by the AWS SDK's standard strategy). Large files are
+# uploaded in parts by Arrow's S3 output stream (multipart upload), so objects over 5 GB work.
+REMOTE_ATTEMPTS = int(os.environ.get("DLMA_STORAGE_ATTEMPTS", "10"))
 
 
 def is_uri(path: str) -> bool:
@@ -26,9 +31,23 @@ def dirname(path: str) -> str:
     return posixpath.dirname(path.rstrip("/")) if is_uri(path) else os.path.dirname(path)
 
 
+@functools.lru_cache(maxsize=8)
+def _s3(region: str, endpoint: str) -> pafs.FileSystem:
+    # Credentials come from the standard chain; the endpoint of an S3-compatible store from AWS_ENDPOINT_URL.
+    extra = {}
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        extra = {"endpoint_override": host or endpoint, "scheme": scheme or "https"}
+    return pafs.S3FileSystem(region=region or None, **extra,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=REMOTE_ATTEMPTS))
+
+
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     if is_uri(path):
-        return pafs.FileSystem.from_uri(path)
+        fs, p = pafs.FileSystem.from_uri(path)
+        if isinstance(fs, pafs.S3FileSystem):
+            return _s3(fs.region, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")), p
+        return fs, p
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
@@ -104,6 +123,13 @@ def download_dir(src: str, local_dir: str) -> None:
     fs, s = _fs(src)
     os.makedirs(local_dir, exist_ok=True)
     pafs.copy_files(s, local_dir, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+def file_sizes(folder: str) -> dict[str, int]:
+    """Every file under ``folder`` (relative path -> size in bytes): what a complete copy must hold."""
+    fs, p = _fs(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    return {posixpath.relpath(i.path, p): i.size for i in infos if i.type == pafs.FileType.File}
 
 
 def remove_stale_temps(folder: str) -> None:

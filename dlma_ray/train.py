@@ -82,7 +82,10 @@ def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
 
 
 def train_loop_per_worker(config: TrainLoopConfig) -> None:
-    """Runs on every Ray Train worker: one DeepSpeed engine over this worker's shard of pairs."""
+    """Runs on every Ray Train worker: one DeepSpeed engine over this worker's shard of pairs.
+
+    Every `train.checkpoint_every` optimizer steps the workers report a checkpoint (dlma_ray.checkpoint);
+    a retry after a worker failure, or a resubmitted job, starts from the latest one, not from step 0."""
     import deepspeed
     import ray.train
     import torch
@@ -97,9 +100,11 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    resume = _resume_point(ray.train.get_checkpoint(), world)
+    start = resume["dir"] if resume else config["policy_path"]
 
-    tokenizer = load_tokenizer(config["policy_path"], config["trust_remote_code"])
-    model = load_causal_lm(config["policy_path"], "float32", config["trust_remote_code"])
+    tokenizer = load_tokenizer(start, config["trust_remote_code"])
+    model = load_causal_lm(start, "float32", config["trust_remote_code"])
     model.train()
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
@@ -112,20 +117,30 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     accum = engine.gradient_accumulation_steps()
     shard = ray.train.get_dataset_shard("train")
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), TRAIN_METRICS_FILE)
-    step, micro, window, report = 0, 0, [], {}
-    for epoch in range(t["epochs"]):
+    step, start_epoch, skip = 0, 0, 0
+    if resume:
+        step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path)
+    window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
+    for epoch in range(start_epoch, t["epochs"]):
+        micro = 0  # micro-batches read in this epoch
         for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
             if step >= total_steps:
                 break
+            micro += 1
+            if epoch == start_epoch and micro <= skip:
+                continue  # trained before the checkpoint this run resumed from
             loss, m = config["loss"](engine, tokenizer, rows, t, engine.device)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}, epoch {epoch} on rank "
-                                         f"{rank}; the last good policy is kept. Lower train.lr or check the pairs.")
+            finite = mean_across_workers({"finite": float(torch.isfinite(loss))}, engine.device)["finite"]
+            if finite < 1.0:  # every rank stops at the same step: a lone rank leaving would hang the others
+                if rank == 0:
+                    print(f"non-finite loss at step {step + 1} (epoch {epoch}): stopping the round", flush=True)
+                ray.train.report({"nonfinite_step": step + 1, "epoch": epoch})
+                return
             engine.backward(loss)
             engine.step()
-            micro += 1
+            done += 1
             window.append({k: float(v) for k, v in m.items()})
-            if micro % accum == 0:
+            if done % accum == 0:
                 step += 1
                 report = mean_across_workers({k: float(np.mean([w[k] for w in window])) for k in window[0]},
                                              engine.device)
@@ -138,8 +153,72 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                     if "reward_margin" in report:  # not for context distillation (no pairs)
                         telemetry.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
                     telemetry.inc("dlma_train_steps_total", 1, round=config["round"])
-                ray.train.report(report)
+                every = t["checkpoint_every"]
+                if every and step % every == 0 and step < total_steps:
+                    _report_checkpoint(engine, tokenizer, scheduler, t, rank, world, metrics_path, report,
+                                       dict(step=step, epoch=epoch, micro=micro))
+                else:
+                    ray.train.report(report)
     _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
+
+
+def _resume_point(checkpoint, world: int) -> dict | None:
+    """The progress of the checkpoint a retry starts from, with its local folder; None to start fresh."""
+    if checkpoint is None:
+        return None
+    from dlma_ray.checkpoint import read_progress
+
+    folder = checkpoint.to_directory()  # a local copy, also when the run directory is on an object store
+    progress = read_progress(folder)
+    if progress is None:
+        return None
+    if progress["world"] != world:
+        raise RuntimeError(f"the checkpoint at step {progress['step']} was written by {progress['world']} train "
+                           f"workers, this run has {world}: its optimizer shards do not fit. Use "
+                           f"resources.num_train_workers={progress['world']} to resume it")
+    return {**progress, "dir": folder}
+
+
+def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str) -> tuple[int, int, int]:
+    """Optimizer shard, lr schedule and logged steps back from a checkpoint; (step, epoch, micro-batches to skip)."""
+    import shutil
+
+    from dlma_ray.checkpoint import load_state
+
+    folder = resume["dir"]
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the torch optimizer
+    inner.load_state_dict(load_state(folder, f"optimizer_rank{rank}", str(engine.device)))
+    scheduler.load_state_dict(load_state(folder, "scheduler"))
+    if rank == 0 and os.path.exists(os.path.join(folder, TRAIN_METRICS_FILE)):
+        shutil.copy(os.path.join(folder, TRAIN_METRICS_FILE), metrics_path)
+    print(f"rank {rank}: resuming from the checkpoint at step {resume['step']} (epoch {resume['epoch']})", flush=True)
+    return resume["step"], resume["epoch"], resume["micro"]
+
+
+def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: int, metrics_path: str,
+                       report: dict, progress: dict) -> None:
+    """Every rank writes its optimizer shard; rank 0 the weights, the schedule, the progress and the metrics."""
+    import shutil
+
+    import ray.train
+    from ray.train import Checkpoint
+
+    from dlma_ray.checkpoint import save_state, write_progress
+
+    out = tempfile.mkdtemp(prefix="dlma-ckpt-")
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    save_state(inner.state_dict(), out, f"optimizer_rank{rank}")
+    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 else None  # all ranks
+    if rank == 0:
+        module = engine.module
+        module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
+                               safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        save_state(scheduler.state_dict(), out, "scheduler")
+        write_progress(out, world=world, **progress)
+        shutil.copy(metrics_path, os.path.join(out, TRAIN_METRICS_FILE))
+    ray.train.report({**report, "checkpoint_step": progress["step"]}, checkpoint=Checkpoint.from_directory(out))
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final: dict) -> None:

@@ -52,6 +52,9 @@ def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> 
     result = subprocess.run([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # A healthy run's log has no tracebacks (engines shut down cleanly): users learn to read them, not skip them.
+    log = result.stdout + result.stderr
+    assert "Traceback" not in log and "exited unexpectedly" not in log, log[max(0, log.find("Traceback") - 2000):][:4000]
     stages = [(s["round"], s["stage"]) for s in json.loads((run_dir / "state.json").read_text())["stages"]]
     assert stages == [(0, "generate"), (0, "score"), (0, "train")]
     return run_dir

@@ -1,9 +1,12 @@
 """The whole loop on the real stack (Ray, vLLM's CPU build, DeepSpeed), on a tiny random model.
 
-One 2-round run is killed with SIGKILL inside round 0's train stage, then resumed; every later
-check reads that finished run: the table schema, stored log-probs against a direct transformers
-recomputation, R against its formula, the margin that training grew, and round 1's engine and
-scorer running on round 0's policy.
+One 2-round run takes every fault the pipeline promises to survive, injected by killing real processes:
+the scorer actor in round 0's score stage (Ray restarts it and redoes its batches), the whole job inside
+round 0's training once a checkpoint exists (the resubmitted job resumes from that checkpoint, not from
+step 0), and a train worker in round 1 (Ray Train retries and resumes from the latest checkpoint). Every
+later check reads that finished run: the table schema, stored log-probs against a direct transformers
+recomputation, R against its formula, the margin that training grew, and round 1's engine and scorer
+running on round 0's policy.
 """
 
 import json
@@ -34,8 +37,8 @@ ENV = {**os.environ, "RAY_ADDRESS": "local", **SECRETS}
 def job_args(model_dir: str, run_dir: Path) -> list[str]:
     return [f"model.path={model_dir}", f"run.dir={run_dir}", "data.max_prompts=24", "rounds.count=2",
             "generation.max_new_tokens=16", "train.micro_batch_size=4", "train.global_batch_size=8",
-            "train.lr=1e-3", "train.epochs=2", "data.heldout_fraction=0.2", "eval.max_pairs=8",
-            "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4"]
+            "train.lr=1e-3", "train.epochs=3", "data.heldout_fraction=0.2", "eval.max_pairs=8",
+            "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4", "train.checkpoint_every=1"]
 
 
 def run_job(args: list[str], timeout: int = 900, **kw) -> subprocess.CompletedProcess:
@@ -50,31 +53,72 @@ def stages(run_dir: Path) -> list[tuple[int, str]]:
         return []
 
 
+def kill_processes(pattern: str) -> int:
+    """SIGKILL every process whose command line matches ``pattern``; how many there were."""
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    for pid in found:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(found)
+
+
+def checkpoints(run_dir: Path, k: int) -> list[Path]:
+    return sorted((run_dir / f"round_{k}" / ".ray_train").glob("train/checkpoint_*"))
+
+
+def watch(proc: subprocess.Popen, until, what: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not until():
+        assert proc.poll() is None, f"the job ended before {what}: " + proc.stdout.read().decode()[-4000:]
+        assert time.time() < deadline, f"no {what} in {timeout:.0f}s"
+        time.sleep(0.2)
+
+
+def start_job(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
-    """A 2-round run, killed during round 0's training and resumed."""
+    """A 2-round run that survives a killed scorer actor, a killed job and a killed train worker."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     args = job_args(tiny_model_dir, run_dir)
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 600
-    while (0, "score") not in stages(run_dir):
-        assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
-        assert time.time() < deadline, "round 0 scoring did not finish in time"
-        time.sleep(1)
-    time.sleep(4)  # inside the train stage now
+    proc = start_job(args)
+    watch(proc, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
+          "scorer actor to kill")
+    watch(proc, lambda: checkpoints(run_dir, 0), "checkpoint in round 0's training")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert stages(run_dir) == [(0, "generate"), (0, "score")], "the kill must land inside round 0's training"
+    scored = {(s["round"], s["stage"]): s for s in json.loads((run_dir / "state.json").read_text())["stages"]}
+    assert scored[(0, "score")]["rows"] == 24, "the restarted scorer redid the killed actor's batches"
     before = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
 
-    result = run_job(args)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "resuming" in result.stdout and "round 0, stage train" in result.stdout
+    proc = start_job(args)
+    watch(proc, lambda: (1, "score") in stages(run_dir) and checkpoints(run_dir, 1), "checkpoint in round 1")
+    assert kill_processes("RayTrainWorker") >= 1
+    out = proc.communicate(timeout=900)[0].decode()
+    assert proc.returncode == 0, out[-6000:]
+    assert "resuming" in out and "round 0, stage train" in out
+    assert "taking over the lock" in out  # the killed job's lock: its holder is gone
+    resumed = [line for line in out.splitlines() if "resuming from the checkpoint at step" in line]
+    assert len(resumed) >= 2, "round 0's resubmitted training and round 1's retry both start from a checkpoint"
     after = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
     assert before == after, "finished stages must not be redone"
-    assert "taking over the lock" in result.stdout  # the killed job's lock: its holder is gone
-    return run_dir, args, result.stdout + result.stderr
+    return run_dir, args, out
+
+
+def test_training_resumed_from_checkpoints_not_step_0(finished_run):
+    """Each round's logged steps run 1..N exactly once: a retry from step 0 would repeat the first steps."""
+    run_dir, _, _ = finished_run
+    for k in (0, 1):
+        steps = [json.loads(line)["step"] for line in (run_dir / f"round_{k}/policy/train_metrics.jsonl")
+                 .read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 3
+        assert not (run_dir / f"round_{k}" / ".ray_train").exists(), "the round's checkpoints are removed"
 
 
 def test_resume_finished_every_stage_once(finished_run):

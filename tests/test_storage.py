@@ -102,3 +102,31 @@ def test_one_round_with_run_dir_on_s3(s3_env, tiny_model_dir):
     second = subprocess.run([sys.executable, "jobs/iterate.py", *args], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=600)
     assert second.returncode == 0 and "already finished" in second.stdout
+
+
+def test_a_remote_policy_is_copied_once_verified_and_refreshed(s3_env, tmp_path, monkeypatch):
+    """The local cache of a policy on an object store: reused while it matches the remote files, downloaded
+    again when it is damaged or the remote folder changed (a policy redone under the same URI); a large
+    file goes up and down whole (Arrow uploads it in parts)."""
+    from dlma_ray.models import resolve_model_path
+
+    monkeypatch.setenv("DLMA_RAY_CACHE", str(tmp_path / "cache"))
+    src = tmp_path / "policy"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(os.urandom(12 * 1024 * 1024))  # over one 10 MiB upload part
+    uri = "s3://runs/unit/remote-policy"
+    storage.upload_dir(str(src), uri)
+    assert storage.file_sizes(uri) == {"config.json": 2, "model.safetensors": 12 * 1024 * 1024}
+
+    local = Path(resolve_model_path(uri))
+    assert (local / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    stamp = (local / "config.json").stat().st_mtime_ns
+    assert Path(resolve_model_path(uri)) == local and (local / "config.json").stat().st_mtime_ns == stamp  # reused
+
+    (local / "model.safetensors").write_bytes(b"cut")  # a damaged copy
+    assert (Path(resolve_model_path(uri)) / "model.safetensors").stat().st_size == 12 * 1024 * 1024
+
+    (src / "config.json").write_text('{"redone": 1}')  # the remote policy changed
+    storage.upload_dir(str(src), uri)
+    assert json.loads((Path(resolve_model_path(uri)) / "config.json").read_text()) == {"redone": 1}

@@ -58,7 +58,7 @@ class SelfContrast(Method):
                               dict(model=sc.embedding_model, batch_size=sc.embedding_batch_size,
                                    torch_threads=res.threads_for(sc.cpus_per_embedder)),
                               sc.num_embedders, sc.cpus_per_embedder, sc.gpus_per_embedder,
-                              max(sc.embedding_batch_size, 64))
+                              max(sc.embedding_batch_size, 64), res.max_actor_restarts)
         # Materialised before scoring: the embedding and the scorer pools then never hold CPUs at the same
         # time (on a small machine two pools plus Ray Data's own tasks would not fit).
         negatives = map_actors(generations, embedders).groupby(

@@ -144,13 +144,17 @@ class ActorPool:
     cpus: float = 1.0
     gpus: float = 0.0
     batch_size: int = 32
+    max_restarts: int = 3  # a killed actor is restarted this often and its unfinished batches redone
 
 
 def map_actors(ds, pool: ActorPool):
-    """``ds`` mapped through ``pool``, its size fitted to the cluster (``pool_size``)."""
+    """``ds`` mapped through ``pool``, its size fitted to the cluster (``pool_size``). A killed actor (its
+    process or its node gone) is restarted by Ray and its batches are retried, up to ``max_restarts`` times,
+    so a crash that repeats fails the stage instead of looping."""
     return ds.map_batches(pool.cls, fn_constructor_kwargs=dict(pool.kwargs), batch_size=pool.batch_size,
                           concurrency=pool_size(pool.name, pool.size, pool.cpus, pool.gpus),
-                          num_cpus=pool.cpus, num_gpus=pool.gpus)
+                          num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=pool.max_restarts,
+                          max_task_retries=pool.max_restarts)
 
 
 def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) -> ActorPool:
@@ -161,7 +165,7 @@ def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) 
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
                   **extra)
     return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,
-                     batch_size or cfg.generation.batch_size)
+                     batch_size or cfg.generation.batch_size, res.max_actor_restarts)
 
 
 def scorer_pool(r: Round, mode: str) -> ActorPool:
@@ -174,7 +178,7 @@ def scorer_pool(r: Round, mode: str) -> ActorPool:
                   max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_scorer))
     return ActorPool("scorers", PairScorer, kwargs, res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
-                     max(cfg.scoring.batch_size, 32))
+                     max(cfg.scoring.batch_size, 32), res.max_actor_restarts)
 
 
 def write_scored(ds, r: Round) -> StageResult:

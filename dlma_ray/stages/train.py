@@ -4,7 +4,6 @@ loss) -> round_k/policy/ = pi_{k+1}. The worker loop is dlma_ray.train; it never
 from __future__ import annotations
 
 import logging
-import time
 from typing import Protocol
 
 from dlma_ray import storage
@@ -32,7 +31,7 @@ def optimizer_steps(rows: int, micro_batch_size: int, global_batch_size: int, wo
 
 def fit(r: Round, method: Trainable) -> StageResult:
     import ray.data
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from dlma_ray.train import train_loop_per_worker
@@ -59,15 +58,23 @@ def fit(r: Round, method: Trainable) -> StageResult:
         scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=res.use_gpu_for_training,
                                      resources_per_worker={"CPU": res.cpus_per_train_worker}),
         datasets={"train": ds},
-        run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage.absolute(scratch),
-                             failure_config=FailureConfig(max_failures=0)),
+        # A fixed name: a resubmitted job finds this round's latest checkpoint under it and resumes from it.
+        run_config=RunConfig(name="train", storage_path=storage.absolute(scratch),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
+    metrics = dict(result.metrics or {})
+    if "nonfinite_step" in metrics:
+        kept = f"; the last good checkpoint is kept in {scratch}" if result.checkpoint else ""
+        raise FloatingPointError(f"round {r.k}: the training loss became NaN/inf at optimizer step "
+                                 f"{metrics['nonfinite_step']}{kept}. Lower train.lr, raise train.beta or check the "
+                                 "pairs (their log-probs are in round_<k>/pairs)")
+    if result.checkpoint is None or metrics.get("done") is not True:
         raise RuntimeError(f"round {r.k}: training finished without a policy checkpoint")
     src = result.checkpoint.path
     if storage.is_uri(r.run.root):
         src = f"{r.run.root.split('://', 1)[0]}://{src}"
     storage.commit_dir(src, r.paths.policy)
     storage.delete_dir(scratch)
-    return StageResult(r.paths.policy, n_train, dict(result.metrics or {}))
+    return StageResult(r.paths.policy, n_train, metrics)
