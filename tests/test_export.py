@@ -29,6 +29,7 @@ CHATS = [
     [{"role": "user", "content": "What is 2 + 2?"}],
 ]
 SPLITS = ["train", "train", "train", "train", "heldout", "train"]
+REAL_RUN = Path(__file__).resolve().parent / "data" / "run_before_layout"  # a real 2-round DLMA run of SmolLM2
 
 
 @pytest.fixture
@@ -154,8 +155,27 @@ def test_trl_reads_the_export_as_the_run_trained(pairs_run, tmp_path, tokenizer)
         assert text["rejected"].startswith(want["rejected"] + want["end_of_turn"])
 
 
+def test_export_of_a_real_run_renders_as_the_run_trained(tmp_path, tokenizer):
+    """Every pair of a real run's round, through TRL's own template code, gives back the run's plain context."""
+    pytest.importorskip("trl")
+    import datasets
+    from trl.data_utils import maybe_apply_chat_template
+
+    result = export_round(str(REAL_RUN), 1, str(tmp_path / "trl"), split="all")
+    dd = datasets.load_from_disk(str(tmp_path / "trl"))
+    table = pq.read_table(REAL_RUN / "round_1" / "pairs").to_pylist()
+    want = [r for r in table if r["split"] == "train"] + [r for r in table if r["split"] == "heldout"]
+    got = list(dd["train"]) + list(dd["test"])
+    assert result["rows"] == {"train": len(dd["train"]), "test": len(dd["test"])} and len(got) == len(want) > 0
+    for row, r in zip(got, want):
+        text = maybe_apply_chat_template(row, tokenizer)
+        assert text["prompt"] == r["plain_context"]
+        assert text["chosen"].startswith(r["chosen"] + (r["end_of_turn"] if r["chosen_finished"] else ""))
+        assert row["self_reward"] == r["self_reward"] and row["ref_logp_rejected"] == r["ref_logp_rejected"]
+
+
 @pytest.mark.slow
-def test_trl_dpo_trainer_trains_one_step_on_the_export(pairs_run, tmp_path, tiny_model_dir):
+def test_trl_dpo_trainer_trains_one_step_on_the_export(tmp_path, tiny_model_dir):
     """trl.DPOTrainer takes the exported folder as is (extra columns included) and makes one optimizer step."""
     pytest.importorskip("trl")
     import datasets
@@ -163,8 +183,8 @@ def test_trl_dpo_trainer_trains_one_step_on_the_export(pairs_run, tmp_path, tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    export_round(str(pairs_run), 1, str(tmp_path / "trl"))
-    ds = datasets.load_from_disk(str(tmp_path / "trl"))
+    export_round(str(REAL_RUN), 1, str(tmp_path / "trl"))  # a real run's pairs, extra columns included
+    ds = datasets.load_from_disk(str(tmp_path / "trl")).select(range(4))
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

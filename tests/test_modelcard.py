@@ -59,3 +59,17 @@ def test_card_for_the_pipeline_never_raises(tmp_path, caplog):
 
     write_card_quietly(str(tmp_path), 0)  # no policy folder: logged, not raised
     assert "could not write round 0's model card" in caplog.text
+
+
+def test_card_of_a_real_run(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "run_before_layout", run)
+    text = Path(write_model_card(str(run), 1)).read_text(encoding="utf-8")
+    ev = json.loads((run / "round_1" / "eval.json").read_text())
+    for name in ("distillation_gain", "refusal_harmful", "kl_to_initial"):
+        assert _interval(ev["measures"][name]) in text, name
+    assert front_matter(text)["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    stages = {(e["round"], e["stage"]): e["rows"] for e in json.loads((run / "state.json").read_text())["stages"]}
+    assert f"| 1 | {stages[1, 'score']} | {stages[1, 'train']} |" in text  # pairs scored and trained on
