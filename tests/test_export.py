@@ -193,6 +193,10 @@ def test_trl_dpo_trainer_trains_one_step_on_the_export(tmp_path, tiny_model_dir)
                      dataset_num_proc=None, bf16=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     assert set(trainer.train_dataset.column_names) >= {"prompt_ids", "chosen_ids", "rejected_ids"}
+    plain = [r["plain_context"] for r in pq.read_table(REAL_RUN / "round_1" / "pairs").to_pylist()
+             if r["split"] == "train"][:4]
+    # TRL trains on the context the run trained on, token for token.
+    assert trainer.train_dataset["prompt_ids"] == [tok(c, add_special_tokens=False)["input_ids"] for c in plain]
     result = trainer.train()
     assert result.global_step == 1 and math.isfinite(result.training_loss)
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
