@@ -88,7 +88,7 @@ def plain_logps(model, tokenizer, r, chats: list, ids: list[list[int]], batch_si
 
 def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple[list[float], list[int]]:
     """Summed NLL and token count of each neutral text after its question (no end-of-turn: text only)."""
-    from dlma_ray.evaluation import answer_nll
+    from dlma_ray.logprobs import answer_nll
 
     return answer_nll(model, tokenizer, [r.plain([{"role": "user", "content": d["prompt"]}]) for d in docs],
                       [d["text"] for d in docs], batch_size)
@@ -155,7 +155,7 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
     if cfg.eval.judge == "reward_model":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from dlma_ray.evaluation import reward_model_scores
+        from dlma_ray.judges import reward_model_scores
 
         model = None
         free_memory()
@@ -178,7 +178,7 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
 def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list[dict], heldout: list[dict],
                   neutral: list[dict]) -> dict:
     """Everything the evaluated policy pi_k computes: see the module docstring."""
-    from dlma_ray.evaluation import rlaif_judge
+    from dlma_ray.judges import rlaif_judge
     from dlma_ray.logprobs import side_ids
 
     model, tok = load(policy_ref, cfg)

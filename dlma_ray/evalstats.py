@@ -123,3 +123,8 @@ def excludes_zero(summary: dict) -> str:
     if hi is not None and hi < 0:
         return "below"
     return "includes"
+
+
+def ratio(num: float, den: int) -> float | None:
+    """num / den, or None (JSON null) when den is 0: "no data" is not "all wrong"."""
+    return num / den if den else None

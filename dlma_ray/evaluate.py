@@ -28,7 +28,7 @@ from pathlib import Path
 
 from dlma_ray import eval_tasks, storage
 from dlma_ray.config import Config, DataConfig
-from dlma_ray.evaluation import api_key, check_judge, openai_margins
+from dlma_ray.judges import api_key, check_judge, openai_margins
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.refusal import judge_agreement, refusal_rates

@@ -72,13 +72,13 @@ def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_r
 
 def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust_remote_code: bool = False,
                  torch_threads: int = 1):
-    """A `vllm.LLM` for ``model_ref``. On CPU its engine core runs in this process: a separate core process
-    gains nothing on a CPU and, when the actor ends, dies first and fills the log with shutdown tracebacks."""
+    """A `vllm.LLM` for ``model_ref`` (its engine core runs in a process of its own: `stop_engine` ends it).
+
+    The core cannot run in this process on vLLM's CPU build: its attention kernels then see two thread
+    counts (the actor's torch threads and the engine's OpenMP binding) and abort."""
     import torch
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
-    if not torch.cuda.is_available():
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
 
     from dlma_ray.models import resolve_model_path

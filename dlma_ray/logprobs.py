@@ -194,3 +194,29 @@ def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]],
         check_fits(len(cache[c]), len(r), max_length)
         encoded.append((cache[c], list(r)))
     return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+
+
+# ---------------------------------------------------------------- answers (perplexity)
+
+def answer_nll_from_logits(logits: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of the response tokens and their count, per sequence ([B], [B])."""
+    token_logp = gather_token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
+    mask = batch.response_mask[:, 1:].to(token_logp.dtype)
+    return -(token_logp * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], batch_size: int = 8,
+               max_length: int | None = None) -> tuple[list[float], list[int]]:
+    """Per answer: summed NLL of its tokens given its context (no end-of-turn added), and its token count."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(answers)), key=lambda i: len(contexts[i]) + len(answers[i]))
+    nll, count = [0.0] * len(answers), [0] * len(answers)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenize_pairs(tokenizer, [contexts[i] for i in idx], [answers[i] for i in idx], "",
+                               max_length=max_length).to(device)
+        s, c = answer_nll_from_logits(forward_logits(model, batch), batch)
+        for i, a, b in zip(idx, s.tolist(), c.tolist()):
+            nll[i], count[i] = a, int(b)
+    return nll, count

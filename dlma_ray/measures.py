@@ -8,7 +8,12 @@ in one place. `initial` names the same measure taken on pi_0's own answers (the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from dlma_ray.evalstats import ratio
+
+R_BIN_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, math.inf)
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,6 @@ def assemble_measures(answers: list[dict], baseline: list[dict], initial: dict, 
     ``refusal_rates``: dlma_ray.refusal.refusal_rates (handed in: this module stays free of the rule).
     """
     from dlma_ray.evalstats import mean_summary, paired_gain, rate_summary
-    from dlma_ray.evaluation import accuracy_by_range, implicit_rewards
 
     cp, cb = initial["contrast_policy"], initial["contrast_baseline"]
     tp, tb = initial["tokens_policy"], initial["tokens_baseline"]
@@ -187,3 +191,32 @@ def assemble_measures(answers: list[dict], baseline: list[dict], initial: dict, 
         m["heldout_pairs_r"] = {**mean_summary(scores["heldout_r"], seed=seed),
                                 "frac_positive": sum(x > 0 for x in scores["heldout_r"]) / len(scores["heldout_r"])}
     return {k: v for k, v in m.items() if v is not None}, details
+
+
+# ---------------------------------------------------------------- scores on labelled pairs
+# A pair is (y+, y-) with y+ the human-preferred answer; a score agrees with the human when strictly positive:
+# a tie (exactly 0) counts as wrong, since a score that cannot tell two answers apart has not found the choice.
+
+def accuracy_by_range(values, edges=R_BIN_EDGES) -> dict:
+    """Fraction of pairs with value > 0, overall and per |value| bin [low, high), with counts.
+
+    NaN values (an RLCD run stores no R) are left out and counted under ``nan``; the last bin is
+    open (``high`` None in JSON, for +inf).
+    """
+    values = [float(v) for v in values]
+    finite = [v for v in values if not math.isnan(v)]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = [v for v in finite if lo <= abs(v) and (abs(v) < hi or math.isinf(hi))]
+        correct = sum(v > 0 for v in inside)
+        bins.append({"low": lo, "high": None if math.isinf(hi) else hi, "n": len(inside), "correct": correct,
+                     "accuracy": ratio(correct, len(inside))})
+    correct = sum(v > 0 for v in finite)
+    return {"n": len(finite), "correct": correct, "accuracy": ratio(correct, len(finite)),
+            "ties": sum(v == 0 for v in finite), "nan": len(values) - len(finite), "bins": bins}
+
+
+def implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> list[float]:
+    """DPO's implicit reward margin per pair: beta * [(pi(y+) - ref(y+)) - (pi(y-) - ref(y-))]."""
+    return [beta * ((pc - rc) - (pr - rr))
+            for pc, pr, rc, rr in zip(policy_chosen, policy_rejected, ref_chosen, ref_rejected)]

@@ -256,3 +256,13 @@ def test_real_hh_rlhf_pairs():
     for p in pairs:
         assert p.chosen and p.rejected and p.chosen != p.rejected
         assert p.prompt.as_chat()[-1]["role"] == "user"
+
+
+def test_skipped_rows_are_named_by_source_and_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "hi"}\n\n{"prompt": oops}\n{"nope": 1}\n{"prompt": "bye"}\n')
+    records, report = load_prompts(DataConfig(source=str(path), max_prompts=0), seed=0)
+    assert [r.prompt for r in records] == ["hi", "bye"]
+    summary = report.summary()
+    assert f"{path}:3: invalid json" in summary  # the reader knows the line (blank line 2 is not a row)
+    assert f"{path} row 3: missing field" in summary  # the third row read (line 4)

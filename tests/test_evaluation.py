@@ -22,12 +22,11 @@ import torch
 
 from dlma_ray.config import load_config
 from conftest import direct_logprob, eot_ids
-from dlma_ray.evaluation import (
-    JudgeError, R_BIN_EDGES, ab_preference, accuracy_by_range, answer_nll, answer_nll_from_logits, check_judge,
-    implicit_rewards, judge_prompt, letter_token_ids, openai_margins, rlaif_judge, rlaif_summary,
+from dlma_ray.judges import (
+    JudgeError, ab_preference, check_judge, judge_prompt, letter_token_ids, openai_margins, rlaif_judge, rlaif_summary,
 )
-from dlma_ray.logprobs import collate
-from dlma_ray.measures import assemble_measures
+from dlma_ray.logprobs import answer_nll, answer_nll_from_logits, collate
+from dlma_ray.measures import R_BIN_EDGES, accuracy_by_range, assemble_measures, implicit_rewards
 from dlma_ray.refusal import refusal_rates
 
 PAIRS_FILE = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
@@ -442,7 +441,7 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, toke
     from transformers import AutoConfig, LlamaForSequenceClassification
 
     from dlma_ray.eval_tasks import initial_model_scores
-    from dlma_ray.evaluation import reward_model_scores
+    from dlma_ray.judges import reward_model_scores
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.num_labels = 1

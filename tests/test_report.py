@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dlma_ray.evaluation import rlaif_summary
+from dlma_ray.judges import rlaif_summary
 from dlma_ray.measures import assemble_measures
 from dlma_ray.refusal import refusal_rates
 from dlma_ray.report import FIGURES, write_report

@@ -1,17 +1,12 @@
-"""Evaluation metrics: plain functions over numbers, tensors and a model handed in (no Ray here).
+"""Judges of answers besides the self-reward: plain functions over a model handed in (no Ray here).
 
-Every summary is a dict that carries its sample count ``n`` next to each number; the intervals are
-added by dlma_ray.measures (dlma_ray.evalstats). The refusal rule is dlma_ray.refusal. Sign convention:
-a pair is (chosen y+, rejected y-) with y+ the human-preferred answer, and a score "agrees with the
-human" when it is strictly positive. A tie (exactly 0) counts as wrong everywhere: a score that
-cannot tell two answers apart has not found the human's choice (it matters in practice: a policy
-equal to its reference has implicit reward exactly 0 on every pair).
-
-    accuracy_by_range      R > 0 on human pairs, overall and by |R| bin (R_BIN_EDGES), with counts
     rlaif_judge            the model judges "A or B?" in text, both orders averaged (position bias cancels)
-    implicit_rewards       beta * [(pi - ref)(y+) - (pi - ref)(y-)] per pair
-    answer_nll             summed NLL and token count of answer texts (perplexity)
+    reward_model_scores    an HF sequence-classification reward model's score of (dialogue, answer)
+    openai_margins         an OpenAI-compatible endpoint's preference between two answers
     check_judge            fail fast when the configured answer judge cannot be used
+
+The per-pair measures (accuracy by |R| range, implicit rewards) are dlma_ray.measures; the refusal rule
+is dlma_ray.refusal.
 """
 
 from __future__ import annotations
@@ -25,44 +20,12 @@ import urllib.request
 
 import torch
 
-from dlma_ray.logprobs import forward_logits, gather_token_logprobs, position_ids_from_mask, tokenize_pairs
-
-R_BIN_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, math.inf)
+from dlma_ray.evalstats import ratio
+from dlma_ray.logprobs import forward_logits, position_ids_from_mask
 
 
 class JudgeError(RuntimeError):
     """The configured answer judge cannot be used (missing model, unset key, unreachable endpoint)."""
-
-
-def _ratio(num: float, den: int) -> float | None:
-    return num / den if den else None  # None (JSON null), not 0: "no data" is not "all wrong"
-
-
-# ---------------------------------------------------------------- scores on labelled pairs
-
-def accuracy_by_range(values, edges=R_BIN_EDGES) -> dict:
-    """Fraction of pairs with value > 0, overall and per |value| bin [low, high), with counts.
-
-    NaN values (an RLCD run stores no R) are left out and counted under ``nan``; the last bin is
-    open (``high`` None in JSON, for +inf).
-    """
-    values = [float(v) for v in values]
-    finite = [v for v in values if not math.isnan(v)]
-    bins = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = [v for v in finite if lo <= abs(v) and (abs(v) < hi or math.isinf(hi))]
-        correct = sum(v > 0 for v in inside)
-        bins.append({"low": lo, "high": None if math.isinf(hi) else hi, "n": len(inside), "correct": correct,
-                     "accuracy": _ratio(correct, len(inside))})
-    correct = sum(v > 0 for v in finite)
-    return {"n": len(finite), "correct": correct, "accuracy": _ratio(correct, len(finite)),
-            "ties": sum(v == 0 for v in finite), "nan": len(values) - len(finite), "bins": bins}
-
-
-def implicit_rewards(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float) -> list[float]:
-    """DPO's implicit reward margin per pair: beta * [(pi(y+) - ref(y+)) - (pi(y-) - ref(y-))]."""
-    return [beta * ((pc - rc) - (pr - rr))
-            for pc, pr, rc, rr in zip(policy_chosen, policy_rejected, ref_chosen, ref_rejected)]
 
 
 # ---------------------------------------------------------------- RLAIF: the model as a text judge
@@ -146,14 +109,14 @@ def rlaif_summary(p_a_chosen_first, p_a_chosen_second) -> dict:
     picks_a = sum(p > 0.5 for p in p_a_chosen_first) + sum(p > 0.5 for p in p_a_chosen_second)
     return {
         "n": n,
-        "accuracy": _ratio(sum(p > 0.5 for p in prefs), n),
+        "accuracy": ratio(sum(p > 0.5 for p in prefs), n),
         "ties": sum(p == 0.5 for p in prefs),
-        "mean_preference_chosen": _ratio(sum(prefs), n),
-        "accuracy_chosen_as_a": _ratio(sum(p > 0.5 for p in p_a_chosen_first), n),
-        "accuracy_chosen_as_b": _ratio(sum(p < 0.5 for p in p_a_chosen_second), n),
-        "position_bias_a": _ratio(picks_a, 2 * n),  # how often it says A, whatever A holds
+        "mean_preference_chosen": ratio(sum(prefs), n),
+        "accuracy_chosen_as_a": ratio(sum(p > 0.5 for p in p_a_chosen_first), n),
+        "accuracy_chosen_as_b": ratio(sum(p < 0.5 for p in p_a_chosen_second), n),
+        "position_bias_a": ratio(picks_a, 2 * n),  # how often it says A, whatever A holds
         "n_judgements": 2 * n,
-        "consistency": _ratio(sum((p1 > 0.5) == (p2 < 0.5) for p1, p2 in zip(p_a_chosen_first, p_a_chosen_second)), n),
+        "consistency": ratio(sum((p1 > 0.5) == (p2 < 0.5) for p1, p2 in zip(p_a_chosen_first, p_a_chosen_second)), n),
     }
 
 
@@ -164,32 +127,6 @@ def rlaif_judge(model, tokenizer, items, batch_size: int = 8) -> tuple[dict, lis
     p = ab_preference(model, tokenizer, first + second, batch_size)
     p1, p2 = p[:len(items)], p[len(items):]
     return rlaif_summary(p1, p2), preference_for_chosen(p1, p2)
-
-
-# ---------------------------------------------------------------- answers
-
-def answer_nll_from_logits(logits: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL of the response tokens and their count, per sequence ([B], [B])."""
-    token_logp = gather_token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
-    mask = batch.response_mask[:, 1:].to(token_logp.dtype)
-    return -(token_logp * mask).sum(-1), mask.sum(-1)
-
-
-@torch.no_grad()
-def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], batch_size: int = 8,
-               max_length: int | None = None) -> tuple[list[float], list[int]]:
-    """Per answer: summed NLL of its tokens given its context (no end-of-turn added), and its token count."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(answers)), key=lambda i: len(contexts[i]) + len(answers[i]))
-    nll, count = [0.0] * len(answers), [0] * len(answers)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenize_pairs(tokenizer, [contexts[i] for i in idx], [answers[i] for i in idx], "",
-                               max_length=max_length).to(device)
-        s, c = answer_nll_from_logits(forward_logits(model, batch), batch)
-        for i, a, b in zip(idx, s.tolist(), c.tolist()):
-            nll[i], count[i] = a, int(b)
-    return nll, count
 
 
 # ---------------------------------------------------------------- external answer judges
