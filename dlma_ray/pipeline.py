@@ -100,6 +100,10 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState
         state.record(k, stage, result.output, result.rows, seconds,
                      **({"metrics": result.summary} if result.summary else {}))
         log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, result.rows, seconds, result.output)
+        if stage == stages_of(cfg)[-1]:  # the round's policy is final: give it a model card
+            from dlma_ray.modelcard import write_card_quietly
+
+            write_card_quietly(run_dir, k)
     write_run_report(run_dir)
     return state
 

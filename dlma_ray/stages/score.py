@@ -12,4 +12,7 @@ def pairs(r: Round, mode: str, ds=None) -> StageResult:
     import ray.data
 
     ds = ray.data.read_parquet(r.paths.generations) if ds is None else ds
-    return write_scored(map_actors(ds, scorer_pool(r, mode)), r)
+    result = write_scored(map_actors(ds, scorer_pool(r, mode)), r)
+    # Which model produced ref_logp_* (pi_k, or pi_0 with rounds.reference=initial), recorded in state.json.
+    result.summary["reference"] = r.reference if mode != "none" else None
+    return result
