@@ -25,8 +25,8 @@ from dlma_ray.config import Config
 from dlma_ray.prompts import pair_from_config
 from dlma_ray.schema import GENERATION_SCHEMA
 from dlma_ray.stages import (
-    init_ray, model_for_actor, policy_for_round, pool_size, prompt_rows, round_dir, scorer_stage, write_scored,
-    write_table,
+    custom_resources, init_ray, model_for_actor, policy_for_round, pool_size, prompt_rows, round_dir, scorer_stage,
+    write_scored, write_table,
 )
 from dlma_ray.state import RunState
 
@@ -58,8 +58,8 @@ def run_generate(cfg: Config, run_dir: str, k: int) -> tuple[str, int]:
             gen=vars(cfg.generation), round_index=k, tensor_parallel_size=r.tensor_parallel_size,
             trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_engine)),
         batch_size=cfg.generation.batch_size,
-        concurrency=pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine),
-        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
+        concurrency=pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources),
+        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine, **custom_resources(r.engine_resources))
     return out, write_table(ds, GENERATION_SCHEMA, out)
 
 
@@ -89,6 +89,7 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dlma_ray.sharding import ingest_config, seeded_order
     from dlma_ray.train import train_loop_per_worker
 
     t, r = cfg.train, cfg.resources
@@ -101,7 +102,7 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
         from dlma_ray.self_contrast import training_dataset
 
         ds, unit = training_dataset(ds, ds.count()), "prompts"
-    ds = ds.random_shuffle(seed=t.seed + k).materialize()
+    ds = seeded_order(ds, t.seed + k)  # the same optimizer steps for any number of workers (dlma_ray.sharding)
     n_train = ds.count()
     per_step = t.micro_batch_size * r.num_train_workers
     steps_per_epoch = (n_train // r.num_train_workers) // t.micro_batch_size // (t.global_batch_size // per_step)
@@ -118,8 +119,9 @@ def run_train(cfg: Config, run_dir: str, k: int) -> tuple[str, int, dict]:
                                policy_path=model_for_actor(policy_for_round(cfg, run_dir, k)),
                                use_gpu=r.use_gpu_for_training, trust_remote_code=cfg.model.trust_remote_code),
         scaling_config=ScalingConfig(num_workers=r.num_train_workers, use_gpu=r.use_gpu_for_training,
-                                     resources_per_worker={"CPU": r.cpus_per_train_worker}),
-        datasets={"train": ds},
+                                     resources_per_worker={"CPU": r.cpus_per_train_worker,
+                                                           **r.train_worker_resources}),
+        datasets={"train": ds}, dataset_config=ingest_config(),
         run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
                              storage_path=storage.absolute(storage.join(round_dir(run_dir, k), ".ray_train")),
                              failure_config=FailureConfig(max_failures=0)),

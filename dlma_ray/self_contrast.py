@@ -150,8 +150,8 @@ def run_generate(cfg, run_dir: str, k: int) -> tuple[str, int]:
             num_samples=sc.num_samples),
         # A batch of B prompts is B*N requests in one engine call.
         batch_size=max(1, cfg.generation.batch_size // sc.num_samples),
-        concurrency=p.pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine),
-        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine)
+        concurrency=p.pool_size("engines", r.num_engines, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources),
+        num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine, **p.custom_resources(r.engine_resources))
     return out, p.write_table(ds, GENERATION_SCHEMA, out)
 
 

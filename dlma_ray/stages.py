@@ -83,29 +83,37 @@ def without_control_tokens(records: list, tokenizer, source: str) -> list:
 
 
 def fitting_pool_size(requested: int, cpus: float, gpus: float, cluster_cpus: float, cluster_gpus: float,
-                      reserve_cpus: float = 1.0) -> int:
+                      reserve_cpus: float = 1.0, custom: dict | None = None, cluster_custom: dict | None = None) -> int:
     """How many actors of a stage's pool to start: at most ``requested``, and no more than the cluster holds
     while ``reserve_cpus`` stay free for Ray Data's read and write tasks (a pool holding every CPU leaves its
-    own input unread: the stage waits forever). Raises when not even one actor fits."""
+    own input unread: the stage waits forever). ``custom`` are the custom resources one actor needs
+    (`resources.*_resources`), ``cluster_custom`` the cluster's totals. Raises when not even one actor fits."""
     fits = [requested]
+    for name, amount in (custom or {}).items():
+        if amount > 0:
+            fits.append(int((cluster_custom or {}).get(name, 0.0) // amount))
     if cpus > 0:
         fits.append(int((cluster_cpus - reserve_cpus) // cpus))
     if gpus > 0:
         fits.append(int(cluster_gpus // gpus))
     size = min(fits)
     if size < 1:
-        raise RuntimeError(f"an actor needing {cpus:g} CPU and {gpus:g} GPU cannot be placed beside the "
+        extra = "".join(f", {v:g} {name} (cluster: {(cluster_custom or {}).get(name, 0.0):g})"
+                        for name, v in (custom or {}).items())
+        raise RuntimeError(f"an actor needing {cpus:g} CPU and {gpus:g} GPU{extra} cannot be placed beside the "
                            f"{reserve_cpus:g} CPU Ray Data needs for reading and writing: the cluster has "
-                           f"{cluster_cpus:g} CPU and {cluster_gpus:g} GPU; lower resources.cpus_per_* / gpus_per_*")
+                           f"{cluster_cpus:g} CPU and {cluster_gpus:g} GPU; lower resources.cpus_per_* / gpus_per_* "
+                           "or start nodes with the custom resources (`ray start --resources=...`)")
     return size
 
 
-def pool_size(name: str, requested: int, cpus: float, gpus: float) -> int:
+def pool_size(name: str, requested: int, cpus: float, gpus: float, custom: dict | None = None) -> int:
     """``fitting_pool_size`` against the running cluster, said in the log when it shrinks the pool."""
     import ray
 
     total = ray.cluster_resources()
-    size = fitting_pool_size(requested, cpus, gpus, total.get("CPU", 0.0), total.get("GPU", 0.0))
+    size = fitting_pool_size(requested, cpus, gpus, total.get("CPU", 0.0), total.get("GPU", 0.0),
+                             custom=custom, cluster_custom=total)
     if size < requested:
         log.warning("%s: %d actors requested, %d fit beside Ray Data's read/write tasks (cluster: %g CPU, %g GPU)",
                     name, requested, size, total.get("CPU", 0.0), total.get("GPU", 0.0))
@@ -136,8 +144,13 @@ def scorer_stage(ds, cfg: Config, run_dir: str, k: int, mode: str):
             max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
             trust_remote_code=cfg.model.trust_remote_code, torch_threads=r.threads_for(r.cpus_per_scorer)),
         batch_size=max(cfg.scoring.batch_size, 32),
-        concurrency=pool_size("scorers", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer),
-        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+        concurrency=pool_size("scorers", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer, r.scorer_resources),
+        num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, **custom_resources(r.scorer_resources))
+
+
+def custom_resources(needs: dict) -> dict:
+    """Ray remote args for a pool's custom resources (none: no argument, Ray's default)."""
+    return {"resources": dict(needs)} if needs else {}
 
 
 def write_scored(ds, out: str, k: int) -> tuple[int, dict]:

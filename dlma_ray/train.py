@@ -19,6 +19,7 @@ import numpy as np
 from dlma_ray import metrics
 from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
 from dlma_ray.losses import dlma_loss, grouped_dpo_loss, sft_loss
+from dlma_ray.sharding import worker_micro_batches
 
 METRICS_FILE = "train_metrics.jsonl"
 
@@ -162,11 +163,12 @@ def train_loop_per_worker(config: dict) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(t, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard("train")  # the whole ordered table: sharding.worker_micro_batches
+    per_epoch = (total_steps // t["epochs"]) * accum  # this worker's micro-batches of one epoch
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), METRICS_FILE)
     step, micro, window, report = 0, 0, [], {}
     for epoch in range(t["epochs"]):
-        for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
+        for rows in worker_micro_batches(shard, t["micro_batch_size"], rank, world, per_epoch):
             if step >= total_steps:
                 break
             loss, m = batch_loss(engine, tokenizer, rows, t, config["method"], engine.device)

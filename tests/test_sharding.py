@@ -1,0 +1,76 @@
+"""The training order and the split across workers (dlma_ray.sharding), without Ray: every optimizer step must
+hold the same rows for 1 worker with accumulation as for W workers, whatever order the table's rows came in."""
+
+import numpy as np
+import pytest
+
+from dlma_ray.config import ConfigError, load_config
+from dlma_ray.sharding import ORDER_COLUMN, order_keys, worker_micro_batches
+from dlma_ray.stages import fitting_pool_size
+
+
+class ListIterator:
+    """Stands in for a Ray DataIterator over an in-memory table: iter_batches with drop_last."""
+
+    def __init__(self, table: dict):
+        self.table = table
+
+    def iter_batches(self, batch_size, batch_format, drop_last):
+        n = len(next(iter(self.table.values())))
+        for start in range(0, n - batch_size + 1 if drop_last else n, batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.table.items()}
+
+
+def table(n: int, seed: int = 0, perm=None) -> dict:
+    ids = np.array([f"p{i:03d}" for i in range(n)], dtype=object)
+    chosen = np.array([f"yes {i}" for i in range(n)], dtype=object)
+    rows = {"prompt_id": ids, "chosen": chosen, "rejected": np.array([f"no {i}" for i in range(n)], dtype=object)}
+    if perm is not None:
+        rows = {k: v[perm] for k, v in rows.items()}
+    order = np.argsort(order_keys(rows, seed), kind="stable")
+    return {**{k: v[order] for k, v in rows.items()}, ORDER_COLUMN: order_keys(rows, seed)[order]}
+
+
+def steps(rows: dict, micro: int, accum: int, world: int, n_steps: int) -> list[set]:
+    """The prompt ids of each optimizer step, gathered over every rank."""
+    per_rank = [list(worker_micro_batches(ListIterator(rows), micro, r, world, n_steps * accum)) for r in range(world)]
+    return [set().union(*(set(b["prompt_id"]) for r in range(world) for b in per_rank[r][s * accum:(s + 1) * accum]))
+            for s in range(n_steps)]
+
+
+def test_order_depends_on_content_and_seed_only():
+    a = table(20)
+    b = table(20, perm=np.random.default_rng(1).permutation(20))  # the rows written in another order
+    assert list(a["prompt_id"]) == list(b["prompt_id"])
+    assert list(table(20, seed=1)["prompt_id"]) != list(a["prompt_id"])  # the seed shuffles
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_w_workers_take_the_single_workers_steps(world):
+    rows, micro, global_batch = table(37), 2, 8  # 37: the last, incomplete step is dropped everywhere
+    n_steps = (37 // world) // micro // (global_batch // (micro * world))  # pipeline.run_train's count
+    one = steps(rows, micro, global_batch // micro, 1, n_steps)
+    many = steps(rows, micro, global_batch // (micro * world), world, n_steps)
+    assert n_steps == 4 and one == many
+    assert all(len(s) == global_batch for s in one)
+    assert one == [set(rows["prompt_id"][s * 8:(s + 1) * 8]) for s in range(4)]
+
+
+def test_rows_out_of_order_are_refused():
+    rows = table(8)
+    rows[ORDER_COLUMN] = rows[ORDER_COLUMN][::-1].copy()
+    with pytest.raises(RuntimeError, match="out of their seeded order"):
+        list(worker_micro_batches(ListIterator(rows), 2, 0, 2, 4))
+
+
+def test_custom_resources_bound_the_pool():
+    assert fitting_pool_size(4, 0.5, 0, 8, 0, custom={"engine_node": 1}, cluster_custom={"engine_node": 2}) == 2
+    with pytest.raises(RuntimeError, match="engine_node"):
+        fitting_pool_size(1, 0.5, 0, 8, 0, custom={"engine_node": 1}, cluster_custom={})
+
+
+def test_custom_resource_fields():
+    cfg = load_config(None, ["resources.train_worker_resources={train_slot: 1}"])
+    assert cfg.resources.train_worker_resources == {"train_slot": 1.0} and cfg.resources.engine_resources == {}
+    with pytest.raises(ConfigError, match="resources.engine_resources"):
+        load_config(None, ["resources.engine_resources=[a]"])
