@@ -49,10 +49,13 @@ def order_keys(batch: dict, seed: int) -> np.ndarray:
 def seeded_order(ds, seed: int):
     """``ds`` sorted by its rows' seeded content hash (kept as column ``_order``, which the workers check),
     materialized: the same order whatever the block layout."""
-    def add_key(batch: dict) -> dict:
-        return {**batch, ORDER_COLUMN: order_keys(batch, seed)}
+    def add_key(table):  # pyarrow in and out: the list columns keep their Arrow types
+        import pyarrow as pa
 
-    ds = ds.map_batches(add_key, batch_format="numpy").sort(ORDER_COLUMN)
+        cols = {c: table.column(c).to_pylist() for c in KEY_COLUMNS if c in table.column_names}
+        return table.append_column(ORDER_COLUMN, pa.array(order_keys(cols, seed), type=pa.uint64()))
+
+    ds = ds.map_batches(add_key, batch_format="pyarrow").sort(ORDER_COLUMN)
     ds.context.execution_options.preserve_order = True
     return ds.materialize()
 
