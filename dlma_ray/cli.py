@@ -11,6 +11,9 @@ from dlma_ray.config import Config, ConfigError, load_config
 
 
 def setup_environment() -> None:
+    from dlma_ray.nodes import check_working_directory
+
+    check_working_directory()  # before anything imports torch, which dies obscurely without one
     # One thread per process: on small CPU machines, oversubscription costs more than it gives.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")

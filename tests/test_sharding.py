@@ -1,6 +1,11 @@
 """The training order and the split across workers (dlma_ray.sharding), without Ray: every optimizer step must
 hold the same rows for 1 worker with accumulation as for W workers, whatever order the table's rows came in."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +79,26 @@ def test_custom_resource_fields():
     assert cfg.resources.train_worker_resources == {"train_slot": 1.0} and cfg.resources.engine_resources == {}
     with pytest.raises(ConfigError, match="resources.engine_resources"):
         load_config(None, ["resources.engine_resources=[a]"])
+
+
+def test_nodes_sharing_a_session_dir_are_found():
+    from dlma_ray.nodes import shared_session_dirs
+
+    def node(i, host, temp, alive=True):
+        return {"NodeID": f"n{i}", "NodeManagerAddress": host, "Alive": alive,
+                "ObjectStoreSocketName": f"{temp}/session_x/sockets/plasma_store{i}"}
+
+    assert shared_session_dirs([node(1, "10.0.0.1", "/tmp/ray"), node(2, "10.0.0.1", "/tmp/ray"),
+                                node(3, "10.0.0.2", "/tmp/ray"), node(4, "10.0.0.1", "/tmp/rn")]) == \
+        {"/tmp/ray/session_x": ["n1", "n2"]}
+    assert shared_session_dirs([node(1, "h", "/tmp/ray"), node(2, "h", "/tmp/ray", alive=False)]) == {}
+
+
+def test_a_deleted_working_directory_stops_with_the_cause(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = ("import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+            "from dlma_ray.cli import setup_environment; setup_environment()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code, str(gone)], capture_output=True, text=True, env=env, check=False)
+    assert out.returncode == 1 and "working directory was deleted" in out.stderr
