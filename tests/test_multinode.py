@@ -96,9 +96,9 @@ def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
     assert len(labelled) == 1
     actors = listing(cluster, "actors")
     where = {}
-    for a in actors:
-        where.setdefault(a["class_name"], set()).add(a["node_id"])
-    trainers = where.get("RayTrainWorker", set())
+    for a in actors:  # Ray Data's actors are `_MapWorker`s; their repr names the callable class
+        where.setdefault(f"{a.get('class_name')} {a.get('repr_name') or ''}", set()).add(a["node_id"])
+    trainers = set().union(*(v for k, v in where.items() if k.startswith("RayTrainWorker")))
     engines = set().union(*(v for k, v in where.items() if "GenerationEngine" in k))
     scorers = set().union(*(v for k, v in where.items() if "PairScorer" in k))
     assert trainers == set(nodes), f"the two train workers must run one on each node: {where}"
