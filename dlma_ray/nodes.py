@@ -43,13 +43,27 @@ def shared_session_dirs(nodes: list[dict]) -> dict[str, list[str]]:
     return {d: ids for (_, d), ids in groups.items() if len(ids) > 1}
 
 
-def warn_shared_session_dirs() -> None:
-    """Log each session directory that two live Ray nodes on one host share (call after ray.init)."""
+def check_shared_session_dirs(nodes: list[dict], working_dir: str) -> None:
+    """Refuse a job that carries a working_dir on a cluster where two live nodes on one host share a session
+    directory: the second node's runtime-env agent removes and unpacks the package again as soon as a worker
+    of the job starts there, deleting the directory the driver and the first node's workers run in (seen in
+    `runtime_env_setup-*.log`: "Removing .../working_dir_files/_ray_pkg_..."), and they die at `import torch`.
+    Without a working_dir only a warning: nothing of the job lives there."""
+    for directory, ids in shared_session_dirs(nodes).items():
+        msg = (f"{len(ids)} Ray nodes on one host share the session directory {directory} (the later ones were "
+               "started without a --temp-dir of their own), so their runtime-env agents share the job's "
+               "working_dir: the second node's agent deletes and unpacks it again under the running processes, "
+               "which then die at `import torch` with 'Intel oneMKL FATAL ERROR: Cannot load "
+               ".../libtorch_cpu.so' (exit 2). Start each node with its own `ray start --temp-dir=DIR`. Nodes: "
+               + ", ".join(i[:12] for i in ids))
+        if working_dir:
+            raise RuntimeError(msg)
+        log.warning("%s", msg)
+
+
+def check_cluster() -> None:
+    """``check_shared_session_dirs`` on the connected cluster (call after ray.init)."""
     import ray
 
-    for directory, ids in shared_session_dirs(ray.nodes()).items():
-        log.warning("%d Ray nodes on one host share the session directory %s (started without their own "
-                    "--temp-dir): their runtime-env agents share the job's working_dir, and a process whose "
-                    "working directory is removed dies at `import torch` with 'Intel oneMKL FATAL ERROR: Cannot "
-                    "load .../libtorch_cpu.so'. Start each node with `ray start --temp-dir=<its own dir>`. Nodes: %s",
-                    len(ids), directory, ", ".join(i[:12] for i in ids))
+    runtime_env = ray.get_runtime_context().runtime_env
+    check_shared_session_dirs(ray.nodes(), str(runtime_env.get("working_dir") or ""))

@@ -185,9 +185,9 @@ def init_ray(cfg: Config) -> None:
     # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     info = ray.init(address=address)
-    from dlma_ray.nodes import warn_shared_session_dirs
+    from dlma_ray.nodes import check_cluster
 
-    warn_shared_session_dirs()
+    check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
     ray.data.DataContext.get_current().enable_progress_bars = True
     url = getattr(info, "dashboard_url", "") or ""
     url = f"http://{url}" if url and "://" not in url else url or "not running"

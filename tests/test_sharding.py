@@ -82,7 +82,7 @@ def test_custom_resource_fields():
 
 
 def test_nodes_sharing_a_session_dir_are_found():
-    from dlma_ray.nodes import shared_session_dirs
+    from dlma_ray.nodes import check_shared_session_dirs, shared_session_dirs
 
     def node(i, host, temp, alive=True):
         return {"NodeID": f"n{i}", "NodeManagerAddress": host, "Alive": alive,
@@ -92,6 +92,11 @@ def test_nodes_sharing_a_session_dir_are_found():
                                 node(3, "10.0.0.2", "/tmp/ray"), node(4, "10.0.0.1", "/tmp/rn")]) == \
         {"/tmp/ray/session_x": ["n1", "n2"]}
     assert shared_session_dirs([node(1, "h", "/tmp/ray"), node(2, "h", "/tmp/ray", alive=False)]) == {}
+    shared = [node(1, "h", "/tmp/ray"), node(2, "h", "/tmp/ray")]
+    with pytest.raises(RuntimeError, match="--temp-dir"):
+        check_shared_session_dirs(shared, "/tmp/ray/session_x/runtime_resources/working_dir_files/_ray_pkg_1")
+    check_shared_session_dirs(shared, "")  # no working_dir: a warning only
+    check_shared_session_dirs([node(1, "h", "/tmp/rh"), node(2, "h", "/tmp/rn")], "pkg")
 
 
 def test_a_deleted_working_directory_stops_with_the_cause(tmp_path):
