@@ -183,9 +183,11 @@ class ResourcesConfig:
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
     # Custom Ray resources (`ray start --resources='{"engine_node": 1}'`) place the pools by label, with no
     # host names: e.g. {"engine_node": 1} puts each engine on a node that offers that resource.
-    engine_resources: dict[str, float] = _f({}, "custom Ray resources each engine actor needs, e.g. {engine_node: 1}")
-    scorer_resources: dict[str, float] = _f({}, "custom Ray resources each scorer actor needs")
-    train_worker_resources: dict[str, float] = _f({}, "custom Ray resources each train worker needs")
+    # _f gives a mutable default a default_factory (ruff cannot see it: RUF009).
+    engine_resources: dict[str, float] = _f({}, "custom Ray resources each engine actor needs, "  # noqa: RUF009
+                                               "e.g. {engine_node: 1}")
+    scorer_resources: dict[str, float] = _f({}, "custom Ray resources each scorer actor needs")  # noqa: RUF009
+    train_worker_resources: dict[str, float] = _f({}, "custom Ray resources each train worker needs")  # noqa: RUF009
     # Ray Data's read/write tasks need a CPU beside each actor, so an actor cannot reserve every core of a
     # small machine; on one that runs a stage at a time, 2 threads still use both cores.
     torch_threads: int = _f(2, "torch threads per scorer/train worker; 0 = the CPUs it reserves", min=0)
