@@ -55,18 +55,19 @@ def seeded_order(ds, seed: int):
         cols = {c: table.column(c).to_pylist() for c in KEY_COLUMNS if c in table.column_names}
         return table.append_column(ORDER_COLUMN, pa.array(order_keys(cols, seed), type=pa.uint64()))
 
-    ds = ds.map_batches(add_key, batch_format="pyarrow").sort(ORDER_COLUMN)
-    ds.context.execution_options.preserve_order = True
-    return ds.materialize()
+    # The sort's output blocks are its range partitions, in key order; the workers check the order they read.
+    return ds.map_batches(add_key, batch_format="pyarrow").sort(ORDER_COLUMN).materialize()
 
 
 def ingest_config():
     """Ray Train's DataConfig for the ordered table: not split (each worker takes its micro-batches itself),
     read in order."""
+    import copy
+
     from ray.data import DataContext
     from ray.train import DataConfig
 
-    options = DataContext.get_current().execution_options
+    options = copy.deepcopy(DataContext.get_current().execution_options)  # the driver's other stages keep theirs
     options.preserve_order = True
     return DataConfig(datasets_to_split=[], execution_options=options)
 
