@@ -22,7 +22,6 @@ import sys
 import textwrap
 import typing
 
-from dlma_ray import methods
 from dlma_ray.config import Config, ConfigError, load_config
 
 SECTION_DOCS = {
@@ -42,6 +41,9 @@ OVERRIDES_HELP = "dotted overrides, section.key=value (e.g. train.beta=0.2 round
 
 
 def setup_environment() -> None:
+    from dlma_ray.nodes import check_working_directory
+
+    check_working_directory()  # before anything imports torch, which dies obscurely without one
     # One thread per process: on small CPU machines, oversubscription costs more than it gives.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -74,6 +76,8 @@ def _run_dir_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dlma_ray import methods  # late: importing it imports torch (setup_environment comes first)
+
     raw = argparse.RawDescriptionHelpFormatter
     sections = ", ".join(f.name for f in dataclasses.fields(Config))
     parser = argparse.ArgumentParser(
@@ -128,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(parser: argparse.ArgumentParser, path: str | None, overrides: list[str]) -> Config:
+    from dlma_ray import methods  # late: importing it imports torch (setup_environment comes first)
+
     try:
         cfg = load_config(path, overrides)
         methods.check(cfg)  # the method's name and its own settings, before any work
@@ -146,6 +152,8 @@ def _run_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     setup_environment()
+    from dlma_ray import methods  # late: importing it imports torch (setup_environment comes first)
+
     parser = build_parser()
     args = parser.parse_args(argv)
     sub = args.subparser

@@ -195,6 +195,13 @@ class ResourcesConfig:
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
     max_actor_restarts: int = _f(3, "how often Ray restarts a killed engine, scorer or embedding actor (its "
                                  "unfinished batches are redone) before the stage fails", min=0)
+    # Custom Ray resources (`ray start --resources='{"engine_node": 1}'`) place the pools by label, with no
+    # host names: e.g. {"engine_node": 1} puts each engine on a node that offers that resource.
+    # _f gives a mutable default a default_factory (ruff cannot see it: RUF009).
+    engine_resources: dict[str, float] = _f({}, "custom Ray resources each engine actor needs, "  # noqa: RUF009
+                                               "e.g. {engine_node: 1}")
+    scorer_resources: dict[str, float] = _f({}, "custom Ray resources each scorer actor needs")  # noqa: RUF009
+    train_worker_resources: dict[str, float] = _f({}, "custom Ray resources each train worker needs")  # noqa: RUF009
     # Ray Data's read/write tasks need a CPU beside each actor, so an actor cannot reserve every core of a
     # small machine; on one that runs a stage at a time, 2 threads still use both cores.
     torch_threads: int = _f(2, "torch threads per scorer/train worker; 0 = the CPUs it reserves", min=0)
@@ -238,6 +245,12 @@ def _coerce(value: Any, tp: Any, meta: dict, path: str, errors: list[str]) -> An
             return value
         errors.append(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
         return None
+    if typing.get_origin(tp) is dict:  # dict[str, float]: custom Ray resources
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (int, float))
+                                                  and not isinstance(v, bool) and v >= 0 for k, v in value.items()):
+            errors.append(f"{path}: {value!r} is not a mapping of names to non-negative numbers, e.g. {{node2: 1}}")
+            return None
+        return {k: float(v) for k, v in value.items()}
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads `5e-7` (no dot) as a string: accept any text float() accepts.
         try:

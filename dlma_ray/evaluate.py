@@ -124,10 +124,11 @@ def _ref(path: str) -> str:
     return storage.absolute(path) if not path.startswith("builtin:") and os.path.exists(path) else path
 
 
-def _task(fn, num_cpus: float, num_gpus: float):
+def _task(fn, num_cpus: float, num_gpus: float, resources: dict | None = None):
     import ray
 
-    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_calls=1)(fn)
+    return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_calls=1, **({"resources": resources} if resources
+                                                                           else {}))(fn)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -221,8 +222,8 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     round0, policy = _ref(cfg.model.path), _ref(policy_path)
     init_ray(cfg)
     r = cfg.resources
-    gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine)
-    scorer = dict(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer)
+    gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources)
+    scorer = dict(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, resources=r.scorer_resources)
     log.info("evaluating %s: %d held-out prompts, %d human pairs, %d held-out generated pairs, %d neutral texts",
              policy, len(prompts), len(pairs), len(heldout or []), len(neutral))
     answers_ref = gen.remote(policy, prompts, cfg)

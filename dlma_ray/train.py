@@ -19,6 +19,7 @@ import numpy as np
 from dlma_ray import telemetry
 from dlma_ray.interfaces import TrainLoopConfig
 from dlma_ray.layout import TRAIN_METRICS_FILE
+from dlma_ray.sharding import worker_micro_batches
 
 
 def deepspeed_config(t: dict, num_workers: int) -> dict:
@@ -115,7 +116,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(t, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
-    shard = ray.train.get_dataset_shard("train")
+    shard = ray.train.get_dataset_shard("train")  # the whole ordered table: sharding.worker_micro_batches
+    per_epoch = (total_steps // t["epochs"]) * accum  # this worker's micro-batches of one epoch
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), TRAIN_METRICS_FILE)
     step, start_epoch, skip = 0, 0, 0
     if resume:
@@ -123,7 +125,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
     for epoch in range(start_epoch, t["epochs"]):
         micro = 0  # micro-batches read in this epoch
-        for rows in shard.iter_batches(batch_size=t["micro_batch_size"], batch_format="numpy", drop_last=True):
+        for rows in worker_micro_batches(shard, t["micro_batch_size"], rank, world, per_epoch):
             if step >= total_steps:
                 break
             micro += 1

@@ -94,29 +94,37 @@ def without_control_tokens(records: list, tokenizer, source: str) -> list:
 
 
 def fitting_pool_size(requested: int, cpus: float, gpus: float, cluster_cpus: float, cluster_gpus: float,
-                      reserve_cpus: float = 1.0) -> int:
+                      reserve_cpus: float = 1.0, custom: dict | None = None, cluster_custom: dict | None = None) -> int:
     """How many actors of a stage's pool to start: at most ``requested``, and no more than the cluster holds
     while ``reserve_cpus`` stay free for Ray Data's read and write tasks (a pool holding every CPU leaves its
-    own input unread: the stage waits forever). Raises when not even one actor fits."""
+    own input unread: the stage waits forever). ``custom`` are the custom resources one actor needs
+    (`resources.*_resources`), ``cluster_custom`` the cluster's totals. Raises when not even one actor fits."""
     fits = [requested]
+    for name, amount in (custom or {}).items():
+        if amount > 0:
+            fits.append(int((cluster_custom or {}).get(name, 0.0) // amount))
     if cpus > 0:
         fits.append(int((cluster_cpus - reserve_cpus) // cpus))
     if gpus > 0:
         fits.append(int(cluster_gpus // gpus))
     size = min(fits)
     if size < 1:
-        raise RuntimeError(f"an actor needing {cpus:g} CPU and {gpus:g} GPU cannot be placed beside the "
+        extra = "".join(f", {v:g} {name} (cluster: {(cluster_custom or {}).get(name, 0.0):g})"
+                        for name, v in (custom or {}).items())
+        raise RuntimeError(f"an actor needing {cpus:g} CPU and {gpus:g} GPU{extra} cannot be placed beside the "
                            f"{reserve_cpus:g} CPU Ray Data needs for reading and writing: the cluster has "
-                           f"{cluster_cpus:g} CPU and {cluster_gpus:g} GPU; lower resources.cpus_per_* / gpus_per_*")
+                           f"{cluster_cpus:g} CPU and {cluster_gpus:g} GPU; lower resources.cpus_per_* / gpus_per_* "
+                           "or start nodes with the custom resources (`ray start --resources=...`)")
     return size
 
 
-def pool_size(name: str, requested: int, cpus: float, gpus: float) -> int:
+def pool_size(name: str, requested: int, cpus: float, gpus: float, custom: dict | None = None) -> int:
     """``fitting_pool_size`` against the running cluster, said in the log when it shrinks the pool."""
     import ray
 
     total = ray.cluster_resources()
-    size = fitting_pool_size(requested, cpus, gpus, total.get("CPU", 0.0), total.get("GPU", 0.0))
+    size = fitting_pool_size(requested, cpus, gpus, total.get("CPU", 0.0), total.get("GPU", 0.0),
+                             custom=custom, cluster_custom=total)
     if size < requested:
         log.warning("%s: %d actors requested, %d fit beside Ray Data's read/write tasks (cluster: %g CPU, %g GPU)",
                     name, requested, size, total.get("CPU", 0.0), total.get("GPU", 0.0))
@@ -145,6 +153,7 @@ class ActorPool:
     gpus: float = 0.0
     batch_size: int = 32
     max_restarts: int = 3  # a killed actor is restarted this often and its unfinished batches redone
+    resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources (placement by label)
 
 
 def map_actors(ds, pool: ActorPool):
@@ -152,9 +161,14 @@ def map_actors(ds, pool: ActorPool):
     process or its node gone) is restarted by Ray and its batches are retried, up to ``max_restarts`` times,
     so a crash that repeats fails the stage instead of looping."""
     return ds.map_batches(pool.cls, fn_constructor_kwargs=dict(pool.kwargs), batch_size=pool.batch_size,
-                          concurrency=pool_size(pool.name, pool.size, pool.cpus, pool.gpus),
+                          concurrency=pool_size(pool.name, pool.size, pool.cpus, pool.gpus, dict(pool.resources)),
                           num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=pool.max_restarts,
-                          max_task_retries=pool.max_restarts)
+                          max_task_retries=pool.max_restarts, **custom_resources(pool.resources))
+
+
+def custom_resources(needs: Mapping[str, float]) -> dict:
+    """Ray remote args for custom resources (none: no argument, Ray's default)."""
+    return {"resources": dict(needs)} if needs else {}
 
 
 def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) -> ActorPool:
@@ -165,7 +179,7 @@ def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) 
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
                   **extra)
     return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,
-                     batch_size or cfg.generation.batch_size, res.max_actor_restarts)
+                     batch_size or cfg.generation.batch_size, res.max_actor_restarts, res.engine_resources)
 
 
 def scorer_pool(r: Round, mode: str) -> ActorPool:
@@ -178,7 +192,7 @@ def scorer_pool(r: Round, mode: str) -> ActorPool:
                   max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_scorer))
     return ActorPool("scorers", PairScorer, kwargs, res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
-                     max(cfg.scoring.batch_size, 32), res.max_actor_restarts)
+                     max(cfg.scoring.batch_size, 32), res.max_actor_restarts, res.scorer_resources)
 
 
 def write_scored(ds, r: Round) -> StageResult:
@@ -214,6 +228,9 @@ def init_ray(cfg: Config) -> None:
     # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     info = ray.init(address=address)
+    from dlma_ray.nodes import check_cluster
+
+    check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
     ray.data.DataContext.get_current().enable_progress_bars = True
     url = getattr(info, "dashboard_url", "") or ""
     url = f"http://{url}" if url and "://" not in url else url or "not running"

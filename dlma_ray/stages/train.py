@@ -34,13 +34,16 @@ def fit(r: Round, method: Trainable) -> StageResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from dlma_ray.sharding import ingest_config, seeded_order
     from dlma_ray.train import train_loop_per_worker
 
     t, res = r.cfg.train, r.cfg.resources
     ds = ray.data.read_parquet(r.paths.pairs).filter(lambda row: row["split"] == "train")
     # Rows are regrouped (if the method does) BEFORE the shuffle and the shard split, so a group can only
     # ever land in one micro-batch on one worker.
-    ds = method.training_rows(ds).random_shuffle(seed=t.seed + r.k).materialize()
+    # A seeded order that depends only on the rows' content: the same optimizer steps for any number of
+    # workers and any order the score stage wrote the rows in (dlma_ray.sharding).
+    ds = seeded_order(method.training_rows(ds), t.seed + r.k)
     n_train = ds.count()
     total_steps = optimizer_steps(n_train, t.micro_batch_size, t.global_batch_size, res.num_train_workers, t.epochs)
     if total_steps < 1:
@@ -56,8 +59,9 @@ def fit(r: Round, method: Trainable) -> StageResult:
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=res.use_gpu_for_training,
-                                     resources_per_worker={"CPU": res.cpus_per_train_worker}),
-        datasets={"train": ds},
+                                     resources_per_worker={"CPU": res.cpus_per_train_worker,
+                                                           **res.train_worker_resources}),
+        datasets={"train": ds}, dataset_config=ingest_config(),
         # A fixed name: a resubmitted job finds this round's latest checkpoint under it and resumes from it.
         run_config=RunConfig(name="train", storage_path=storage.absolute(scratch),
                              failure_config=FailureConfig(max_failures=t.max_failures),
