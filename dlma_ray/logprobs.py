@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dlma_ray.packing import score_packed
+
 
 @dataclass
 class TokenizedPairs:
@@ -157,10 +159,22 @@ def sequence_logprobs(model, batch: TokenizedPairs) -> torch.Tensor:
     return summed_response_logprobs(forward_logits(model, batch), batch)
 
 
+PACK_TOKENS = 512  # tree tokens per packed row (dlma_ray.packing); 0 = one padded sequence per batch row
+
+
 @torch.no_grad()
 def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, batch_size: int = 8,
-                  padding_side: str = "right") -> list[float]:
-    """Summed response log-probs of encoded (context ids, response ids), in batches sorted by length."""
+                  padding_side: str = "right", pack_tokens: int | None = None) -> list[float]:
+    """Summed response log-probs of encoded (context ids, response ids).
+
+    By default the sequences are packed as prefix trees (``dlma_ray.packing``: a shared prefix such as a
+    context scored with two responses is computed once, and logits are taken only where a response token
+    is predicted), rows of ``pack_tokens`` tokens, ``batch_size`` rows per forward. ``pack_tokens=0``:
+    one sequence per batch row, ``batch_size`` rows sorted by length and padded (the training layout).
+    """
+    pack_tokens = PACK_TOKENS if pack_tokens is None else pack_tokens
+    if pack_tokens > 0:
+        return score_packed(model, encoded, pad, pack_tokens, batch_size, padding_side)
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     out = [0.0] * len(encoded)
@@ -173,16 +187,18 @@ def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, b
 
 
 def score_texts(model, tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
-                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None) -> list[float]:
+                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None,
+                pack_tokens: int | None = None) -> list[float]:
     """Summed response log-probs of response texts (each followed by ``end_of_turn``) after their contexts."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
     encoded = [encode_pair(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
-    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side, pack_tokens)
 
 
 def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]], batch_size: int = 8,
-              padding_side: str = "right", max_length: int | None = None) -> list[float]:
+              padding_side: str = "right", max_length: int | None = None,
+              pack_tokens: int | None = None) -> list[float]:
     """Summed log-probs of response token ids (see ``response_ids``) after their context texts."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
@@ -193,4 +209,4 @@ def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]],
             cache[c] = text_ids(tokenizer, c)
         check_fits(len(cache[c]), len(r), max_length)
         encoded.append((cache[c], list(r)))
-    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side, pack_tokens)
