@@ -35,6 +35,7 @@ def six_sequences(tokenizer, chats, answers):
 def test_row_layout_by_hand():
     seqs = [[1, 2, 3], [1, 2, 4, 5], [1, 7]]
     lay = row_layout(seqs, first_scored=[2, 2, 1])
+    assert lay.segments == [(0, 3, []), (3, 5, [0, 1]), (5, 6, [0])]
     assert lay.ids == [1, 2, 3, 4, 5, 7]  # [1, 2] once, then what each sequence adds
     assert lay.positions == [0, 1, 2, 2, 3, 1]
     assert lay.allowed[4].nonzero().flatten().tolist() == [0, 1, 3, 4]  # token 5 sees 1, 2, 4 and itself
@@ -50,9 +51,10 @@ def test_pack_rows_keeps_neighbours_and_the_budget():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and sorted(i for r in rows for i in r) == list(range(5))
 
 
+@pytest.mark.parametrize("tree", [True, False])
 @pytest.mark.parametrize("budget,rows_per_batch,padding_side",
                          [(1, 1, "right"), (64, 1, "right"), (64, 3, "left"), (200, 2, "right"), (10_000, 1, "left")])
-def test_packed_equals_unbatched(tiny_model, tokenizer, budget, rows_per_batch, padding_side):
+def test_packed_equals_unbatched(tiny_model, tokenizer, budget, rows_per_batch, padding_side, tree):
     chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
     contexts, responses = six_sequences(tokenizer, chats, ANSWERS)
     contexts.append(contexts[0])  # a duplicate sequence and one that is a prefix of another
@@ -60,7 +62,7 @@ def test_packed_equals_unbatched(tiny_model, tokenizer, budget, rows_per_batch, 
     contexts.append(contexts[0])
     responses.append(responses[0][:2])
     encoded = [(tokenizer(c, add_special_tokens=False)["input_ids"], r) for c, r in zip(contexts, responses)]
-    got = score_packed(tiny_model, encoded, pad_id(tokenizer), budget, rows_per_batch, padding_side)
+    got = score_packed(tiny_model, encoded, pad_id(tokenizer), budget, rows_per_batch, padding_side, tree)
     want = [direct_logprob(tiny_model, tokenizer, c, r) for c, r in zip(contexts, responses)]
     assert got == pytest.approx(want, abs=1e-4)
 
@@ -90,6 +92,7 @@ def test_packed_matches_naive_forward_on_smollm2(smol_dir, tokenizer):
     for padding_side in ("right", "left"):
         got = score_ids(model, tokenizer, contexts, responses, batch_size=8, padding_side=padding_side)
         assert got == pytest.approx(naive, abs=1e-3)
-        rows = score_packed(model, [(tokenizer(c, add_special_tokens=False)["input_ids"], r)
-                                    for c, r in zip(contexts, responses)], pad_id(tokenizer), 128, 3, padding_side)
-        assert rows == pytest.approx(naive, abs=1e-3)
+        encoded = [(tokenizer(c, add_special_tokens=False)["input_ids"], r) for c, r in zip(contexts, responses)]
+        for tree in (True, False):  # attention per segment, or a dense mask over rows of 128 tokens
+            rows = score_packed(model, encoded, pad_id(tokenizer), 128, 3, padding_side, tree)
+            assert rows == pytest.approx(naive, abs=1e-3)
