@@ -5,11 +5,11 @@ The workload is the score stage's: for every (prompt, chosen, rejected) pair, si
 y- under the positive, the negative and the plain context, each response followed by end-of-turn.
 The naive baseline forwards each sequence alone (batch of one, no padding). Against it, in the same run
 (interleaved): the packed path the score stage uses (`dlma_ray.packing`: shared prefixes computed once,
-logits only where a response token is predicted; rows of --pack-tokens tokens, --rows rows per forward)
+logits only where a response token is predicted; one row of --pack-tokens tokens per forward)
 and the padded path (`pack_tokens=0`: one sequence per row, --batch-sizes rows, length-sorted). All give
 summed response log-probs; the max abs difference to the naive loop is printed as a correctness check.
 
-    python bench/bench_score.py [--pairs 12] [--pack-tokens 256,512] [--rows 1] [--batch-sizes 8]
+    python bench/bench_score.py [--pairs 12] [--pack-tokens 512,2048] [--batch-sizes 8]
                                 [--repeats 3] [--data FILE.jsonl.gz]
 """
 
@@ -48,8 +48,7 @@ def naive_scores(model, tokenizer, contexts, responses, max_length):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=12)
-    ap.add_argument("--pack-tokens", default="256,512", help="packed rows: tree tokens per row")
-    ap.add_argument("--rows", default="1", help="packed rows per forward")
+    ap.add_argument("--pack-tokens", default="512,2048", help="packed path: tree tokens per row (= per forward)")
     ap.add_argument("--batch-sizes", default="8", help="padded path: sequences per forward")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None, help="preference pairs file (default: the shipped demo pairs)")
@@ -76,9 +75,8 @@ def main() -> None:
     methods = {("naive loop (1 sequence, no padding)", 1): lambda: naive_scores(model, tok, contexts, responses,
                                                                                max_length)}
     for pack in [int(p) for p in args.pack_tokens.split(",")]:
-        for rows in [int(r) for r in args.rows.split(",")]:
-            methods[f"score_texts packed, rows of {pack} tokens", rows] = lambda p=pack, r=rows: score_texts(
-                model, tok, contexts, responses, "", batch_size=r, max_length=max_length, pack_tokens=p)
+        methods[f"score_texts packed, rows of {pack} tokens", 1] = lambda p=pack: score_texts(
+            model, tok, contexts, responses, "", max_length=max_length, pack_tokens=p)
     for bs in [int(b) for b in args.batch_sizes.split(",") if b]:
         methods["score_texts padded (length-sorted)", bs] = lambda bs=bs: score_texts(
             model, tok, contexts, responses, "", batch_size=bs, max_length=max_length, pack_tokens=0)

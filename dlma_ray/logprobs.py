@@ -159,7 +159,7 @@ def sequence_logprobs(model, batch: TokenizedPairs) -> torch.Tensor:
     return summed_response_logprobs(forward_logits(model, batch), batch)
 
 
-PACK_TOKENS = 512  # tree tokens per packed row (dlma_ray.packing); 0 = one padded sequence per batch row
+PACK_TOKENS = 2048  # tree tokens per packed row (dlma_ray.packing), one row per forward; 0 = padded sequences
 
 
 @torch.no_grad()
@@ -169,12 +169,13 @@ def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, b
 
     By default the sequences are packed as prefix trees (``dlma_ray.packing``: a shared prefix such as a
     context scored with two responses is computed once, and logits are taken only where a response token
-    is predicted), rows of ``pack_tokens`` tokens, ``batch_size`` rows per forward. ``pack_tokens=0``:
-    one sequence per batch row, ``batch_size`` rows sorted by length and padded (the training layout).
+    is predicted), one row of about ``pack_tokens`` tokens per forward (measured fastest on CPU: bench/RESULTS.md;
+    ``batch_size`` is then unused). ``pack_tokens=0``: ``batch_size`` sequences per forward, sorted by length and
+    padded (the training layout).
     """
     pack_tokens = PACK_TOKENS if pack_tokens is None else pack_tokens
     if pack_tokens > 0:
-        return score_packed(model, encoded, pad, pack_tokens, batch_size, padding_side)
+        return score_packed(model, encoded, pad, pack_tokens, 1, padding_side)
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     out = [0.0] * len(encoded)
