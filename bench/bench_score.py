@@ -1,11 +1,16 @@
-"""Scoring: `dlma_ray.logprobs.score_texts` (length-sorted, padded batches) vs one sequence at a time.
+"""Scoring: `dlma_ray.logprobs.score_texts` (prefix-tree packing; length-sorted padded batches) vs one
+sequence at a time.
 
 The workload is the score stage's: for every (prompt, chosen, rejected) pair, six sequences -- y+ and
 y- under the positive, the negative and the plain context, each response followed by end-of-turn.
-The naive baseline forwards each sequence alone (batch of one, no padding). Both give summed
-response log-probs; the max abs difference between them is printed as a correctness check.
+The naive baseline forwards each sequence alone (batch of one, no padding). Against it, in the same run
+(interleaved): the packed path the score stage uses (`dlma_ray.packing`: shared prefixes computed once,
+logits only where a response token is predicted; one row of --pack-tokens tokens per forward)
+and the padded path (`pack_tokens=0`: one sequence per row, --batch-sizes rows, length-sorted). All give
+summed response log-probs; the max abs difference to the naive loop is printed as a correctness check.
 
-    python bench/bench_score.py [--pairs 12] [--batch-sizes 8,32] [--repeats 3] [--data FILE.jsonl.gz]
+    python bench/bench_score.py [--pairs 12] [--pack-tokens 512,2048] [--batch-sizes 8]
+                                [--repeats 3] [--data FILE.jsonl.gz]
 """
 
 import argparse
@@ -29,12 +34,12 @@ def build_sequences(tokenizer, pairs):
 def naive_scores(model, tokenizer, contexts, responses, max_length):
     import torch
 
-    from dlma_ray.logprobs import collate, encode_pair, sequence_logprobs
+    from dlma_ray.logprobs import collate, encode_text_response, sequence_logprobs
 
     out = []
     with torch.no_grad():
         for c, r in zip(contexts, responses):
-            batch = collate([encode_pair(tokenizer, c, r, "", max_length)], tokenizer.pad_token_id or 0)
+            batch = collate([encode_text_response(tokenizer, c, r, "", max_length)], tokenizer.pad_token_id or 0)
             batch = batch.to(model.device)
             out.append(sequence_logprobs(model, batch).item())
     return out
@@ -43,7 +48,8 @@ def naive_scores(model, tokenizer, contexts, responses, max_length):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=12)
-    ap.add_argument("--batch-sizes", default="8,32")
+    ap.add_argument("--pack-tokens", default="512,2048", help="packed path: tree tokens per row (= per forward)")
+    ap.add_argument("--batch-sizes", default="8", help="padded path: sequences per forward")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None, help="preference pairs file (default: the shipped demo pairs)")
     args = ap.parse_args()
@@ -53,7 +59,7 @@ def main() -> None:
     from dlma_ray.logprobs import score_texts
     from dlma_ray.models import load_causal_lm, load_tokenizer
 
-    common.header("bench_score: batched score_texts vs one sequence at a time")
+    common.header("bench_score: score_texts (packed; padded) vs one sequence at a time")
     tok = load_tokenizer(common.model_dir())
     model = load_causal_lm(common.model_dir(), "float32").to(common.device())
     max_length = common.bench_config().train.max_length
@@ -65,23 +71,28 @@ def main() -> None:
 
     naive_scores(model, tok, contexts[:8], responses[:8], max_length)  # warm-up
     score_texts(model, tok, contexts[:8], responses[:8], "", batch_size=8, max_length=max_length)
-    methods = {"naive": lambda: naive_scores(model, tok, contexts, responses, max_length)}
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        methods[bs] = lambda bs=bs: score_texts(model, tok, contexts, responses, "", batch_size=bs,
-                                                max_length=max_length)
+    score_texts(model, tok, contexts[:8], responses[:8], "", batch_size=8, max_length=max_length, pack_tokens=0)
+    methods = {("naive loop (1 sequence, no padding)", 1): lambda: naive_scores(model, tok, contexts, responses,
+                                                                               max_length)}
+    for pack in [int(p) for p in args.pack_tokens.split(",")]:
+        methods[f"score_texts packed, rows of {pack} tokens", 1] = lambda p=pack: score_texts(
+            model, tok, contexts, responses, "", max_length=max_length, pack_tokens=p)
+    for bs in [int(b) for b in args.batch_sizes.split(",") if b]:
+        methods["score_texts padded (length-sorted)", bs] = lambda bs=bs: score_texts(
+            model, tok, contexts, responses, "", batch_size=bs, max_length=max_length, pack_tokens=0)
     wall, cpu, out = common.interleaved(methods, args.repeats)
     med = {m: statistics.median(t) for m, t in wall.items()}
-    naive = torch.tensor(out["naive"][-1], dtype=torch.float64)
+    naive_key = next(iter(methods))
+    naive = torch.tensor(out[naive_key][-1], dtype=torch.float64)
     rows = []
     for m in methods:
         diff = float((torch.tensor(out[m][-1], dtype=torch.float64) - naive).abs().max())
-        name = "naive loop (1 sequence, no padding)" if m == "naive" else "score_texts (length-sorted, padded)"
-        rows.append([name, 1 if m == "naive" else m, med[m], common.runs(wall[m]), statistics.median(cpu[m]),
-                     n_tokens / med[m], med["naive"] / med[m], diff])
-    common.say(f"median of {args.repeats} interleaved runs; speed-up = naive wall s / wall s; "
-               "CPU s = process CPU time (all threads)")
-    common.table(["method", "batch", "wall s", "all runs", "CPU s", "tokens/s", "speed-up vs naive",
-                  "max abs diff (nats)"], rows)
+        rows.append([m[0], m[1], med[m], common.runs(wall[m]), statistics.median(cpu[m]), n_tokens / med[m],
+                     med[naive_key] / med[m], statistics.median(cpu[naive_key]) / statistics.median(cpu[m]), diff])
+    common.say(f"median of {args.repeats} interleaved runs; speed-up = naive s / s; CPU s = process CPU time "
+               "(all threads); batch = rows per forward; tokens/s counts every sequence's tokens")
+    common.table(["method", "batch", "wall s", "all runs", "CPU s", "tokens/s", "speed-up vs naive (wall)",
+                  "speed-up vs naive (CPU)", "max abs diff (nats)"], rows)
     common.footer()
 
 

@@ -87,7 +87,10 @@ class GenerationConfig:
 
 @dataclass
 class ScoringConfig:
-    batch_size: int = _f(8, "sequences per forward pass in a scorer actor", min=1)
+    batch_size: int = _f(8, "sequences per forward pass in a scorer actor when pack_tokens=0", min=1)
+    pack_tokens: int = _f(2048, "tokens per forward pass in a scorer actor: sequences sharing a prefix (a context "
+                          "scored with y+ and y-) are packed as a prefix tree in one row, the prefix computed once; "
+                          "0 = batch_size padded sequences", min=0)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "scorer dtype (bf16 on GPU)")
     padding_side: Literal["right", "left"] = _f("right", "where the scorer pads a batch (results do not depend on it)")
     unfinished: Literal["keep", "drop"] = _f(

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dlma_ray.packing import score_packed
+
 
 @dataclass
-class TokenizedPairs:
+class TokenizedResponses:
     """A padded batch. ``response_mask[b, t]`` is 1 where token t of sequence b is a response token."""
 
     input_ids: torch.Tensor  # [B, T] long
@@ -29,8 +31,8 @@ class TokenizedPairs:
     context_lengths: list[int]
     response_lengths: list[int]  # response tokens counted, end-of-turn included when the response finished
 
-    def to(self, device) -> "TokenizedPairs":
-        return TokenizedPairs(self.input_ids.to(device), self.attention_mask.to(device),
+    def to(self, device) -> "TokenizedResponses":
+        return TokenizedResponses(self.input_ids.to(device), self.attention_mask.to(device),
                               self.response_mask.to(device), self.context_lengths, self.response_lengths)
 
 
@@ -80,7 +82,7 @@ def encode_response(tokenizer, context: str, ids: list[int], max_length: int | N
     return ctx, list(ids)
 
 
-def encode_pair(tokenizer, context: str, response: str, end_of_turn: str,
+def encode_text_response(tokenizer, context: str, response: str, end_of_turn: str,
                 max_length: int | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the context and of a response text followed by the end-of-turn text."""
     return encode_response(tokenizer, context, text_ids(tokenizer, response + end_of_turn), max_length)
@@ -90,7 +92,7 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> TokenizedPairs:
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, padding_side: str = "right") -> TokenizedResponses:
     """Pad encoded (context ids, response ids) pairs into one batch."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side {padding_side!r}: expected 'left' or 'right'")
@@ -108,7 +110,7 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, padding_sid
             ids.append([pad_id] * pad + seq)
             attn.append([0] * pad + [1] * len(seq))
             resp_mask.append([0] * pad + mask)
-    return TokenizedPairs(
+    return TokenizedResponses(
         input_ids=torch.tensor(ids, dtype=torch.long),
         attention_mask=torch.tensor(attn, dtype=torch.long),
         response_mask=torch.tensor(resp_mask, dtype=torch.bool),
@@ -117,11 +119,11 @@ def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, padding_sid
     )
 
 
-def tokenize_pairs(tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
-                   padding_side: str = "right", max_length: int | None = None) -> TokenizedPairs:
+def tokenize_responses(tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
+                   padding_side: str = "right", max_length: int | None = None) -> TokenizedResponses:
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
-    encoded = [encode_pair(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
+    encoded = [encode_text_response(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
     return collate(encoded, pad_id(tokenizer), padding_side)
 
 
@@ -131,7 +133,7 @@ def gather_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
 
 
-def summed_response_logprobs(logits: torch.Tensor, batch: TokenizedPairs) -> torch.Tensor:
+def summed_response_logprobs(logits: torch.Tensor, batch: TokenizedResponses) -> torch.Tensor:
     """Sum of log p(response token | everything before it), per sequence: [B]."""
     # logits at position t predict token t+1.
     token_logp = gather_token_logprobs(logits[:, :-1], batch.input_ids[:, 1:])
@@ -143,7 +145,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def forward_logits(model, batch: TokenizedPairs) -> torch.Tensor:
+def forward_logits(model, batch: TokenizedResponses) -> torch.Tensor:
     return model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
@@ -152,15 +154,28 @@ def forward_logits(model, batch: TokenizedPairs) -> torch.Tensor:
     ).logits
 
 
-def sequence_logprobs(model, batch: TokenizedPairs) -> torch.Tensor:
+def sequence_logprobs(model, batch: TokenizedResponses) -> torch.Tensor:
     """Summed response log-probs of a padded batch under ``model`` (keeps the graph for training)."""
     return summed_response_logprobs(forward_logits(model, batch), batch)
 
 
+PACK_TOKENS = 2048  # tree tokens per packed row (dlma_ray.packing), one row per forward; 0 = padded sequences
+
+
 @torch.no_grad()
 def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, batch_size: int = 8,
-                  padding_side: str = "right") -> list[float]:
-    """Summed response log-probs of encoded (context ids, response ids), in batches sorted by length."""
+                  padding_side: str = "right", pack_tokens: int | None = None) -> list[float]:
+    """Summed response log-probs of encoded (context ids, response ids).
+
+    By default the sequences are packed as prefix trees (``dlma_ray.packing``: a shared prefix such as a
+    context scored with two responses is computed once, and logits are taken only where a response token
+    is predicted), one row of about ``pack_tokens`` tokens per forward (measured fastest on CPU: bench/RESULTS.md;
+    ``batch_size`` is then unused). ``pack_tokens=0``: ``batch_size`` sequences per forward, sorted by length and
+    padded (the training layout).
+    """
+    pack_tokens = PACK_TOKENS if pack_tokens is None else pack_tokens
+    if pack_tokens > 0:
+        return score_packed(model, encoded, pad, pack_tokens, 1, padding_side)
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]) + len(encoded[i][1]))
     out = [0.0] * len(encoded)
@@ -173,16 +188,18 @@ def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, b
 
 
 def score_texts(model, tokenizer, contexts: list[str], responses: list[str], end_of_turn: str,
-                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None) -> list[float]:
+                batch_size: int = 8, padding_side: str = "right", max_length: int | None = None,
+                pack_tokens: int | None = None) -> list[float]:
     """Summed response log-probs of response texts (each followed by ``end_of_turn``) after their contexts."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
-    encoded = [encode_pair(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
-    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+    encoded = [encode_text_response(tokenizer, c, r, end_of_turn, max_length) for c, r in zip(contexts, responses)]
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side, pack_tokens)
 
 
 def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]], batch_size: int = 8,
-              padding_side: str = "right", max_length: int | None = None) -> list[float]:
+              padding_side: str = "right", max_length: int | None = None,
+              pack_tokens: int | None = None) -> list[float]:
     """Summed log-probs of response token ids (see ``response_ids``) after their context texts."""
     if len(contexts) != len(responses):
         raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
@@ -193,7 +210,7 @@ def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]],
             cache[c] = text_ids(tokenizer, c)
         check_fits(len(cache[c]), len(r), max_length)
         encoded.append((cache[c], list(r)))
-    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side)
+    return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side, pack_tokens)
 
 
 # ---------------------------------------------------------------- answers (perplexity)
@@ -214,7 +231,7 @@ def answer_nll(model, tokenizer, contexts: list[str], answers: list[str], batch_
     nll, count = [0.0] * len(answers), [0] * len(answers)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = tokenize_pairs(tokenizer, [contexts[i] for i in idx], [answers[i] for i in idx], "",
+        batch = tokenize_responses(tokenizer, [contexts[i] for i in idx], [answers[i] for i in idx], "",
                                max_length=max_length).to(device)
         s, c = answer_nll_from_logits(forward_logits(model, batch), batch)
         for i, a, b in zip(idx, s.tolist(), c.tolist()):

@@ -69,7 +69,8 @@ class PairScorer:
 
     def __init__(self, policy_path: str, reference_path: str, dtype: str = "float32", batch_size: int = 8,
                  padding_side: str = "right", max_length: int | None = None, mode: str = "contrastive",
-                 unfinished: str = "keep", trust_remote_code: bool = False, torch_threads: int = 1):
+                 unfinished: str = "keep", trust_remote_code: bool = False, torch_threads: int = 1,
+                 pack_tokens: int | None = None):
         import torch
 
         from dlma_ray.models import load_causal_lm, load_tokenizer
@@ -84,7 +85,8 @@ class PairScorer:
             self.policy = load_causal_lm(policy_path, dtype, trust_remote_code).to(device)
             self.reference = self.policy if reference_path == policy_path else \
                 load_causal_lm(reference_path, dtype, trust_remote_code).to(device)
-        self.opts = dict(batch_size=batch_size, padding_side=padding_side, max_length=max_length)
+        self.opts = dict(batch_size=batch_size, padding_side=padding_side, max_length=max_length,
+                         pack_tokens=pack_tokens)  # None: logprobs.PACK_TOKENS
         self.mode, self.unfinished, self.max_length = mode, unfinished, max_length
 
     def _score(self, model, contexts, responses) -> np.ndarray:

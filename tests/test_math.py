@@ -7,7 +7,7 @@ import torch
 
 from dlma_ray.logprobs import (
     ResponseTooLong, response_ids, score_ids, score_texts, sequence_logprobs, side_ids, summed_response_logprobs,
-    tokenize_pairs,
+    tokenize_responses,
 )
 from dlma_ray.losses import dlma_loss, self_reward, sft_loss
 from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
@@ -40,7 +40,7 @@ def renderer(tokenizer):
 def test_batched_equals_unbatched(tiny_model, tokenizer, renderer, padding_side):
     contexts = [renderer.positive([{"role": "user", "content": q}]) for q, _ in CONTEXTS_AND_RESPONSES]
     responses = [r for _, r in CONTEXTS_AND_RESPONSES]
-    batch = tokenize_pairs(tokenizer, contexts, responses, renderer.end_of_turn, padding_side=padding_side)
+    batch = tokenize_responses(tokenizer, contexts, responses, renderer.end_of_turn, padding_side=padding_side)
     assert len(set(map(sum, zip(batch.context_lengths, batch.response_lengths)))) > 1, "lengths must be mixed"
     with torch.no_grad():
         batched = sequence_logprobs(tiny_model, batch)
@@ -59,7 +59,7 @@ def test_score_texts_order_and_batch_size_do_not_matter(tiny_model, tokenizer, r
 
 
 def test_response_mask_covers_response_and_end_of_turn(tokenizer, renderer):
-    batch = tokenize_pairs(tokenizer, ["abc"], ["hello"], renderer.end_of_turn)
+    batch = tokenize_responses(tokenizer, ["abc"], ["hello"], renderer.end_of_turn)
     masked = batch.input_ids[0][batch.response_mask[0]].tolist()
     assert tokenizer.decode(masked) == "hello" + renderer.end_of_turn
     assert renderer.end_of_turn == "<|im_end|>"
@@ -68,10 +68,10 @@ def test_response_mask_covers_response_and_end_of_turn(tokenizer, renderer):
 def test_too_long_raises_instead_of_cutting_one_side(tokenizer):
     """Cutting y+ and y- to different lengths would bias h: past max_length the pair is refused (and the
     stages drop it, counted)."""
-    batch = tokenize_pairs(tokenizer, ["one two three"], ["four five"], "", max_length=5)
+    batch = tokenize_responses(tokenizer, ["one two three"], ["four five"], "", max_length=5)
     assert batch.context_lengths == [3] and batch.response_lengths == [2]
     with pytest.raises(ResponseTooLong):
-        tokenize_pairs(tokenizer, ["one two three"], ["four five six seven eight"], "", max_length=5)
+        tokenize_responses(tokenizer, ["one two three"], ["four five six seven eight"], "", max_length=5)
 
 
 def test_response_ids_end_of_turn_only_when_finished(tokenizer):

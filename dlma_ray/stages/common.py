@@ -190,7 +190,8 @@ def scorer_pool(r: Round, mode: str) -> ActorPool:
     kwargs = dict(policy_path=r.policy, reference_path=r.reference, dtype=cfg.scoring.dtype,
                   batch_size=cfg.scoring.batch_size, padding_side=cfg.scoring.padding_side,
                   max_length=cfg.train.max_length, mode=mode, unfinished=cfg.scoring.unfinished,
-                  trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_scorer))
+                  pack_tokens=cfg.scoring.pack_tokens, trust_remote_code=cfg.model.trust_remote_code,
+                  torch_threads=res.threads_for(res.cpus_per_scorer))
     return ActorPool("scorers", PairScorer, kwargs, res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer,
                      max(cfg.scoring.batch_size, 32), res.max_actor_restarts, res.scorer_resources)
 

@@ -1,0 +1,98 @@
+"""Prefix-tree packing (`dlma_ray.packing`) against one unpadded forward per sequence.
+
+Fast cases use the tiny model; the slow one loads the real SmolLM2 and checks the score stage's
+workload (six sequences per pair, finished and unfinished responses) to 1e-3 nats.
+"""
+
+import pytest
+import torch
+
+from conftest import direct_logprob, eot_ids
+from dlma_ray.logprobs import pad_id, score_encoded, score_ids
+from dlma_ray.packing import common_prefix, pack_rows, row_layout, score_packed
+from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+
+QUESTIONS = ["How do I boil an egg?", "Hi", "Tell me a long story about a dragon who cooks soup.", "What's 2+2?"]
+ANSWERS = ["Put it in boiling water for about nine minutes.", "Hello!", "Once upon a time a dragon made soup.",
+           "4"]
+
+
+def six_sequences(tokenizer, chats, answers):
+    """The score stage's sequences: y+ and y- (finished: end-of-turn appended; unfinished: cut, none)
+    after the positive, negative and plain context of every prompt."""
+    r = ContrastiveRenderer(tokenizer, BUILTIN_PAIRS["concise"])
+    eot = eot_ids(tokenizer, r.end_of_turn)
+    contexts, responses = [], []
+    for k, chat in enumerate(chats):
+        good = tokenizer(answers[k], add_special_tokens=False)["input_ids"] + eot  # finished
+        bad = tokenizer(answers[(k + 1) % len(answers)], add_special_tokens=False)["input_ids"][:5]  # cut
+        for ctx in (r.positive(chat), r.negative(chat), r.plain(chat)):
+            contexts += [ctx, ctx]
+            responses += [good, bad]
+    return contexts, responses
+
+
+def test_row_layout_by_hand():
+    seqs = [[1, 2, 3], [1, 2, 4, 5], [1, 7]]
+    lay = row_layout(seqs, first_scored=[2, 2, 1])
+    assert lay.segments == [(0, 3, []), (3, 5, [0, 1]), (5, 6, [0])]
+    assert lay.ids == [1, 2, 3, 4, 5, 7]  # [1, 2] once, then what each sequence adds
+    assert lay.positions == [0, 1, 2, 2, 3, 1]
+    assert lay.allowed[4].nonzero().flatten().tolist() == [0, 1, 3, 4]  # token 5 sees 1, 2, 4 and itself
+    assert lay.allowed[5].nonzero().flatten().tolist() == [0, 5]
+    # (predicting position, label, sequence): 3 after [1, 2]; 4 and 5 after [1, 2] and [1, 2, 4]; 7 after [1]
+    assert list(zip(lay.predict_at, lay.labels, lay.owner)) == [(1, 3, 0), (1, 4, 1), (3, 5, 1), (0, 7, 2)]
+
+
+def test_pack_rows_keeps_neighbours_and_the_budget():
+    seqs = [[5, 1, 1], [1, 2, 3], [1, 2, 4], [5, 1, 2], [9] * 10]
+    rows = pack_rows(seqs, budget=5)
+    assert rows == [[1, 2], [0, 3], [4]]  # 3 + 1 tokens; 3 + 1; a sequence over the budget alone
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2 and sorted(i for r in rows for i in r) == list(range(5))
+
+
+@pytest.mark.parametrize("tree", [True, False])
+@pytest.mark.parametrize("budget,rows_per_batch,padding_side",
+                         [(1, 1, "right"), (64, 1, "right"), (64, 3, "left"), (200, 2, "right"), (10_000, 1, "left")])
+def test_packed_equals_unbatched(tiny_model, tokenizer, budget, rows_per_batch, padding_side, tree):
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    contexts, responses = six_sequences(tokenizer, chats, ANSWERS)
+    contexts.append(contexts[0])  # a duplicate sequence and one that is a prefix of another
+    responses.append(list(responses[0]))
+    contexts.append(contexts[0])
+    responses.append(responses[0][:2])
+    encoded = [(tokenizer(c, add_special_tokens=False)["input_ids"], r) for c, r in zip(contexts, responses)]
+    got = score_packed(tiny_model, encoded, pad_id(tokenizer), budget, rows_per_batch, padding_side, tree)
+    want = [direct_logprob(tiny_model, tokenizer, c, r) for c, r in zip(contexts, responses)]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_score_encoded_packed_equals_padded(tiny_model, tokenizer):
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    contexts, responses = six_sequences(tokenizer, chats, ANSWERS)
+    encoded = [([], [7, 8, 9])] + [(tokenizer(c, add_special_tokens=False)["input_ids"], r)
+                                   for c, r in zip(contexts, responses)]  # an empty context: token 0 unscored
+    padded = score_encoded(tiny_model, encoded, pad_id(tokenizer), batch_size=4, pack_tokens=0)
+    packed = score_encoded(tiny_model, encoded, pad_id(tokenizer), batch_size=4)
+    assert packed == pytest.approx(padded, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_packed_matches_naive_forward_on_smollm2(smol_dir, tokenizer):
+    """The real model (run under `flock /tmp/heavy.lock`): the packed path of the score stage against a
+    forward of each sequence alone, to 1e-3 nats, with rows padded on either side."""
+    from dlma_ray.models import load_causal_lm
+
+    torch.set_num_threads(2)
+    model = load_causal_lm(smol_dir, "float32")
+    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTIONS[0]}]] + \
+        [[{"role": "user", "content": q}] for q in QUESTIONS]
+    contexts, responses = six_sequences(tokenizer, chats, ANSWERS + ["Sure."])
+    naive = [direct_logprob(model, tokenizer, c, r) for c, r in zip(contexts, responses)]
+    for padding_side in ("right", "left"):
+        got = score_ids(model, tokenizer, contexts, responses, batch_size=8, padding_side=padding_side)
+        assert got == pytest.approx(naive, abs=1e-3)
+        encoded = [(tokenizer(c, add_special_tokens=False)["input_ids"], r) for c, r in zip(contexts, responses)]
+        for tree in (True, False):  # attention per segment, or a dense mask over rows of 128 tokens
+            rows = score_packed(model, encoded, pad_id(tokenizer), 128, 3, padding_side, tree)
+            assert rows == pytest.approx(naive, abs=1e-3)
