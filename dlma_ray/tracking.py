@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dlma_ray import storage
+from dlma_ray.layout import RunLayout
 
 log = logging.getLogger("dlma_ray")
-TRACKING_DIR = "tracking"
 # What each backend imports, and where that comes from.
 _LIBRARIES = {"tensorboard": ("tensorboard", "the `cpu` / `gpu` extras, or pip install tensorboard"),
               "mlflow": ("mlflow", "pip install 'dlma-ray[track]' (or pip install mlflow-skinny)"),
@@ -50,7 +50,7 @@ class Context:
     def __init__(self, run_dir: str, run_name: str, config: dict, job_type: str):
         self.run_dir, self.run_name, self.config, self.job_type = run_dir, run_name, config, job_type
         self.remote = storage.is_uri(run_dir)
-        self.dest = storage.join(run_dir, TRACKING_DIR)
+        self.dest = RunLayout(run_dir).tracking
         self.local = tempfile.mkdtemp(prefix="dlma-tracking-") if self.remote else self.dest
 
     def upload(self, sub: str) -> None:

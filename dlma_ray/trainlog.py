@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from dlma_ray import storage, tracking
+from dlma_ray.layout import RunLayout
 
 log = logging.getLogger("dlma_ray")
 
@@ -54,7 +56,7 @@ def trl_step_metrics(report: dict, rows_per_step: int) -> dict[str, float]:
 def step_offsets(run_dir: str, k: int) -> tuple[int, int]:
     """(optimizer steps, input tokens) of the train stages of rounds before k recorded in state.json, so that
     round k's steps and token count continue where round k-1's ended."""
-    path = storage.join(run_dir, "state.json")
+    path = RunLayout(run_dir).state
     if not storage.exists(path):
         return 0, 0
     entries = [e for e in json.loads(storage.read_text(path)).get("stages", [])
@@ -71,29 +73,43 @@ def train_spec(cfg, run_dir: str, k: int) -> dict:
 
 
 class StepLogger:
-    """The train loop's tracking. Every rank calls `update` at each optimizer step (the token count it turns
-    into a total is the same on all ranks); only rank 0 with a `tracking` spec opens trackers and logs."""
+    """The train loop's tracking around one DeepSpeed ``engine``. It counts the input tokens (attention mask,
+    no padding) of every forward through the model, whatever the method's loss; every rank calls `update` at
+    each optimizer step (the token total is summed across workers there); only rank 0 with a `tracking` spec
+    opens trackers and logs."""
 
-    def __init__(self, spec: dict | None, rank: int, micro_batches_per_step: int, rows_per_step: int):
+    def __init__(self, spec: dict | None, rank: int, engine, rows_per_step: int, metrics_path: str = ""):
         spec = spec or {}
-        self.step_offset, self.tokens = int(spec.get("step_offset", 0)), float(spec.get("token_offset", 0))
-        self.micro, self.rows = micro_batches_per_step, rows_per_step
+        self.engine, self.rows = engine, rows_per_step
+        self.step_offset, self.tokens = int(spec.get("step_offset", 0)), int(spec.get("token_offset", 0))
+        if metrics_path and os.path.exists(metrics_path):  # a retry resumed from a checkpoint: its running count
+            with open(metrics_path, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+            if lines:
+                self.tokens = int(json.loads(lines[-1]).get("num_tokens", self.tokens))
+        self.local_tokens = 0
+        self.hook = engine.module.register_forward_pre_hook(self._count, with_kwargs=True)
         self.trackers = None
         if rank == 0 and spec.get("names"):
             self.trackers = tracking.open_trackers(spec["names"], spec["dir"], spec["run_name"], spec["config"],
                                                    job_type=f"train-round-{spec.get('round', 0)}")
         self.last = time.perf_counter()
 
-    def update(self, report: dict, grad_norm=None) -> None:
-        """Complete ``report`` in place: `num_tokens` (a per-micro-batch mean across workers on entry) becomes
-        the running total, plus `step_tokens`, `seconds` since the previous step and DeepSpeed's `grad_norm`
-        (None under ZeRO stage 0 in fp32: DeepSpeed computes no norm there, and none is logged)."""
+    def _count(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.local_tokens += int(mask.sum()) if mask is not None else int(ids.numel()) if ids is not None else 0
+
+    def update(self, report: dict) -> None:
+        """Complete ``report`` in place: `num_tokens` (running total, all workers), `step_tokens`, `seconds` since
+        the previous step, and DeepSpeed's `grad_norm` before clipping (None under ZeRO stage 0 in fp32:
+        DeepSpeed computes none there, and none is logged). Collective: every rank calls it at every step."""
         now = time.perf_counter()
-        if "num_tokens" in report:  # every method's loss metrics carry it (dlma_ray.train.batch_loss)
-            step_tokens = round(float(report.pop("num_tokens")) * self.micro)
-            self.tokens += step_tokens
-            report.update(num_tokens=int(self.tokens), step_tokens=step_tokens)
-        report["seconds"] = now - self.last
+        step_tokens = int(_sum_across_workers(self.local_tokens, self.engine.device))
+        self.local_tokens = 0
+        self.tokens += step_tokens
+        report.update(num_tokens=self.tokens, step_tokens=step_tokens, seconds=now - self.last)
+        grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             report["grad_norm"] = float(grad_norm)
         self.last = now
@@ -101,9 +117,21 @@ class StepLogger:
             self.trackers.log(trl_step_metrics(report, self.rows), self.step_offset + int(report["step"]))
 
     def close(self) -> None:
+        self.hook.remove()
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
+
+
+def _sum_across_workers(value: float, device) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item()
 
 
 def round_metrics(measures: dict, stages: list[dict]) -> dict[str, float]:
@@ -138,7 +166,7 @@ def log_finished_round(cfg, run_dir: str, state, k: int) -> None:
     if not cfg.run.trackers:
         return
     try:
-        eval_path = storage.join(run_dir, f"round_{k}", "eval.json")
+        eval_path = RunLayout(run_dir).round(k).eval_json
         measures = json.loads(storage.read_text(eval_path)).get("measures", {}) if storage.exists(eval_path) else {}
         with tracking.open_trackers(cfg.run.trackers, run_dir, tracking.run_name(run_dir), cfg.to_dict()) as t:
             log_round(t, k, measures, [e for e in state.stages if e["round"] == k])
