@@ -124,14 +124,20 @@ def console_line(metrics: dict[str, float], step: int) -> str:
 
 @register("console")
 class ConsoleTracker:
+    """At the job's `run.log_level` INFO or DEBUG: through the `dlma_ray` logger where logging is set up for
+    INFO (the driver), else on stdout (a Ray Train worker, whose stdout reaches the driver's log)."""
+
     def __init__(self, ctx: Context):
         self.prefix = ctx.run_name
+        self.quiet = (ctx.config.get("run") or {}).get("log_level", "INFO") not in ("DEBUG", "INFO")
 
     def log(self, metrics, step):
+        if self.quiet:
+            return
         line = f"[{self.prefix}] {console_line(metrics, step)}"
-        if log.hasHandlers():
+        if log.hasHandlers() and log.isEnabledFor(logging.INFO):
             log.info("%s", line)
-        else:  # a Ray worker whose logging is not set up: stdout reaches the driver's log
+        else:
             print(line, flush=True)
 
     def close(self):
@@ -246,6 +252,10 @@ class WandbTracker:
 
     def close(self):
         self.run.finish()
+        if self.ctx.remote:  # a link to the newest run folder: copied, it would be that folder a second time
+            latest = os.path.join(self.ctx.local, "wandb", "latest-run")
+            if os.path.islink(latest):
+                os.remove(latest)
         self.ctx.upload("wandb")
 
 

@@ -177,11 +177,18 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     assert b"rewards/margins" in data.read_bytes()
 
 
-def test_console_line(caplog):
+def test_console_line(caplog, capsys):
     with caplog.at_level(logging.INFO, logger="dlma_ray"), \
             tracking.open_trackers(["console"], "/nonexistent/run", "demo", CONFIG) as t:
         t.log({**STEP, "h": 2.0}, 4)
     assert "[demo] step 4: loss 0.69, rewards/margins 0.05, grad_norm 1.5" in caplog.text
+    quiet = {**CONFIG, "run": {"log_level": "WARNING"}}
+    with caplog.at_level(logging.INFO, logger="dlma_ray"), tracking.open_trackers(["console"], "/x", "q", quiet) as t:
+        t.log(STEP, 5)
+    assert "[q]" not in caplog.text and "[q]" not in capsys.readouterr().out
+    with tracking.open_trackers(["console"], "/x", "w", CONFIG) as t:  # logging not set up for INFO: stdout
+        t.log(STEP, 6)
+    assert "[w] step 6: loss 0.69" in capsys.readouterr().out
     line = tracking.console_line({"eval/win_rate": 0.5, "eval/win_rate/low": 0.3, "eval/win_rate/high": 0.7,
                                   "eval/win_rate/n": 32, "stage/train/rows": 40}, 1)
     assert line == "step 1: eval/win_rate 0.5 [0.3, 0.7] (n=32), stage/train/rows 40"
