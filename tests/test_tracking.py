@@ -271,3 +271,16 @@ def test_remote_run_dir_uploads_at_close(s3_env, tmp_path):  # noqa: F811
         pytest.importorskip("mlflow")
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         tracking.open_trackers(["mlflow"], run, "tracked", CONFIG)
+
+
+def test_remote_run_dir_wandb(s3_env, monkeypatch):  # noqa: F811
+    pytest.importorskip("wandb")
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with tracking.open_trackers(["wandb"], "s3://runs/wb", "wb", CONFIG) as t:
+        t.log(STEP, 1)
+    fs, root = pafs.FileSystem.from_uri("s3://runs/wb/tracking/wandb")
+    names = [i.path[len(root):] for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))]
+    assert any(n.startswith("/offline-run-") and n.endswith(".wandb") for n in names), names
+    assert not any(n.startswith("/latest-run") for n in names)
