@@ -6,14 +6,14 @@
     mlflow       MLflow runs: MLFLOW_TRACKING_URI when set, else the file store <run>/tracking/mlruns
     wandb        Weights & Biases, offline (WANDB_MODE=offline) unless WANDB_MODE is set; files in <run>/tracking/wandb
 
-Each backend imports its library only when opened; a missing one raises `TrackerUnavailable` naming the
-pip extra. Only train rank 0 and the driver open trackers (dlma_ray.trainlog). When the run directory is
-remote (`s3://...`), the file-writing backends write to a local temporary folder and copy it under
-<run>/tracking/ at close (jsonl appends to the remote file); mlflow then needs MLFLOW_TRACKING_URI.
+Each backend imports its library only when opened; a missing one raises `TrackerUnavailable` naming the pip
+extra. Train rank 0 and the driver open trackers (dlma_ray.trainlog). A remote run dir (`s3://...`): files are
+written locally and copied under <run>/tracking/ at close (jsonl appended); mlflow needs MLFLOW_TRACKING_URI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -60,16 +60,6 @@ class Context:
             storage.upload_dir(src, storage.join(self.dest, sub))
 
 
-REGISTRY: dict[str, Callable[[Context], Tracker]] = {}
-
-
-def register(name: str):
-    def deco(factory):
-        REGISTRY[name] = factory
-        return factory
-    return deco
-
-
 def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
     """{'train': {'beta': 0.1}} -> {'train.beta': 0.1}; lists become their text."""
     out: dict[str, Any] = {}
@@ -104,25 +94,20 @@ _CONSOLE_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "grad_norm", "
                  "tokens_per_second")
 
 
-def _num(v: float) -> str:
-    return f"{v:.4g}"
-
-
 def console_line(metrics: dict[str, float], step: int) -> str:
     """A train step's headline numbers, or every metric with `x`, `x/low`, `x/high`, `x/n` folded into one."""
     if any(k in metrics for k in _CONSOLE_KEYS):
-        return f"step {step}: " + ", ".join(f"{k} {_num(metrics[k])}" for k in _CONSOLE_KEYS if k in metrics)
+        return f"step {step}: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in _CONSOLE_KEYS if k in metrics)
     parts = []
     for k, v in metrics.items():
         if k.rsplit("/", 1)[-1] in ("low", "high", "n") and k.rsplit("/", 1)[0] in metrics:
             continue
         lo, hi, n = (metrics.get(f"{k}/{s}") for s in ("low", "high", "n"))
-        interval = f" [{_num(lo)}, {_num(hi)}]" if lo is not None and hi is not None else ""
-        parts.append(f"{k} {_num(v)}{interval}" + (f" (n={n:.0f})" if n is not None else ""))
+        interval = f" [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else ""
+        parts.append(f"{k} {v:.4g}{interval}" + (f" (n={n:.0f})" if n is not None else ""))
     return f"step {step}: " + ", ".join(parts)
 
 
-@register("console")
 class ConsoleTracker:
     """At the job's `run.log_level` INFO or DEBUG: through the `dlma_ray` logger where logging is set up for
     INFO (the driver), else on stdout (a Ray Train worker, whose stdout reaches the driver's log)."""
@@ -140,11 +125,9 @@ class ConsoleTracker:
         else:
             print(line, flush=True)
 
-    def close(self):
-        pass
+    def close(self): ...
 
 
-@register("tensorboard")
 class TensorBoardTracker:
     def __init__(self, ctx: Context):
         _require("tensorboard")
@@ -153,8 +136,7 @@ class TensorBoardTracker:
 
         self.ctx = ctx
         self.writer = SummaryWriter(log_dir=os.path.join(ctx.local, "tensorboard"))
-        params = flat_config(ctx.config)
-        for summary in hparams(params, {}):
+        for summary in hparams(flat_config(ctx.config), {}):
             self.writer.file_writer.add_summary(summary)
         self.writer.add_text("config", "```\n" + json.dumps(ctx.config, indent=2) + "\n```")
         self.writer.flush()
@@ -169,7 +151,6 @@ class TensorBoardTracker:
         self.ctx.upload("tensorboard")
 
 
-@register("jsonl")
 class JsonlTracker:
     """Appends {"step", "time", metrics...} lines to <run>/tracking/metrics.jsonl."""
 
@@ -191,7 +172,6 @@ class JsonlTracker:
             os.remove(self.path)
 
 
-@register("mlflow")
 class MlflowTracker:
     """One MLflow run per dlma-ray run, found again by its name (`run.dir`'s last part) in experiment
     MLFLOW_EXPERIMENT_NAME (default `dlma-ray`); the config is logged as params when the run is created."""
@@ -234,7 +214,6 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id)
 
 
-@register("wandb")
 class WandbTracker:
     """One W&B run per process that logs (each round's training, the driver), grouped by the run's name."""
 
@@ -252,13 +231,15 @@ class WandbTracker:
 
     def close(self):
         self.run.finish()
-        if self.ctx.remote:  # a link to the newest run folder: copied, it would be that folder a second time
-            latest = os.path.join(self.ctx.local, "wandb", "latest-run")
-            if os.path.islink(latest):
-                os.remove(latest)
+        latest = os.path.join(self.ctx.local, "wandb", "latest-run")
+        if self.ctx.remote and os.path.islink(latest):  # copied, the link would be the newest run a second time
+            os.remove(latest)
         self.ctx.upload("wandb")
 
 
+REGISTRY: dict[str, Callable[[Context], Tracker]] = {
+    "console": ConsoleTracker, "tensorboard": TensorBoardTracker, "jsonl": JsonlTracker, "mlflow": MlflowTracker,
+    "wandb": WandbTracker}
 TRACKERS = tuple(REGISTRY)
 
 
@@ -312,9 +293,7 @@ def open_trackers(names: list[str], run_dir: str, name: str, config: dict, job_t
         for n in dict.fromkeys(names):
             opened.append(REGISTRY[n](ctx))
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the opening error is the one to report
             Trackers(opened, ctx).close()
-        except Exception:  # the opening error is the one to report
-            log.debug("closing trackers after a failed open", exc_info=True)
         raise
     return Trackers(opened, ctx)

@@ -79,25 +79,43 @@ def test_trl_step_metrics_names_and_rates():
                  "self_reward/clipped": 11.0, "h": 3.0, "pairs_per_second": 2.0, "tokens_per_second": 250.0}
 
 
-def test_step_logger_counts_tokens_and_continues_steps(tmp_path):
+def test_step_logger_counts_tokens_and_continues_steps(tmp_path, tiny_model):
+    from types import SimpleNamespace
+
+    from dlma_ray.logprobs import collate, sequence_logprobs
+
+    # What the logger reads of a DeepSpeed engine: the module it wraps, its device, its gradient norm.
+    engine = SimpleNamespace(module=tiny_model, device="cpu", get_global_grad_norm=lambda: torch.tensor(3.0))
     spec = {"names": ["jsonl"], "dir": str(tmp_path), "run_name": "r", "config": CONFIG, "round": 1,
             "step_offset": 10, "token_offset": 1000}
-    steplog = trainlog.StepLogger(spec, rank=0, micro_batches_per_step=4, rows_per_step=8)
-    other = trainlog.StepLogger(spec, rank=1, micro_batches_per_step=4, rows_per_step=8)
-    for step in (1, 2):
-        report = {"loss": 0.5, "num_tokens": 100.0, "step": step, "lr": 1e-5}  # 100 tokens per micro-batch
-        twin = dict(report)
-        steplog.update(report, grad_norm=torch.tensor(3.0))
-        other.update(twin, grad_norm=None)
-        assert report["num_tokens"] == twin["num_tokens"] == 1000 + 400 * step  # the same total on every rank
-        assert report["step_tokens"] == 400 and report["grad_norm"] == 3.0 and "grad_norm" not in twin
+    steplog = trainlog.StepLogger(spec, 0, engine, rows_per_step=8)
+    encoded = [([5, 6, 7], [8, 9]), ([5], [8, 9, 10, 11, 12, 13])]  # 5 and 7 tokens, padded to 7 in the batch
+    with torch.no_grad():
+        for step in (1, 2):
+            for _ in range(step):  # micro-batches of this step: one, then two
+                sequence_logprobs(tiny_model, collate(encoded, pad_id=0))
+            report = {"loss": 0.5, "step": step, "lr": 1e-5}
+            steplog.update(report)
+            assert report["step_tokens"] == 12 * step and report["grad_norm"] == 3.0
+    assert report["num_tokens"] == 1000 + 12 + 24
     steplog.close()
-    other.close()
+    tiny_model(input_ids=torch.tensor([[1, 2]]))  # the hook is gone: nothing counts this
+    assert steplog.local_tokens == 0
     lines = jsonl(tmp_path / "tracking" / "metrics.jsonl")
-    assert [x["step"] for x in lines] == [11, 12]  # rank 1 logged nothing
-    assert lines[1]["num_tokens"] == 1800 and lines[1]["grad_norm"] == 3.0 and lines[1]["learning_rate"] == 1e-5
+    assert [x["step"] for x in lines] == [11, 12]
+    assert lines[1]["num_tokens"] == 1036 and lines[1]["grad_norm"] == 3.0 and lines[1]["learning_rate"] == 1e-5
     assert lines[1]["pairs_per_second"] > 0 and lines[1]["tokens_per_second"] == pytest.approx(
-        400 * lines[1]["pairs_per_second"] / 8)
+        24 * lines[1]["pairs_per_second"] / 8)
+    # rank 1 logs nothing; a retry resumed from a checkpoint continues the running count of its metrics file
+    metrics_file = tmp_path / "train_metrics.jsonl"
+    metrics_file.write_text(json.dumps({"step": 1, "num_tokens": 1012}) + "\n")
+    other = trainlog.StepLogger(spec, 1, SimpleNamespace(**{**vars(engine), "get_global_grad_norm": lambda: None}),
+                                rows_per_step=8, metrics_path=str(metrics_file))
+    report = {"loss": 0.5, "step": 2}
+    other.update(report)
+    other.close()
+    assert report["num_tokens"] == 1012 and "grad_norm" not in report
+    assert len(jsonl(tmp_path / "tracking" / "metrics.jsonl")) == 2
 
 
 def test_step_offsets_from_state(tmp_path):
@@ -174,6 +192,9 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline"
     (run,) = (tmp_path / "tracking" / "wandb").glob("offline-run-*")
     (data,) = run.glob("*.wandb")
+    import wandb
+
+    wandb.teardown()  # W&B's service may still hold the last records: ending it writes them
     assert b"rewards/margins" in data.read_bytes()
 
 
