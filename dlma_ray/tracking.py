@@ -28,7 +28,6 @@ from dlma_ray import storage
 from dlma_ray.layout import RunLayout
 
 log = logging.getLogger("dlma_ray")
-# What each backend imports, and where that comes from.
 _LIBRARIES = {"tensorboard": ("tensorboard", "the `cpu` / `gpu` extras, or pip install tensorboard"),
               "mlflow": ("mlflow", "pip install 'dlma-ray[track]' (or pip install mlflow-skinny)"),
               "wandb": ("wandb", "pip install 'dlma-ray[track]' (or pip install wandb)")}
@@ -40,15 +39,15 @@ class TrackerUnavailable(ImportError):
 
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
-
     def close(self) -> None: ...
 
 
 class Context:
     """What a backend needs: where its files go (``local``: a folder on this machine) and the run it logs."""
 
-    def __init__(self, run_dir: str, run_name: str, config: dict, job_type: str):
+    def __init__(self, run_dir: str, run_name: str, config: dict, job_type: str, start_step: int | None = None):
         self.run_dir, self.run_name, self.config, self.job_type = run_dir, run_name, config, job_type
+        self.start_step = start_step  # a training's first step: what an earlier attempt logged from there is void
         self.remote = storage.is_uri(run_dir)
         self.dest = RunLayout(run_dir).tracking
         self.local = tempfile.mkdtemp(prefix="dlma-tracking-") if self.remote else self.dest
@@ -138,8 +137,11 @@ class TensorBoardTracker:
         self.writer = SummaryWriter(log_dir=os.path.join(ctx.local, "tensorboard"))
         for summary in hparams(flat_config(ctx.config), {}):
             self.writer.file_writer.add_summary(summary)
+        if ctx.start_step is not None:  # TensorBoard drops every step >= this one read from earlier files
+            from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+            self.writer.file_writer.add_event(Event(step=ctx.start_step, session_log=SessionLog(status=1)))
         self.writer.add_text("config", "```\n" + json.dumps(ctx.config, indent=2) + "\n```")
-        self.writer.flush()
 
     def log(self, metrics, step):
         for k, v in metrics.items():
@@ -277,17 +279,15 @@ class Trackers:
         self.close()
 
 
-def run_name(run_dir: str) -> str:
-    return os.path.basename(run_dir.rstrip("/")) or "run"
-
-
-def open_trackers(names: list[str], run_dir: str, name: str, config: dict, job_type: str = "driver") -> Trackers:
-    """Open each named tracker for the run in ``run_dir`` (each logs ``config`` once, as params / hparams)."""
+def open_trackers(names: list[str], run_dir: str, name: str, config: dict, job_type: str = "driver",
+                  start_step: int | None = None) -> Trackers:
+    """Open each named tracker for the run in ``run_dir`` (each logs ``config`` once, as params / hparams).
+    ``start_step``: a training's first step (after a retry: the checkpoint's step + 1)."""
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"run.trackers: unknown tracker(s) {', '.join(map(repr, unknown))}; "
                          f"allowed: {', '.join(TRACKERS)}")
-    ctx = Context(run_dir, name, config, job_type)
+    ctx = Context(run_dir, name, config, job_type, start_step)
     opened: list[Tracker] = []
     try:
         for n in dict.fromkeys(names):

@@ -65,10 +65,15 @@ def step_offsets(run_dir: str, k: int) -> tuple[int, int]:
             sum(int(e.get("metrics", {}).get("num_tokens", 0)) for e in entries))
 
 
+def run_name(run_dir: str) -> str:
+    """The trackers' name of a run: its directory's last part."""
+    return os.path.basename(run_dir.rstrip("/")) or "run"
+
+
 def train_spec(cfg, run_dir: str, k: int) -> dict:
     """The `tracking` entry of the train loop's config for round k (a plain dict: it travels to the workers)."""
     steps, tokens = step_offsets(run_dir, k)
-    return {"names": list(cfg.run.trackers), "dir": run_dir, "run_name": tracking.run_name(run_dir),
+    return {"names": list(cfg.run.trackers), "dir": run_dir, "run_name": run_name(run_dir),
             "config": cfg.to_dict(), "round": k, "step_offset": steps, "token_offset": tokens}
 
 
@@ -82,17 +87,21 @@ class StepLogger:
         spec = spec or {}
         self.engine, self.rows = engine, rows_per_step
         self.step_offset, self.tokens = int(spec.get("step_offset", 0)), int(spec.get("token_offset", 0))
-        if metrics_path and os.path.exists(metrics_path):  # a retry resumed from a checkpoint: its running count
+        resumed = 0
+        if metrics_path and os.path.exists(metrics_path):  # a retry resumed from a checkpoint: its step and count
             with open(metrics_path, encoding="utf-8") as fh:
                 lines = fh.read().splitlines()
             if lines:
-                self.tokens = int(json.loads(lines[-1]).get("num_tokens", self.tokens))
+                last = json.loads(lines[-1])
+                resumed, self.tokens = int(last.get("step", 0)), int(last.get("num_tokens", self.tokens))
         self.local_tokens = 0
         self.hook = engine.module.register_forward_pre_hook(self._count, with_kwargs=True)
         self.trackers = None
         if rank == 0 and spec.get("names"):
+            # start_step: TensorBoard drops what a killed attempt logged from that step on (it is logged again)
             self.trackers = tracking.open_trackers(spec["names"], spec["dir"], spec["run_name"], spec["config"],
-                                                   job_type=f"train-round-{spec.get('round', 0)}")
+                                                   job_type=f"train-round-{spec.get('round', 0)}",
+                                                   start_step=self.step_offset + resumed + 1)
         self.last = time.perf_counter()
 
     def _count(self, module, args, kwargs):
@@ -168,7 +177,7 @@ def log_finished_round(cfg, run_dir: str, state, k: int) -> None:
     try:
         eval_path = RunLayout(run_dir).round(k).eval_json
         measures = json.loads(storage.read_text(eval_path)).get("measures", {}) if storage.exists(eval_path) else {}
-        with tracking.open_trackers(cfg.run.trackers, run_dir, tracking.run_name(run_dir), cfg.to_dict()) as t:
+        with tracking.open_trackers(cfg.run.trackers, run_dir, run_name(run_dir), cfg.to_dict()) as t:
             log_round(t, k, measures, [e for e in state.stages if e["round"] == k])
     except Exception:  # the round's work is recorded: a tracker problem must not fail the run
         log.exception("round %d: could not log the round to the trackers %s", k, cfg.run.trackers)

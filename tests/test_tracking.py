@@ -141,6 +141,19 @@ def test_tensorboard_events_read_back(tmp_path):
     assert "skipped" not in got and "nan" not in got
 
 
+def test_tensorboard_drops_what_a_killed_attempt_logged_after_its_checkpoint(tmp_path):
+    with tracking.open_trackers(["tensorboard"], str(tmp_path), "r", CONFIG, start_step=1) as t:  # killed at 3
+        for step in (1, 2, 3):
+            t.log({"loss": float(step)}, step)
+    with tracking.open_trackers(["tensorboard"], str(tmp_path), "r", CONFIG) as t:  # the driver: no restart
+        t.log({"eval/win_rate": 0.5}, 0)
+    with tracking.open_trackers(["tensorboard"], str(tmp_path), "r", CONFIG, start_step=3) as t:  # from step 2
+        for step in (3, 4):
+            t.log({"loss": 10.0 * step}, step)
+    got = scalars(tmp_path / "tracking" / "tensorboard")
+    assert got["loss"] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)] and got["eval/win_rate"] == [(0, 0.5)]
+
+
 def test_jsonl_read_back(tmp_path):
     with tracking.open_trackers(["jsonl", "jsonl"], str(tmp_path), "r", CONFIG) as t:  # a repeated name opens once
         t.log(STEP, 3)
