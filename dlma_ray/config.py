@@ -180,6 +180,9 @@ class RunConfig:
     dir: str = _f("runs/demo", "run directory: every round's pairs, policies, state and report")
     seed: int = _f(0, "seed of prompt sampling and the held-out split")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = _f("INFO", "log level of the job")
+    trackers: list[str] = _f(  # noqa: RUF009 - _f gives every instance its own copy of the list
+        ["console", "tensorboard"], "experiment trackers fed by train rank 0 and the driver (README, Experiment "
+        "tracking): any of console, tensorboard, jsonl, mlflow, wandb; [] = none")
 
 
 @dataclass
@@ -237,6 +240,8 @@ class Config:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -254,6 +259,12 @@ def _coerce(value: Any, tp: Any, meta: dict, path: str, errors: list[str]) -> An
             errors.append(f"{path}: {value!r} is not a mapping of names to non-negative numbers, e.g. {{node2: 1}}")
             return None
         return {k: float(v) for k, v in value.items()}
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            errors.append(f"{path}: {value!r} is not a {_type_name(tp)}; write it as a YAML list, e.g. [a, b]")
+            return None
+        return value
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads `5e-7` (no dot) as a string: accept any text float() accepts.
         try:
@@ -339,6 +350,12 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
     if t.global_batch_size % t.micro_batch_size:
         errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                       f"train.micro_batch_size ({t.micro_batch_size})")
+    from dlma_ray.tracking import TRACKERS  # late import: tracking imports nothing from here
+
+    unknown = [n for n in cfg.run.trackers if n not in TRACKERS]
+    if unknown:
+        errors.append(f"run.trackers: {', '.join(map(repr, unknown))} is not a tracker; allowed: "
+                      f"{', '.join(TRACKERS)}")
     p = cfg.pair
     if bool(p.positive) != bool(p.negative):
         errors.append("pair.positive / pair.negative: give both system messages of your own pair, or neither")

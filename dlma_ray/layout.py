@@ -11,6 +11,8 @@
     <run>/round_<k>/policy/          pi_{k+1}: HF folder (safetensors, tokenizer, train_metrics.jsonl)
     <run>/round_<k>/eval.json        the evaluation of pi_{k+1}; answers.jsonl beside it
     <run>/round_<k>/.ray_train/      Ray Train's scratch space while the round trains
+    <run>/tracking/                  the experiment trackers' files (dlma_ray.tracking: tensorboard/, metrics.jsonl,
+                                     mlruns/, wandb/)
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class RunLayout:
     @property
     def lock(self) -> str:
         return self._at(".lock")
+
+    @property
+    def tracking(self) -> str:
+        return self._at("tracking")
 
     @property
     def baseline_answers(self) -> str:

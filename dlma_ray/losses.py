@@ -37,21 +37,27 @@ def dlma_loss(
 
     All inputs are [B] summed log-probs; ``reward`` is the stored self-reward R (ignored when
     gamma = 0 or None). Returns (loss, metrics) with metrics: loss, rewards_chosen,
-    rewards_rejected, reward_margin, reward_accuracy, target_margin (all batch means).
+    rewards_rejected, reward_margin, reward_accuracy, target_margin, logps_chosen, logps_rejected, h
+    and, when R is used, self_reward_raw and self_reward_clipped (all batch means).
     """
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
     h = chosen_ratio - rejected_ratio
     target = torch.zeros_like(h)
+    extra = {}
     if reward is not None and gamma != 0.0:
-        target = beta * gamma * reward.to(h.dtype).clamp(clip_low, clip_high)
+        clipped = reward.to(h.dtype).clamp(clip_low, clip_high)
+        target = beta * gamma * clipped
+        extra = {"self_reward_raw": reward, "self_reward_clipped": clipped}
     loss = -F.logsigmoid(beta * h - target).mean()
-    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, target)
+    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, target, logps_chosen=policy_chosen,
+                             logps_rejected=policy_rejected, h=h, **extra)
 
 
 @torch.no_grad()
-def dpo_metrics(loss, rewards_chosen, rewards_rejected, target) -> dict[str, torch.Tensor]:
-    """Batch means of the implicit rewards beta*(log pi - log ref) of y+ and y-, as TRL reports them."""
+def dpo_metrics(loss, rewards_chosen, rewards_rejected, target, **means) -> dict[str, torch.Tensor]:
+    """Batch means of the implicit rewards beta*(log pi - log ref) of y+ and y-, as TRL reports them, and the
+    batch mean of every tensor in ``means`` (e.g. logps_chosen: the policy's summed log-probs of y+)."""
     return {
         "loss": loss.detach(),
         "rewards_chosen": rewards_chosen.mean(),
@@ -59,6 +65,7 @@ def dpo_metrics(loss, rewards_chosen, rewards_rejected, target) -> dict[str, tor
         "reward_margin": (rewards_chosen - rewards_rejected).mean(),
         "reward_accuracy": (rewards_chosen > rewards_rejected).float().mean(),
         "target_margin": target.mean(),
+        **{k: v.detach().float().mean() for k, v in means.items()},
     }
 
 
@@ -90,4 +97,6 @@ def grouped_dpo_loss(
     counts = torch.zeros_like(policy_chosen).index_add(0, group, torch.ones_like(pair_losses))
     per_prompt = torch.zeros_like(policy_chosen).index_add(0, group, pair_losses) / counts.clamp(min=1)
     loss = per_prompt[counts > 0].mean()
-    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, torch.zeros((), dtype=loss.dtype))
+    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, torch.zeros((), dtype=loss.dtype),
+                             logps_chosen=policy_chosen[group], logps_rejected=policy_rejected,
+                             h=chosen_ratio - rejected_ratio)

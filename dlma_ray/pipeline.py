@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
-from dlma_ray import methods, storage, telemetry
+from dlma_ray import methods, storage, telemetry, tracking, trainlog
 from dlma_ray.config import Config
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import RunLayout
@@ -83,6 +83,7 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState
     done = len(state.stages)
     if done:
         log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
+    tracking.check_available(cfg.run.trackers)  # tracking: a missing library fails now, not after a stage
     init_ray(cfg)
     for k, stage in pending:
         r = Round(cfg, run, k)
@@ -100,10 +101,11 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState
         state.record(k, stage, result.output, result.rows, seconds,
                      **({"metrics": result.summary} if result.summary else {}))
         log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, result.rows, seconds, result.output)
-        if stage == stages_of(cfg)[-1]:  # the round's policy is final: give it a model card
+        if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
             from dlma_ray.modelcard import write_card_quietly
 
             write_card_quietly(run_dir, k)
+            trainlog.log_finished_round(cfg, run_dir, state, k)
     write_run_report(run_dir)
     return state
 

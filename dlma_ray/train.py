@@ -20,6 +20,7 @@ from dlma_ray import telemetry
 from dlma_ray.interfaces import TrainLoopConfig
 from dlma_ray.layout import TRAIN_METRICS_FILE
 from dlma_ray.sharding import worker_micro_batches
+from dlma_ray.trainlog import StepLogger
 
 
 def deepspeed_config(t: dict, num_workers: int) -> dict:
@@ -123,6 +124,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     if resume:
         step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path)
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
+    # tracking (dlma_ray.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
+    steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path)
     for epoch in range(start_epoch, t["epochs"]):
         micro = 0  # micro-batches read in this epoch
         for rows in worker_micro_batches(shard, t["micro_batch_size"], rank, world, per_epoch):
@@ -137,6 +140,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                 if rank == 0:
                     print(f"non-finite loss at step {step + 1} (epoch {epoch}): stopping the round", flush=True)
                 ray.train.report({"nonfinite_step": step + 1, "epoch": epoch})
+                steplog.close()  # tracking
                 return
             engine.backward(loss)
             engine.step()
@@ -147,6 +151,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                 report = mean_across_workers({k: float(np.mean([w[k] for w in window])) for k in window[0]},
                                              engine.device)
                 report.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0])
+                steplog.update(report)  # tracking: tokens, grad norm, pairs/s (every rank: it sums the tokens)
                 window = []
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
@@ -161,6 +166,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                                        dict(step=step, epoch=epoch, micro=micro))
                 else:
                     ray.train.report(report)
+    steplog.close()  # tracking
     _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
 
 

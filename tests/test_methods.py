@@ -128,6 +128,26 @@ def test_dpo_trains_on_the_datas_pairs(dpo_run, hh_file, tiny_model_dir):
     assert train_steps(dpo_run) and weights_changed(tiny_model_dir, dpo_run)
 
 
+def test_dpo_run_writes_trl_named_tensorboard_events(dpo_run):
+    """Train rank 0 logged each optimizer step under TRL's names (read back with TensorBoard's reader), matching
+    the round's train_metrics.jsonl; the driver logged the finished round's stages."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(dpo_run / "tracking/tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    trl = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected", "learning_rate", "grad_norm", "num_tokens", "h", "pairs_per_second", "tokens_per_second"}
+    assert trl <= tags and "self_reward/raw" not in tags, trl - tags  # dpo has no R
+    steps = train_steps(dpo_run)
+    assert [e.step for e in acc.Scalars("loss")] == [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    assert [e.value for e in acc.Scalars("rewards/margins")] == pytest.approx([s["reward_margin"] for s in steps])
+    tokens = [e.value for e in acc.Scalars("num_tokens")]
+    assert tokens == [s["num_tokens"] for s in steps] and 0 < tokens[0] and tokens == sorted(tokens)  # running total
+    assert all(e.value > 0 for e in acc.Scalars("grad_norm"))
+    assert [e.step for e in acc.Scalars("stage/train/rows")] == [0]
+
+
 def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir, tokenizer):
     from conftest import direct_logprob, eot_ids
     from dlma_ray.models import load_causal_lm

@@ -196,6 +196,32 @@ def test_training_grew_the_margin(finished_run, tokenizer):
     assert len(metrics) >= 2 and all("loss" in m and "reward_margin" in m for m in metrics)
 
 
+def test_tracking_events_with_trl_names(finished_run):
+    """Train rank 0 wrote every optimizer step to TensorBoard under TRL's names, steps continuing across rounds
+    (read back with TensorBoard's own reader); the driver wrote each round's measures and stage times."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _, _ = finished_run
+    acc = EventAccumulator(str(run_dir / "tracking/tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    trl = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+           "logps/rejected", "learning_rate", "grad_norm", "num_tokens", "self_reward/raw", "self_reward/clipped", "h",
+           "pairs_per_second", "tokens_per_second"}
+    assert trl <= tags, trl - tags
+    train = [s for s in json.loads((run_dir / "state.json").read_text())["stages"] if s["stage"] == "train"]
+    steps = [s["metrics"]["step"] for s in train]
+    assert [e.step for e in acc.Scalars("loss")] == list(range(1, sum(steps) + 1))
+    last = json.loads((run_dir / "round_1/policy/train_metrics.jsonl").read_text().splitlines()[-1])
+    assert acc.Scalars("rewards/margins")[-1].value == pytest.approx(last["reward_margin"], rel=1e-5)
+    tokens = [e.value for e in acc.Scalars("num_tokens")]
+    # a running total over both rounds: round 1 starts from round 0's total recorded in state.json
+    assert tokens == sorted(tokens) and tokens[-1] == last["num_tokens"] == train[1]["metrics"]["num_tokens"]
+    assert 0 < train[0]["metrics"]["num_tokens"] < train[1]["metrics"]["num_tokens"]
+    assert [e.step for e in acc.Scalars("eval/distillation_gain")] == [0, 1]
+    assert [e.step for e in acc.Scalars("stage/train/seconds")] == [0, 1]
+
+
 def test_round_1_ran_on_round_0_policy(finished_run, tiny_model_dir, tokenizer):
     run_dir, _, _ = finished_run
     from safetensors.torch import load_file

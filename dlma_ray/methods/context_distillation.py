@@ -19,5 +19,6 @@ class ContextDistillation(Method):
         batch = collate([encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
                          zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))], pad_id(tokenizer))
         tokens = float_column(batch.response_lengths, device)
-        loss = sft_loss(sequence_logprobs(model, batch.to(device)), tokens)
-        return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean()}
+        logp = sequence_logprobs(model, batch.to(device))
+        loss = sft_loss(logp, tokens)
+        return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean(), "logps_chosen": logp.detach().mean()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from dlma_ray import storage
+from dlma_ray import storage, trainlog
 from dlma_ray.interfaces import LossFn, StageResult, TrainLoopConfig
 from dlma_ray.stages.common import Round
 
@@ -54,7 +54,8 @@ def fit(r: Round, method: Trainable) -> StageResult:
     loop_config: TrainLoopConfig = dict(
         train=vars(t), loss=method.loss, policy_path=r.policy, total_steps=total_steps, round=r.k,
         threads=res.threads_for(res.cpus_per_train_worker), use_gpu=res.use_gpu_for_training,
-        trust_remote_code=r.cfg.model.trust_remote_code)
+        trust_remote_code=r.cfg.model.trust_remote_code,
+        tracking=trainlog.train_spec(r.cfg, r.run.root, r.k))  # tracking: train rank 0 logs each optimizer step
     scratch = r.paths.train_scratch
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
