@@ -112,10 +112,10 @@ def main() -> None:
             results[rank].append(json.loads(out.split("RESULT ", 1)[1].splitlines()[0]))
     rows = []
     for rank, rs in results.items():
-        step = statistics.median(s for r in rs for s in r["steps"])
+        steps = [s for r in rs for s in r["steps"]]
         rows.append(["full weights" if rank == 0 else f"LoRA r={rank} (q,k,v,o)", rs[0]["trainable"],
                      rs[0]["trainable"] / rs[0]["total"], rs[0]["optimizer_mib"],
-                     statistics.median(r["peak_mib"] for r in rs), step, common.runs([s for r in rs for s in r["steps"]]),
+                     statistics.median(r["peak_mib"] for r in rs), statistics.median(steps), common.runs(steps),
                      "/".join(f"{x:.4f}" for x in rs[0]["losses"])])
     common.say(f"{args.pairs} pairs a step; memory = {results[0][0]['memory']} of the process (MiB); median of "
                f"{args.steps} steps after 1 warm-up, {args.repeats} process(es) per side, sides alternating")
