@@ -126,6 +126,12 @@ class TrainConfig:
                                min=0)
     max_failures: int = _f(2, "Ray Train retries of a round's training after a worker fails (each resumes from the "
                            "latest checkpoint)", min=0)
+    lora_rank: int = _f(0, "LoRA rank r: train peft LoRA adapters instead of full weights; each round's policy is "
+                        "the merged model, the adapter in policy/adapter/ (0 = off: full weights)", min=0)
+    lora_alpha: float = _f(16.0, "LoRA alpha: the adapter's update is scaled by alpha / r", min=0.0)
+    lora_dropout: float = _f(0.0, "dropout on the LoRA adapters' input", min=0.0, max=1.0)
+    lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj", "comma-separated names of the linear layers that get "
+                                  "adapters (e.g. add gate_proj,up_proj,down_proj for the MLP)")
 
 
 @dataclass
@@ -356,6 +362,10 @@ def _check_cross_fields(cfg: Config, errors: list[str]) -> None:
     if unknown:
         errors.append(f"run.trackers: {', '.join(map(repr, unknown))} is not a tracker; allowed: "
                       f"{', '.join(TRACKERS)}")
+    if t.lora_rank and not [m for m in t.lora_target_modules.split(",") if m.strip()]:
+        errors.append("train.lora_target_modules: empty; name the linear layers that get LoRA adapters")
+    if t.lora_rank and t.lora_dropout >= 1.0:
+        errors.append(f"train.lora_dropout: {t.lora_dropout} drops every input; expected below 1")
     p = cfg.pair
     if bool(p.positive) != bool(p.negative):
         errors.append("pair.positive / pair.negative: give both system messages of your own pair, or neither")

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from dlma_ray import telemetry
+from dlma_ray import lora, telemetry
 from dlma_ray.interfaces import TrainLoopConfig
 from dlma_ray.layout import TRAIN_METRICS_FILE
 from dlma_ray.sharding import worker_micro_batches
@@ -103,14 +103,17 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     resume = _resume_point(ray.train.get_checkpoint(), world)
-    start = resume["dir"] if resume else config["policy_path"]
+    use_lora = lora.enabled(t)  # the base stays the round's starting policy; a checkpoint holds the adapter
+    start = resume["dir"] if resume and not use_lora else config["policy_path"]
 
     tokenizer = load_tokenizer(start, config["trust_remote_code"])
     model = load_causal_lm(start, "float32", config["trust_remote_code"])
     model.train()
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
-    optimizer = make_optimizer(model.parameters(), t)
+    if use_lora:
+        model = lora.wrap(model, t, adapter_from=resume["dir"] if resume else None)
+    optimizer = make_optimizer(lora.trainable(model), t)  # with LoRA the adapters only
     total_steps = config["total_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t["warmup_steps"], total_steps,
                                                                        t["lr_schedule"]))
@@ -167,7 +170,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                 else:
                     ray.train.report(report)
     steplog.close()  # tracking
-    _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True})
+    _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True}, config)
 
 
 def _resume_point(checkpoint, world: int) -> dict | None:
@@ -216,7 +219,9 @@ def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: 
     out = tempfile.mkdtemp(prefix="dlma-ckpt-")
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     save_state(inner.state_dict(), out, f"optimizer_rank{rank}")
-    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 else None  # all ranks
+    state = None
+    if t["zero_stage"] == 3:  # all ranks; with LoRA the adapters only (the frozen base is the round's start)
+        state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora.enabled(t))
     if rank == 0:
         module = engine.module
         module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
@@ -229,7 +234,7 @@ def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: 
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final: dict) -> None:
+def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final: dict, config=None) -> None:
     import shutil
 
     import ray.train
@@ -241,9 +246,14 @@ def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final
         return
     out = tempfile.mkdtemp(prefix="dlma-policy-")
     module = engine.module
-    module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
-                           safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    if lora.enabled(t):  # the merged model is the policy; the adapter goes into <policy>/adapter/
+        if state is not None:  # ZeRO-3 partitions the module: merge a CPU copy built from the gathered weights
+            module = lora.rebuild(config["policy_path"], t, state, config["trust_remote_code"])
+        lora.save_policy(module, out, tokenizer)
+    else:
+        module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
+                               safe_serialization=True)
+        tokenizer.save_pretrained(out)
     if os.path.exists(metrics_path):
         shutil.copy(metrics_path, os.path.join(out, TRAIN_METRICS_FILE))
     ray.train.report(final, checkpoint=Checkpoint.from_directory(out))

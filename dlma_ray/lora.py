@@ -1,0 +1,112 @@
+"""LoRA (peft) adapters for training: wrap a loaded causal LM so that only the adapters train, and save a
+round's policy as a MERGED HF folder (what vLLM engines, scorers and the next round load) with the adapter
+beside it in `adapter/`.
+
+The `train` section's `lora_rank` (0 = off), `lora_alpha`, `lora_dropout` and `lora_target_modules` set it.
+Reference log-probs stay precomputed in the pairs table, so no second (reference) model is ever needed: the
+frozen base under the adapters is not used as the reference.
+
+Policy folder with LoRA:
+    config.json, model.safetensors, tokenizer files   the merged model W + (alpha / r) B A (an ordinary HF folder)
+    adapter/adapter_config.json, adapter_model.safetensors   the trained adapter (peft's format)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def enabled(t: dict) -> bool:
+    return int(t.get("lora_rank", 0) or 0) > 0
+
+
+def target_modules(t: dict) -> list[str]:
+    return [m.strip() for m in str(t["lora_target_modules"]).split(",") if m.strip()]
+
+
+def lora_config(t: dict):
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(t["lora_rank"]), lora_alpha=float(t["lora_alpha"]), lora_dropout=float(t["lora_dropout"]),
+                      target_modules=target_modules(t), bias="none", task_type="CAUSAL_LM")
+
+
+def wrap(model, t: dict, adapter_from: str | None = None):
+    """`model` with LoRA adapters on `train.lora_target_modules`; every other weight frozen. With
+    `adapter_from` (a folder holding adapter_model.safetensors, e.g. a train checkpoint) the adapters start
+    from those weights instead of peft's initialisation (lora_B = 0: the wrapped model equals `model`)."""
+    from peft import get_peft_model
+
+    missing = [m for m in target_modules(t) if not any(n.split(".")[-1] == m for n, _ in model.named_modules())]
+    if missing:
+        raise ValueError(f"train.lora_target_modules: {missing} name no layer of this model "
+                         f"({type(model).__name__}); its linear layers include "
+                         f"{sorted(linear_names(model))[:12]}")
+    if t.get("gradient_checkpointing"):
+        # The frozen embeddings give checkpointed blocks inputs without grad; this makes backward reach the adapters.
+        model.enable_input_require_grads()
+    peft_model = get_peft_model(model, lora_config(t))
+    if adapter_from:
+        load_adapter(peft_model, adapter_from)
+    return peft_model
+
+
+def linear_names(model) -> set[str]:
+    import torch
+
+    return {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def trainable(model) -> list:
+    """The parameters the optimizer gets: the adapters with LoRA, every weight without."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def adapter_state(peft_model, state: dict | None = None) -> dict[str, Any]:
+    """The adapter weights in peft's saved naming, from the module or a full (e.g. ZeRO-3 gathered) state dict."""
+    from peft import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(peft_model, state_dict=state)
+
+
+def load_adapter(peft_model, folder: str) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    result = set_peft_model_state_dict(peft_model, load_file(path, device="cpu"))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"{path}: adapter weights that fit no adapter of the model: {unexpected[:5]}")
+
+
+def save_adapter(peft_model, folder: str, state: dict | None = None) -> None:
+    """peft's adapter folder (adapter_config.json + adapter_model.safetensors) from the module's weights, or
+    from `state`, a full state dict of the wrapped model (ZeRO-3 partitions the module's own)."""
+    kwargs = {"state_dict": state} if state is not None else {}
+    peft_model.save_pretrained(folder, safe_serialization=True, **kwargs)
+
+
+def save_policy(peft_model, out: str, tokenizer) -> None:
+    """The policy folder: the adapter into <out>/adapter/, then the merged model (safetensors) and the
+    tokenizer into <out>. Merging replaces the adapter layers of `peft_model` in place: call it last."""
+    save_adapter(peft_model, os.path.join(out, ADAPTER_DIR))
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def rebuild(base_path: str, t: dict, state: dict, trust_remote_code: bool = False, dtype: str = "float32"):
+    """A CPU copy of the trained wrapped model from its full state dict (every weight, frozen ones included:
+    what ZeRO-3's consolidated state dict gathers), for merging when the training module is partitioned."""
+    from dlma_ray.models import load_causal_lm
+
+    peft_model = wrap(load_causal_lm(base_path, dtype, trust_remote_code), {**t, "gradient_checkpointing": False})
+    result = peft_model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"the gathered state misses weights of the LoRA model: {result.missing_keys[:5]}")
+    return peft_model
