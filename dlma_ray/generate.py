@@ -79,25 +79,12 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
     import torch
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
-    _untrack_engine_ipc()
     from vllm import LLM
 
     from dlma_ray.models import resolve_model_path
 
     torch.set_num_threads(torch_threads)
     return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
-
-
-def _untrack_engine_ipc() -> None:
-    """Leave the engine's shared memory and semaphores to the engine, which frees them when it stops.
-
-    Python's resource tracker would also track them, and when the actor ends it dies with the engine's
-    processes, is relaunched, and prints a KeyError traceback for every name it never saw (a known
-    CPython limitation, bpo-39959): noise that teaches users to ignore tracebacks."""
-    from multiprocessing import resource_tracker
-
-    resource_tracker.register = lambda name, rtype: None
-    resource_tracker.unregister = lambda name, rtype: None
 
 
 def stop_engine(llm) -> None:
