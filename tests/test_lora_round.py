@@ -94,13 +94,15 @@ def test_lora_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
             "data.max_prompts=16", "data.heldout_fraction=0.2", "generation.max_new_tokens=8",
             "generation.cpu_kvcache_gb=1", "train.micro_batch_size=2", "train.global_batch_size=2",
             "train.epochs=4", "train.checkpoint_every=1", *LORA]
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO,
-                            env=dict(os.environ, RAY_ADDRESS="local"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "job.log"  # a file, not a pipe: an unread pipe fills while the test watches and stalls the job
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO,
+                                env=dict(os.environ, RAY_ADDRESS="local"), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline, killed = time.time() + 600, False
         while not killed:
-            assert proc.poll() is None, "the job ended before a checkpoint: " + proc.stdout.read().decode()[-4000:]
+            assert proc.poll() is None, "the job ended before a checkpoint: " + log.read_text()[-4000:]
             assert time.time() < deadline, "no checkpoint in 600 s"
             ckpts = [c for c in (run_dir / "round_0" / ".ray_train").glob("train/checkpoint_*")
                      if (c / "progress.json").exists() and (c / "adapter_model.safetensors").exists()]
@@ -111,7 +113,8 @@ def test_lora_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
                     os.kill(p, signal.SIGKILL)
                 killed = bool(workers)
             time.sleep(0.2)
-        out = proc.communicate(timeout=900)[0].decode()
+        proc.wait(timeout=900)
+        out = log.read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

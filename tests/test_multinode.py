@@ -66,10 +66,19 @@ def submit(cluster: dict, run_dir: str, model_dir: str, *extra: str) -> subproce
     args = [f"model.path={model_dir}", f"run.dir={run_dir}", "data.max_prompts=16", "generation.max_new_tokens=8",
             *extra]
     excludes = json.dumps({"excludes": [".git", ".venv", "runs", "__pycache__", ".pytest_cache"]})
-    return subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dash']}",
-                             "--working-dir", str(REPO), "--runtime-env-json", excludes, "--",
-                             "python", "jobs/iterate.py", "--config", CONFIG, *args],
-                            env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    # The job's log goes to a file, not a pipe: an unread pipe fills while a test watches, and stalls the job.
+    log = tempfile.NamedTemporaryFile("w+", prefix="dlma-job-", suffix=".log", delete=False)  # noqa: SIM115
+    job = subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dash']}",
+                            "--working-dir", str(REPO), "--runtime-env-json", excludes, "--",
+                            "python", "jobs/iterate.py", "--config", CONFIG, *args],
+                           env=cluster["env"], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    job.log_path = log.name
+    return job
+
+
+def finish(job: subprocess.Popen, timeout: float) -> str:
+    job.wait(timeout=timeout)
+    return Path(job.log_path).read_text()
 
 
 def listing(cluster: dict, kind: str) -> list[dict]:
@@ -81,7 +90,7 @@ def listing(cluster: dict, kind: str) -> list[dict]:
 def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
     start = time.time()
     job = submit(cluster, "s3://runs/multinode", tiny_model_dir)
-    out = job.communicate(timeout=1200)[0]
+    out = finish(job, 1200)
     print(f"\nwall time of the two-node job: {time.time() - start:.0f}s")
     assert job.returncode == 0, out[-6000:]
     assert "succeeded" in out and "FATAL" not in out
@@ -141,7 +150,7 @@ def test_losing_the_second_node_mid_train_is_retried(cluster, tiny_model_dir):
         p.kill()
     time.sleep(10)
     start_second_node(cluster)
-    out = job.communicate(timeout=900)[0]
+    out = finish(job, 900)
     assert job.returncode == 0, out[-6000:]
     state = json.loads(storage.read_text(f"{run_dir}/state.json"))
     assert [s["stage"] for s in state["stages"]] == ["generate", "score", "train"]

@@ -68,17 +68,19 @@ def checkpoints(run_dir: Path, k: int) -> list[Path]:
     return sorted((run_dir / f"round_{k}" / ".ray_train").glob("train/checkpoint_*"))
 
 
-def watch(proc: subprocess.Popen, until, what: str, timeout: float = 600) -> None:
+def watch(proc: subprocess.Popen, log: Path, until, what: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not until():
-        assert proc.poll() is None, f"the job ended before {what}: " + proc.stdout.read().decode()[-4000:]
+        assert proc.poll() is None, f"the job ended before {what}: " + log.read_text()[-4000:]
         assert time.time() < deadline, f"no {what} in {timeout:.0f}s"
         time.sleep(0.2)
 
 
-def start_job(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def start_job(args: list[str], log: Path) -> subprocess.Popen:
+    """The job, its output going to ``log``: a pipe nobody reads while the test watches would fill and stall it."""
+    with open(log, "w") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO, env=ENV,
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +88,11 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     """A 2-round run that survives a killed scorer actor, a killed job and a killed train worker."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     args = job_args(tiny_model_dir, run_dir)
-    proc = start_job(args)
-    watch(proc, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
+    log1, log2 = run_dir.parent / "job1.log", run_dir.parent / "job2.log"
+    proc = start_job(args, log1)
+    watch(proc, log1, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
           "scorer actor to kill")
-    watch(proc, lambda: checkpoints(run_dir, 0), "checkpoint in round 0's training")
+    watch(proc, log1, lambda: checkpoints(run_dir, 0), "checkpoint in round 0's training")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert stages(run_dir) == [(0, "generate"), (0, "score")], "the kill must land inside round 0's training"
@@ -97,10 +100,11 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     assert scored[(0, "score")]["rows"] == 24, "the restarted scorer redid the killed actor's batches"
     before = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
 
-    proc = start_job(args)
-    watch(proc, lambda: (1, "score") in stages(run_dir) and checkpoints(run_dir, 1), "checkpoint in round 1")
+    proc = start_job(args, log2)
+    watch(proc, log2, lambda: (1, "score") in stages(run_dir) and checkpoints(run_dir, 1), "checkpoint in round 1")
     assert kill_processes("RayTrainWorker") >= 1
-    out = proc.communicate(timeout=900)[0].decode()
+    proc.wait(timeout=900)
+    out = log2.read_text()
     assert proc.returncode == 0, out[-6000:]
     assert "resuming" in out and "round 0, stage train" in out
     assert "taking over the lock" in out  # the killed job's lock: its holder is gone
