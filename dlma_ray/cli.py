@@ -1,6 +1,7 @@
 """The `dlma-ray` command: run, eval, compare, report, config, export, card.
 
-    dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py)
+    dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py);
+                 [--restart-from round_K/STAGE]                 redo the run from a stage on with a changed config
     dlma-ray eval [--config FILE] [--policy DIR] [--round K]    evaluate a policy (= jobs/evaluate.py)
     dlma-ray compare [--config FILE] [--methods a,b]            methods side by side (= jobs/compare.py)
     dlma-ray report [RUN_DIR]                                   re-render <run>/report.md
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run DLMA rounds (or another train.method), resuming from the run directory.",
                        formatter_class=raw, epilog=sections_help())
     _config_arguments(p)
+    p.add_argument("--restart-from", metavar="round_K/STAGE",
+                   help="redo the run from this stage on with the given config (e.g. round_0/train after changing "
+                        "train.beta): it and every later stage are redone; earlier ones are kept")
     p = sub.add_parser("eval", help="evaluate the run's latest (or round K's) policy, or any policy folder",
                        description="Evaluate a policy: distillation gain vs pi_0, refusals, KL, perplexity, "
                                    "implicit reward, each with a 95%% interval.")
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return print_config(cfg, args.reference)
         commands.setup_logging(cfg)
         if args.command == "run":
-            return commands.run_job(cfg)
+            return commands.run_job(cfg, args.restart_from)
         return commands.evaluate_job(cfg, args.policy, args.round, args.out)
     if args.command == "compare":
         chosen = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -26,14 +26,20 @@ def setup_logging(cfg: Config) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_job(cfg: Config) -> int:
-    """Run (or resume) every round of ``cfg``; 2 for a run directory that refuses this config or is locked."""
+def run_job(cfg: Config, restart_from: str | None = None) -> int:
+    """Run (or resume) every round of ``cfg``, or redo it from ``restart_from`` (`round_K/STAGE`) on; 2 for a
+    run directory that refuses this config or is locked."""
     from dlma_ray.pipeline import run
     from dlma_ray.runlock import RunLocked
-    from dlma_ray.state import ConfigMismatchError, StateFileError
+    from dlma_ray.state import ConfigMismatchError, StateFileError, parse_stage
 
     try:
-        run(cfg)
+        point = parse_stage(restart_from) if restart_from else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(cfg, point)
     except (ConfigMismatchError, StateFileError, RunLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

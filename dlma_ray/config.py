@@ -33,7 +33,8 @@ class ModelConfig:
     path: str = _f("builtin:smollm2-135m-instruct",
                    "policy at round 0: `builtin:smollm2-135m-instruct`, a local HF folder, or a hub name")
     trust_remote_code: bool = _f(False, "allow model repos to run their own Python code (off: safer)")
-    revision: str = _f("", "hub revision (branch, tag or commit) when `path` is a hub name; empty = default")
+    revision: str = _f("", "hub revision (branch, tag or commit) when `path` is a hub name: engines, scorers, "
+                       "trainers and judges all load that one snapshot; empty = the default branch")
 
 
 @dataclass

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from dlma_ray.judges import api_key, check_judge, openai_margins
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.refusal import judge_agreement, refusal_rates
-from dlma_ray.stages.common import Round, init_ray
+from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
 
 log = logging.getLogger("dlma_ray.evaluate")
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -119,9 +118,6 @@ def read_heldout(pairs_dir: str, limit: int) -> list[dict]:
 
 # ---------------------------------------------------------------- driver
 
-def _ref(path: str) -> str:
-    # Local folders travel to workers as absolute paths; builtin:, URIs and hub names as given.
-    return storage.absolute(path) if not path.startswith("builtin:") and os.path.exists(path) else path
 
 
 def _task(fn, num_cpus: float, num_gpus: float, resources: dict | None = None):
@@ -152,7 +148,7 @@ def _read_baseline(path: str, prompts: list[dict], cfg: Config) -> list[dict] | 
     if not storage.exists(path):
         return None
     by_id = {r["prompt_id"]: r for r in (json.loads(x) for x in storage.read_text(path).splitlines() if x.strip())}
-    want = {"model": _ref(cfg.model.path), **eval_tasks.answer_sampling(cfg)}
+    want = {"model": initial_model(cfg), **eval_tasks.answer_sampling(cfg)}
     rows = [by_id.get(p["prompt_id"]) for p in prompts]
     if all(r is not None and "token_ids" in r and all(r.get(k) == v for k, v in want.items()) for r in rows):
         return rows
@@ -175,7 +171,7 @@ def fixed_scores_key(cfg: Config, baseline: list[dict], pairs: list[dict], neutr
     """What pi_0's fixed scores depend on: the model, the pair, the eval batch-independent items."""
     import hashlib
 
-    parts = {"model": _ref(cfg.model.path), "pair": [cfg.pair.name, cfg.pair.positive, cfg.pair.negative,
+    parts = {"model": initial_model(cfg), "pair": [cfg.pair.name, cfg.pair.positive, cfg.pair.negative,
                                                     cfg.pair.style], "dtype": cfg.scoring.dtype,
              "baseline": [(b["prompt_id"], b["token_ids"], b["finished"]) for b in baseline],
              "pairs": [(p["prompt_id"], p["chosen"], p["rejected"]) for p in pairs], "neutral": neutral}
@@ -214,12 +210,12 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     from dlma_ray.models import load_tokenizer
     start = time.time()
     check_judge(cfg)  # before any model loads: a broken judge should cost seconds, not a stage
-    tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    tok = load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code)
     prompts = load_eval_prompts(cfg, tok)
     pairs, pairs_info = load_eval_pairs(cfg, tok)
     neutral = load_neutral_text(cfg)
     baseline_path = baseline_path or RunLayout(storage.absolute(cfg.run.dir)).baseline_answers
-    round0, policy = _ref(cfg.model.path), _ref(policy_path)
+    round0, policy = initial_model(cfg), model_for_actor(policy_path)
     init_ray(cfg)
     r = cfg.resources
     gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources)
@@ -265,7 +261,7 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
                    "(accuracy rising with |R| against an external judge) needs eval.judge=reward_model or openai"
                    + ("" if judged_pairs else ": not computed in this evaluation"))
     result = {
-        "round": round_index, "policy": policy, "reference": _ref(reference or cfg.model.path),
+        "round": round_index, "policy": policy, "reference": model_for_actor(reference) if reference else initial_model(cfg),
         "round0_model": round0, "pair": cfg.pair.name, "judge": cfg.eval.judge, "eval_config": vars(cfg.eval),
         "measures": measures, "details": details, "seconds": round(time.time() - start, 2),
     }

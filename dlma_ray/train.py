@@ -128,7 +128,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
         step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path)
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
     # tracking (dlma_ray.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
-    steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path)
+    steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path,
+                         total_steps)  # and the training progress bar
     for epoch in range(start_epoch, t["epochs"]):
         micro = 0  # micro-batches read in this epoch
         for rows in worker_micro_batches(shard, t["micro_batch_size"], rank, world, per_epoch):

@@ -53,6 +53,16 @@ def trl_step_metrics(report: dict, rows_per_step: int) -> dict[str, float]:
     return out
 
 
+def progress_text(report: dict, rows_per_step: int) -> str:
+    """The training bar's text for one optimizer step: loss, reward margin (when the method has pairs), pairs/s."""
+    parts = [f"loss {report['loss']:.4f}"]
+    if report.get("reward_margin") is not None:
+        parts.append(f"margin {report['reward_margin']:+.3f}")
+    if report.get("seconds"):
+        parts.append(f"{rows_per_step / report['seconds']:.2f} pairs/s")
+    return ", ".join(parts)
+
+
 def step_offsets(run_dir: str, k: int) -> tuple[int, int]:
     """(optimizer steps, input tokens) of the train stages of rounds before k recorded in state.json, so that
     round k's steps and token count continue where round k-1's ended."""
@@ -83,9 +93,10 @@ class StepLogger:
     each optimizer step (the token total is summed across workers there); only rank 0 with a `tracking` spec
     opens trackers and logs."""
 
-    def __init__(self, spec: dict | None, rank: int, engine, rows_per_step: int, metrics_path: str = ""):
+    def __init__(self, spec: dict | None, rank: int, engine, rows_per_step: int, metrics_path: str = "",
+                 total_steps: int = 0):
         spec = spec or {}
-        self.engine, self.rows = engine, rows_per_step
+        self.engine, self.rows, self.round = engine, rows_per_step, spec.get("round", 0)
         self.step_offset, self.tokens = int(spec.get("step_offset", 0)), int(spec.get("token_offset", 0))
         resumed = 0
         if metrics_path and os.path.exists(metrics_path):  # a retry resumed from a checkpoint: its step and count
@@ -102,6 +113,12 @@ class StepLogger:
             self.trackers = tracking.open_trackers(spec["names"], spec["dir"], spec["run_name"], spec["config"],
                                                    job_type=f"train-round-{spec.get('round', 0)}",
                                                    start_step=self.step_offset + resumed + 1)
+        self.bar = None
+        if rank == 0 and total_steps:  # the driver draws it under Ray Data's bars (ray.experimental.tqdm_ray)
+            from ray.experimental.tqdm_ray import tqdm
+
+            self.bar = tqdm(total=total_steps, desc=f"round {spec.get('round', 0)} train", unit="step")
+            self.bar.update(resumed)
         self.last = time.perf_counter()
 
     def _count(self, module, args, kwargs):
@@ -122,11 +139,17 @@ class StepLogger:
         if grad_norm is not None:
             report["grad_norm"] = float(grad_norm)
         self.last = now
+        if self.bar is not None:
+            self.bar.set_description(f"round {self.round} train | {progress_text(report, self.rows)}")
+            self.bar.update(1)
         if self.trackers is not None:
             self.trackers.log(trl_step_metrics(report, self.rows), self.step_offset + int(report["step"]))
 
     def close(self) -> None:
         self.hook.remove()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None

@@ -59,3 +59,18 @@ def direct_logprob(model, tokenizer, context: str, response_ids: list[int]) -> f
 
 def eot_ids(tokenizer, end_of_turn: str = "<|im_end|>") -> list[int]:
     return tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]
+
+
+def checkpoint_registered(run_dir, k: int) -> bool:
+    """Whether Ray Train has registered a checkpoint of round k's training.
+
+    A `checkpoint_*` folder appears while it is still being written; only the checkpoint manager's
+    snapshot says that a retry or a resubmitted job will find it (a kill before that restarts at step 0).
+    """
+    import json
+
+    snapshot = Path(run_dir) / f"round_{k}" / ".ray_train" / "train" / "checkpoint_manager_snapshot.json"
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):  # not there yet, or caught mid-write
+        return False

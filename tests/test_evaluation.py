@@ -317,7 +317,7 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     """The tasks' numbers against direct computations; a policy equal to pi_0 has gain, KL and implicit
     margins of exactly 0."""
     from dlma_ray.eval_tasks import initial_model_scores, policy_scores
-    from dlma_ray.evaluate import _read_baseline, _ref, load_eval_pairs, load_neutral_text
+    from dlma_ray.evaluate import _read_baseline, load_eval_pairs, load_neutral_text
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4",
                              "eval.rlaif_judge=true"])
@@ -353,7 +353,10 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     assert m["kl_to_initial"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert m["implicit_reward_margin"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert m["perplexity_neutral"]["value"] == pytest.approx(m["perplexity_neutral_initial"]["value"], rel=1e-5)
-    assert _ref(tiny_model_dir) == tiny_model_dir and _ref("builtin:x") == "builtin:x" and _ref("org/m") == "org/m"
+    from dlma_ray.stages.common import model_for_actor
+
+    assert model_for_actor(tiny_model_dir) == tiny_model_dir and model_for_actor("builtin:x") == "builtin:x"
+    assert model_for_actor("org/m") == "org/m"
     assert _read_baseline(str(Path(tiny_model_dir) / "none.jsonl"), [], cfg) is None
 
 

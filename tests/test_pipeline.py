@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import direct_logprob, eot_ids
+from conftest import checkpoint_registered, direct_logprob, eot_ids
 from dlma_ray.models import load_causal_lm
 from dlma_ray.schema import PAIR_SCHEMA
 
@@ -64,10 +64,6 @@ def kill_processes(pattern: str) -> int:
     return len(found)
 
 
-def checkpoints(run_dir: Path, k: int) -> list[Path]:
-    return sorted((run_dir / f"round_{k}" / ".ray_train").glob("train/checkpoint_*"))
-
-
 def watch(proc: subprocess.Popen, log: Path, until, what: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not until():
@@ -92,7 +88,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     proc = start_job(args, log1)
     watch(proc, log1, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
           "scorer actor to kill")
-    watch(proc, log1, lambda: checkpoints(run_dir, 0), "checkpoint in round 0's training")
+    watch(proc, log1, lambda: checkpoint_registered(run_dir, 0), "checkpoint in round 0's training")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert stages(run_dir) == [(0, "generate"), (0, "score")], "the kill must land inside round 0's training"
@@ -101,7 +97,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     before = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
 
     proc = start_job(args, log2)
-    watch(proc, log2, lambda: (1, "score") in stages(run_dir) and checkpoints(run_dir, 1), "checkpoint in round 1")
+    watch(proc, log2, lambda: (1, "score") in stages(run_dir) and checkpoint_registered(run_dir, 1), "checkpoint in round 1")
     assert kill_processes("RayTrainWorker") >= 1
     proc.wait(timeout=900)
     out = log2.read_text()

@@ -97,3 +97,88 @@ def test_a_stage_whose_output_does_not_match_its_record_is_redone(tmp_path):
     state = RunState(str(tmp_path), {}, list(entries))
     state.truncate(1)
     assert [e["stage"] for e in json.loads((tmp_path / "state.json").read_text())["stages"]] == ["generate"]
+
+
+def test_stage_line_says_rows_in_kept_dropped_by_reason_and_seconds():
+    from dlma_ray.interfaces import StageResult
+    from dlma_ray.pipeline import stage_line
+
+    scored = StageResult("/r/round_0/pairs", 60, {"rows_in": 64, "dropped": {"too_long": 3, "nonfinite": 1}})
+    assert stage_line(0, "score", scored, 12.34) == ("round 0: score done: 64 rows in, 60 kept, 4 dropped "
+                                                     "(nonfinite 1, too_long 3), 12.3 s -> /r/round_0/pairs")
+    trained = StageResult("/r/round_1/policy", 58, {"loss": 0.5})
+    assert stage_line(1, "train", trained, 7) == "round 1: train done: 58 rows in, 58 kept, 0 dropped, 7.0 s -> " \
+                                                 "/r/round_1/policy"
+
+
+def _two_finished_rounds(run_dir, config: dict) -> RunState:
+    state = RunState.open(str(run_dir), config)
+    for k in (0, 1):
+        for stage in ("generate", "score", "train", "evaluate"):
+            state.record(k, stage, f"round_{k}/{stage}", 8, 1.0)
+    return state
+
+
+@pytest.mark.parametrize("override, first", [("train.beta=0.5", "train"), ("scoring.dtype=bfloat16", "score"),
+                                             ("train.max_length=700", "score"), ("generation.temperature=0.7",
+                                                                                "generate"),
+                                             ("train.method=rlcd", "generate"), ("rounds.reference=initial", "score")])
+def test_a_stale_change_is_refused_with_the_restart_point_it_needs(tmp_path, override, first):
+    _two_finished_rounds(tmp_path, load_config(None, []).to_dict())
+    with pytest.raises(ConfigMismatchError) as err:
+        RunState.open(str(tmp_path), load_config(None, [override]).to_dict())
+    assert override.split("=")[0] in str(err.value) and f"--restart-from round_0/{first}" in str(err.value)
+
+
+def test_restart_from_forgets_that_stage_and_every_later_one_and_records_why(tmp_path):
+    from dlma_ray.state import parse_stage
+
+    _two_finished_rounds(tmp_path, load_config(None, []).to_dict())
+    changed = load_config(None, ["train.beta=0.5"]).to_dict()
+    state = RunState.open(str(tmp_path), changed, parse_stage("round_1/train"))
+    assert [(e["round"], e["stage"]) for e in state.stages] == [
+        (0, "generate"), (0, "score"), (0, "train"), (0, "evaluate"), (1, "generate"), (1, "score")]
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["config"]["train"]["beta"] == 0.5
+    assert saved["restarts"][0]["from"] == "round_1/train" and saved["restarts"][0]["kept"] == 6
+    assert any("train.beta" in c for c in saved["restarts"][0]["changes"])
+    # the restart is remembered: the same config resumes without a new restart, and the history stays
+    again = RunState.open(str(tmp_path), changed)
+    assert len(again.stages) == 6 and again.restarts == saved["restarts"]
+    assert RunState.open(str(tmp_path), changed, parse_stage("round_0/generate")).stages == []
+
+
+@pytest.mark.parametrize("text", ["round_1", "round_x/train", "1/train", "round_0/sample", ""])
+def test_a_bad_restart_point_names_the_accepted_form(text):
+    from dlma_ray.state import parse_stage
+
+    with pytest.raises(ValueError, match="round_K/STAGE"):
+        parse_stage(text)
+    assert parse_stage("round_2/evaluate/") == (2, "evaluate")
+
+
+def test_plan_after_a_restart_drops_the_old_training_checkpoints(tmp_path):
+    import os
+
+    from dlma_ray.layout import RunLayout
+    from dlma_ray.pipeline import plan
+
+    cfg = load_config(None, [f"run.dir={tmp_path}", "rounds.count=2"])
+    _two_finished_rounds(tmp_path, cfg.to_dict())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = RunLayout(str(tmp_path))
+    for k in (0, 1):  # whole outputs where the recorded stages point, and a checkpoint left in each round's scratch
+        paths = run.round(k)
+        for table in (paths.output("generate"), paths.output("score")):
+            os.makedirs(table)
+            pq.write_table(pa.table({"x": list(range(8))}), os.path.join(table, "part-0.parquet"))
+        os.makedirs(paths.output("train"))
+        open(os.path.join(paths.output("train"), "config.json"), "w").write("{}")
+        open(paths.output("evaluate"), "w").write("{}")
+        os.makedirs(os.path.join(paths.train_scratch, "train", "checkpoint_1"))
+    changed = load_config(None, [f"run.dir={tmp_path}", "rounds.count=2", "train.lr=1e-4"])
+    state, pending = plan(changed, run, (1, "train"))
+    assert pending == [(1, "train"), (1, "evaluate")]
+    assert (tmp_path / "round_0/.ray_train").exists() and not (tmp_path / "round_1/.ray_train").exists()

@@ -130,3 +130,47 @@ def test_a_remote_policy_is_copied_once_verified_and_refreshed(s3_env, tmp_path,
     (src / "config.json").write_text('{"redone": 1}')  # the remote policy changed
     storage.upload_dir(str(src), uri)
     assert json.loads((Path(resolve_model_path(uri)) / "config.json").read_text()) == {"redone": 1}
+
+
+def test_one_writer_per_run_directory_on_s3(s3_env, caplog):
+    """The lease: a second job is refused naming the holder while the lease is renewed; a lease not renewed
+    for a whole period is taken over, said in the log; a lease taken over is noticed by its old holder."""
+    import logging
+
+    import boto3
+
+    from dlma_ray.objectlock import ObjectLease
+    from dlma_ray.runlock import RunLocked, run_lock
+
+    run_dir = "s3://runs/locked/run"
+    first = ObjectLease(run_dir, {"host": "node-a", "pid": 11, "started": "then"}, seconds=1.5)
+    assert first.acquire() is None and first.uri == "s3://runs/locked/run/.lock"
+    time.sleep(2.5)  # longer than the lease: only the renewals (every 0.5 s) keep it
+    holder = ObjectLease(run_dir, {"host": "node-b", "pid": 22, "started": "now"}).acquire()
+    assert holder["host"] == "node-a" and holder["pid"] == 11
+    with pytest.raises(RunLocked, match="host node-a, pid 11"):
+        with run_lock(run_dir):
+            pass
+    first.release()
+    assert not storage.exists(first.uri)
+    with run_lock(run_dir):  # released: the next job takes it at once, and gives it back
+        assert json.loads(storage.read_text(first.uri))["pid"] == os.getpid()
+    assert not storage.exists(first.uri)
+
+    # A job that died holding the lock (its lease is never renewed) is taken over once the lease lapsed.
+    s3 = boto3.client("s3")
+    dead = {"host": "node-c", "pid": 33, "started": "earlier", "lease_seconds": 1}
+    s3.put_object(Bucket="runs", Key="locked/run/.lock", Body=json.dumps(dead).encode())
+    time.sleep(2.2)
+    with caplog.at_level(logging.WARNING, logger="dlma_ray"):
+        with run_lock(run_dir):
+            assert json.loads(storage.read_text(first.uri))["pid"] == os.getpid()
+    assert "taking over the lock of a job that is gone" in caplog.text and "node-c" in caplog.text
+
+    # A holder whose lease another job took over notices at its next renewal and leaves the new lock alone.
+    slow = ObjectLease(run_dir, {"host": "node-d", "pid": 44, "started": "x"}, seconds=0.9)
+    assert slow.acquire() is None
+    s3.put_object(Bucket="runs", Key="locked/run/.lock", Body=json.dumps({**dead, "host": "node-e"}).encode())
+    assert slow.lost.wait(5)
+    slow.release()
+    assert json.loads(storage.read_text(first.uri))["host"] == "node-e"

@@ -118,6 +118,26 @@ def test_step_logger_counts_tokens_and_continues_steps(tmp_path, tiny_model):
     assert len(jsonl(tmp_path / "tracking" / "metrics.jsonl")) == 2
 
 
+def test_training_bar_counts_steps_and_shows_loss_margin_and_rate(tmp_path, tiny_model):
+    from types import SimpleNamespace
+
+    assert trainlog.progress_text({"loss": 0.69314, "reward_margin": 0.25, "seconds": 4.0}, 8) == \
+        "loss 0.6931, margin +0.250, 2.00 pairs/s"
+    assert trainlog.progress_text({"loss": 1.5}, 8) == "loss 1.5000"  # no pairs (context distillation), no time yet
+    engine = SimpleNamespace(module=tiny_model, device="cpu", get_global_grad_norm=lambda: None)
+    metrics_file = tmp_path / "train_metrics.jsonl"  # a retry that resumed after step 2 of 5
+    metrics_file.write_text("".join(json.dumps({"step": s, "num_tokens": 10 * s}) + "\n" for s in (1, 2)))
+    steplog = trainlog.StepLogger({"round": 3}, 0, engine, rows_per_step=8, metrics_path=str(metrics_file),
+                                  total_steps=5)
+    assert (steplog.bar.n, steplog.bar.total) == (2, 5)
+    steplog.update({"loss": 0.5, "step": 3, "reward_margin": -0.1})
+    assert steplog.bar.n == 3 and steplog.bar._desc.startswith("round 3 train | loss 0.5000, margin -0.100, ")
+    bar = steplog.bar
+    steplog.close()
+    assert bar._closed and steplog.bar is None
+    assert trainlog.StepLogger({}, 1, engine, rows_per_step=8, total_steps=5).bar is None  # rank 0 only
+
+
 def test_step_offsets_from_state(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"config": {}, "stages": [
         {"round": 0, "stage": "train", "metrics": {"step": 6, "num_tokens": 900}},

@@ -36,14 +36,19 @@ class Round:
         return self.run.round(self.k)
 
     @property
+    def initial(self) -> str:
+        """pi_0 as an actor loads it: the configured model, pinned to `model.revision`."""
+        return initial_model(self.cfg)
+
+    @property
     def policy(self) -> str:
         """pi_k as an actor loads it: the configured model at round 0, else the policy trained in round k-1."""
-        return model_for_actor(self.cfg.model.path if self.k == 0 else self.run.round(self.k - 1).policy)
+        return self.initial if self.k == 0 else model_for_actor(self.run.round(self.k - 1).policy)
 
     @property
     def reference(self) -> str:
         """The DPO reference: pi_k (`rounds.reference: round_start`, the paper) or pi_0 (`initial`)."""
-        return self.policy if self.cfg.rounds.reference == "round_start" else model_for_actor(self.cfg.model.path)
+        return self.policy if self.cfg.rounds.reference == "round_start" else self.initial
 
 
 def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
@@ -56,7 +61,7 @@ def renderer_for(cfg: Config):
     """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
     from dlma_ray.models import load_tokenizer
 
-    tok = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    tok = load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code)
     return tok, cfg.pair.renderer(tok)
 
 
@@ -217,7 +222,14 @@ def write_scored(ds, r: Round) -> StageResult:
 def model_for_actor(ref: str) -> str:
     # `builtin:` references resolve inside each actor: every node converts and caches its own copy.
     # Hub names pass through; only an existing local path is made absolute for other processes.
-    return storage.absolute(ref) if os.path.exists(ref) else ref
+    return storage.absolute(ref) if not ref.startswith("builtin:") and os.path.exists(ref) else ref
+
+
+def initial_model(cfg: Config) -> str:
+    """pi_0 for every loader (engines, scorers, trainers, judges): `model.path`, pinned to `model.revision`."""
+    from dlma_ray.models import pinned
+
+    return model_for_actor(pinned(cfg.model.path, cfg.model.revision))
 
 
 def init_ray(cfg: Config) -> None:
@@ -232,7 +244,11 @@ def init_ray(cfg: Config) -> None:
     from dlma_ray.nodes import check_cluster
 
     check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = True
+    # Ray 2.60's new Parquet reader lists files on a thread pool that can raise InterruptedError as a read
+    # ends (a traceback in a healthy run); the established reader reads the same tables.
+    context.use_datasource_v2 = False
     url = getattr(info, "dashboard_url", "") or ""
     url = f"http://{url}" if url and "://" not in url else url or "not running"
     log.info("Ray dashboard: %s (Jobs, Train and Data tabs show progress; the Metrics tab and each node's "
