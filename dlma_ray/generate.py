@@ -88,9 +88,10 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
 
 
 def stop_engine(llm) -> None:
-    """Shut the engine's core (and its processes, if any) down now, not at interpreter exit."""
+    """Shut the engine's core (and its processes, if any) down now, not at interpreter exit. Idempotent."""
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
+    if core is not None and hasattr(core, "shutdown") and not getattr(llm, "dlma_stopped", False):
+        llm.dlma_stopped = True
         core.shutdown()
 
 

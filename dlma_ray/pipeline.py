@@ -81,7 +81,10 @@ def plan(cfg: Config, run: RunLayout, restart_from: tuple[int, str] | None = Non
 
 def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
                 restart_from: tuple[int, str] | None) -> RunState:
+    import psutil  # Ray's own dependency
+
     run_dir = run.root
+    job_started = round(psutil.Process().create_time(), 3)  # the report's glue: what happens outside stages
     state, pending = plan(cfg, run, restart_from)
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)
@@ -104,7 +107,7 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
             telemetry.set_gauge("dlma_stage_running", 0, stage=stage)
         seconds = time.time() - start
         telemetry.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
-        state.record(k, stage, result.output, result.rows, seconds,
+        state.record(k, stage, result.output, result.rows, seconds, started=round(start, 3), job_started=job_started,
                      **({"metrics": result.summary} if result.summary else {}))
         log.info(stage_line(k, stage, result, seconds))
         if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures

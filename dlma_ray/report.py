@@ -84,6 +84,22 @@ def headline(evals: dict) -> str:
             "and the training's own prompt pair; see the other measures for what an outside rule says.")
 
 
+def glue_seconds(stages: list[dict]) -> list[float | None]:
+    """Per recorded stage, the seconds between the end of what came before it in the same job (the job's start
+    for its first stage) and its own start; None for stages recorded before start times were kept."""
+    out, previous_end, job = [], None, None
+    for s in stages:
+        started, job_started = s.get("started"), s.get("job_started")
+        if started is None or job_started is None:
+            out.append(None)
+            previous_end = job = None
+            continue
+        before = previous_end if job == job_started and previous_end is not None else job_started
+        out.append(max(0.0, started - before))
+        previous_end, job = started + s["seconds"], job_started
+    return out
+
+
 def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
     import statistics
 
@@ -97,8 +113,17 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
                f"{cfg.get('rounds', {}).get('count')} rounds, reference `{cfg.get('rounds', {}).get('reference')}`.", ""]
     stages = run["state"].get("stages") or []
     if stages:
-        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds"], [
-            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1)] for s in stages]) + [""]
+        glue = glue_seconds(stages)
+        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds", "glue before (s)"], [
+            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1), fmt_num(g, 1)]
+            for s, g in zip(stages, glue)]) + [""]
+        timed = [(s, g) for s, g in zip(stages, glue) if g is not None]
+        if timed:
+            work, between = sum(s["seconds"] for s, _ in timed), sum(g for _, g in timed)
+            md += [f"Glue is the time outside the stages: before a job's first stage (interpreter start, imports, "
+                   f"Ray start, the run lock) and between stages (recording, the next stage's set-up). Over the "
+                   f"{len(timed)} stages timed: stages {work:.0f} s, glue {between:.0f} s "
+                   f"({100 * between / max(work + between, 1e-9):.1f}% of their wall time).", ""]
 
     def figure(title: str, name: str, body: list[str]) -> None:
         nonlocal md

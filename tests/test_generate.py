@@ -24,8 +24,11 @@ def test_samples_do_not_depend_on_batching(tiny_model_dir):
 
     gen = vars(GenerationConfig(max_new_tokens=8, cpu_kvcache_gb=1))
     engine = GenerationEngine(tiny_model_dir, BUILTIN_PAIRS["harmless"], "chat", gen, round_index=0)
-    big = engine(rows(range(64)))
-    small = engine(rows([40, 3, 17]))
+    try:
+        big = engine(rows(range(64)))
+        small = engine(rows([40, 3, 17]))
+    finally:  # now, not at interpreter exit (where vLLM's monitor thread would log into closed streams)
+        engine.__del__()
     index = {pid: i for i, pid in enumerate(big["prompt_id"])}
     for j, pid in enumerate(small["prompt_id"]):
         assert small["chosen"][j] == big["chosen"][index[pid]]

@@ -53,7 +53,8 @@ def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> 
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # A healthy run's log has no tracebacks of ours: users learn to read them, not skip them. Left: the KeyError
-    # tracebacks Python's multiprocessing resource tracker prints when a vLLM actor exits (CPython bpo-39959).
+    # tracebacks Python's multiprocessing resource tracker prints when Ray ends a vLLM actor (CPython bpo-39959;
+    # Ray kills the actor's child processes, the tracker among them, and the engine's cleanup relaunches it).
     lines = (result.stdout + result.stderr).splitlines()
     ours = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line
             and not any("resource_tracker.py" in later for later in lines[i + 1:i + 3])]

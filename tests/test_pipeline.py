@@ -128,6 +128,9 @@ def test_resume_finished_every_stage_once(finished_run):
     assert rows[(0, "generate")] == rows[(0, "score")] == rows[(1, "generate")] == 24
     assert not list((run_dir / "round_0").glob(".*tmp-*")), "no temporary stage output left behind"
     assert (run_dir / "round_1/eval.json").exists() and (run_dir / "report.md").exists()
+    report = (run_dir / "report.md").read_text()
+    assert "glue before (s)" in report and "Glue is the time outside the stages" in report
+    assert "round 1: score done: 24 rows in, " in finished_run[2]  # the stage's one-line summary
     again = run_job(args, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout
 
@@ -137,6 +140,7 @@ def test_changed_config_is_refused(finished_run):
     result = run_job(args + ["train.beta=0.3"], timeout=300)
     assert result.returncode != 0
     assert "train.beta: 0.1 -> 0.3" in result.stdout + result.stderr
+    assert "--restart-from round_0/train" in result.stdout + result.stderr  # the documented way out
 
 
 def test_pairs_schema_and_recomputed_logprobs(finished_run, tiny_model_dir, tokenizer):

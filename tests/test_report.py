@@ -126,3 +126,14 @@ def test_report_of_a_partial_run(finished_run):
 def test_report_of_an_empty_run(tmp_path):
     md = Path(write_report(str(tmp_path))).read_text()
     assert "rounds found: none" in md and md.count("_Skipped:") == 5
+
+
+def test_glue_is_the_time_outside_stages_per_job():
+    from dlma_ray.report import glue_seconds
+
+    stages = [{"round": 0, "stage": "generate", "seconds": 50.0},  # recorded before start times were kept
+              {"round": 0, "stage": "score", "seconds": 30.0, "started": 1010.0, "job_started": 1000.0},
+              {"round": 0, "stage": "train", "seconds": 60.0, "started": 1042.5, "job_started": 1000.0},
+              # a resumed job: its first stage's glue counts from its own start, not the killed job's last stage
+              {"round": 0, "stage": "evaluate", "seconds": 20.0, "started": 5025.0, "job_started": 5000.0}]
+    assert glue_seconds(stages) == [None, 10.0, 2.5, 25.0]
