@@ -1,4 +1,4 @@
-"""One tiny round of each non-DLMA method end to end through jobs/iterate.py (DLMA itself: test_pipeline.py).
+"""One tiny round of each non-DLMA method end to end through jobs/iterate.py (DLMA itself: faults/test_killed_run.py).
 
 Each method runs once, in a subprocess (this process never starts Ray), as a module-scoped fixture; the
 tests read the finished run dir. RAY_ADDRESS=local gives every run a private Ray instance, so runs of

@@ -26,7 +26,7 @@ from dlma_ray.models import load_causal_lm
 from dlma_ray.schema import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Each job starts its own Ray: never join a cluster that something else left running on the machine.
 # Planted secrets: none may appear anywhere in the run directory or the job's output.
 SECRETS = {"OPENAI_API_KEY": "sk-PLANTED-0penai-9f3e", "AWS_SECRET_ACCESS_KEY": "PLANTEDawsSECRET/7Kq2",
