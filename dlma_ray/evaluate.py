@@ -25,7 +25,7 @@ import math
 import time
 from pathlib import Path
 
-from dlma_ray import eval_tasks, storage
+from dlma_ray import eval_tasks, generate, storage
 from dlma_ray.config import Config, DataConfig
 from dlma_ray.judges import api_key, check_judge, openai_margins
 from dlma_ray.interfaces import StageResult
@@ -120,11 +120,12 @@ def read_heldout(pairs_dir: str, limit: int) -> list[dict]:
 
 
 
-def _task(fn, num_cpus: float, num_gpus: float, resources: dict | None = None):
+def _task(fn, num_cpus: float, num_gpus: float, resources: dict | None = None, runtime_env: dict | None = None):
     import ray
 
     return ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_calls=1, **({"resources": resources} if resources
-                                                                           else {}))(fn)
+                                                                           else {}),
+                      **({"runtime_env": runtime_env} if runtime_env else {}))(fn)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -218,7 +219,8 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     round0, policy = initial_model(cfg), model_for_actor(policy_path)
     init_ray(cfg)
     r = cfg.resources
-    gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources)
+    gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources,
+                generate.ENGINE_RUNTIME_ENV)
     scorer = dict(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, resources=r.scorer_resources)
     log.info("evaluating %s: %d held-out prompts, %d human pairs, %d held-out generated pairs, %d neutral texts",
              policy, len(prompts), len(pairs), len(heldout or []), len(neutral))

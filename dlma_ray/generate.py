@@ -20,6 +20,13 @@ from dlma_ray import telemetry
 from dlma_ray.prompts import ContrastiveRenderer, PromptPair
 
 
+# Ray options of every process that holds an engine. Ray kills a worker's child processes when it ends it, which
+# killed the engine core (and Python's resource tracker) in the middle of vLLM's own shutdown: the log then
+# showed "engine core exited unexpectedly" and resource-tracker KeyError tracebacks. Left alive, vLLM stops
+# its core itself at exit (and a core whose parent dies exits on its own).
+ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}}
+
+
 def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) -> int:
     digest = hashlib.sha256(f"{base_seed}:{round_index}:{prompt_id}:{side}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

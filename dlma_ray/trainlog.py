@@ -117,7 +117,9 @@ class StepLogger:
         if rank == 0 and total_steps:  # the driver draws it under Ray Data's bars (ray.experimental.tqdm_ray)
             from ray.experimental.tqdm_ray import tqdm
 
-            self.bar = tqdm(total=total_steps, desc=f"round {spec.get('round', 0)} train", unit="step")
+            # flush every change: steps are seconds apart, and a throttled bar would show the text of the step before
+            self.bar = tqdm(total=total_steps, desc=f"round {spec.get('round', 0)} train", unit="step",
+                            flush_interval_s=0)
             self.bar.update(resumed)
         self.last = time.perf_counter()
 

@@ -159,6 +159,7 @@ class ActorPool:
     batch_size: int = 32
     max_restarts: int = 3  # a killed actor is restarted this often and its unfinished batches redone
     resources: Mapping[str, float] = field(default_factory=dict)  # custom Ray resources (placement by label)
+    runtime_env: Mapping[str, Any] = field(default_factory=dict)  # merged with the job's (engines: generate.py)
 
 
 def map_actors(ds, pool: ActorPool):
@@ -168,7 +169,8 @@ def map_actors(ds, pool: ActorPool):
     return ds.map_batches(pool.cls, fn_constructor_kwargs=dict(pool.kwargs), batch_size=pool.batch_size,
                           concurrency=pool_size(pool.name, pool.size, pool.cpus, pool.gpus, dict(pool.resources)),
                           num_cpus=pool.cpus, num_gpus=pool.gpus, max_restarts=pool.max_restarts,
-                          max_task_retries=pool.max_restarts, **custom_resources(pool.resources))
+                          max_task_retries=pool.max_restarts, **custom_resources(pool.resources),
+                          **({"runtime_env": dict(pool.runtime_env)} if pool.runtime_env else {}))
 
 
 def custom_resources(needs: Mapping[str, float]) -> dict:
@@ -183,8 +185,11 @@ def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) 
                   round_index=r.k, tensor_parallel_size=res.tensor_parallel_size,
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
                   **extra)
+    from dlma_ray.generate import ENGINE_RUNTIME_ENV
+
     return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,
-                     batch_size or cfg.generation.batch_size, res.max_actor_restarts, res.engine_resources)
+                     batch_size or cfg.generation.batch_size, res.max_actor_restarts, res.engine_resources,
+                     ENGINE_RUNTIME_ENV)
 
 
 def scorer_pool(r: Round, mode: str) -> ActorPool:

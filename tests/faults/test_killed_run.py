@@ -1,9 +1,10 @@
 """The whole loop on the real stack (Ray, vLLM's CPU build, DeepSpeed), on a tiny random model.
 
 One 2-round run takes every fault the pipeline promises to survive, injected by killing real processes:
-the scorer actor in round 0's score stage (Ray restarts it and redoes its batches), the whole job inside
-round 0's training once a checkpoint exists (the resubmitted job resumes from that checkpoint, not from
-step 0), and a train worker in round 1 (Ray Train retries and resumes from the latest checkpoint). Every
+the scorer actor in round 0's score stage (Ray restarts it and redoes its batches), the whole job between
+round 0's score and train stages (the resubmitted job starts at train), the whole job again inside round
+0's training once a checkpoint exists (the resubmitted job resumes from that checkpoint, not from step 0),
+and a train worker in round 1 (Ray Train retries and resumes from the latest checkpoint). Every
 later check reads that finished run: the table schema, stored log-probs against a direct transformers
 recomputation, R against its formula, the margin that training grew, and round 1's engine and scorer
 running on round 0's policy.
@@ -81,26 +82,34 @@ def start_job(args: list[str], log: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
-    """A 2-round run that survives a killed scorer actor, a killed job and a killed train worker."""
+    """A 2-round run that survives a killed scorer actor, a job killed between two stages, a job killed inside
+    training and a killed train worker."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     args = job_args(tiny_model_dir, run_dir)
-    log1, log2 = run_dir.parent / "job1.log", run_dir.parent / "job2.log"
+    log1, log2, log3 = (run_dir.parent / f"job{i}.log" for i in (1, 2, 3))
     proc = start_job(args, log1)
     watch(proc, log1, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
           "scorer actor to kill")
-    watch(proc, log1, lambda: checkpoint_registered(run_dir, 0), "checkpoint in round 0's training")
-    os.killpg(proc.pid, signal.SIGKILL)
+    watch(proc, log1, lambda: (0, "score") in stages(run_dir), "the score stage recorded")
+    os.killpg(proc.pid, signal.SIGKILL)  # between two stages: score recorded, train not yet begun
     proc.wait()
-    assert stages(run_dir) == [(0, "generate"), (0, "score")], "the kill must land inside round 0's training"
     scored = {(s["round"], s["stage"]): s for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert scored[(0, "score")]["rows"] == 24, "the restarted scorer redid the killed actor's batches"
     before = {p.name: p.stat().st_mtime for p in (run_dir / "round_0/generations").iterdir()}
 
     proc = start_job(args, log2)
-    watch(proc, log2, lambda: (1, "score") in stages(run_dir) and checkpoint_registered(run_dir, 1), "checkpoint in round 1")
+    watch(proc, log2, lambda: checkpoint_registered(run_dir, 0), "checkpoint in round 0's training")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert stages(run_dir) == [(0, "generate"), (0, "score")], "the kill must land inside round 0's training"
+    assert "round 0, stage train" in log2.read_text(), "the job killed between stages resumed at the next one"
+
+    proc = start_job(args, log3)
+    watch(proc, log3, lambda: (1, "score") in stages(run_dir) and checkpoint_registered(run_dir, 1),
+          "checkpoint in round 1")
     assert kill_processes("RayTrainWorker") >= 1
     proc.wait(timeout=900)
-    out = log2.read_text()
+    out = log3.read_text()
     assert proc.returncode == 0, out[-6000:]
     assert "resuming" in out and "round 0, stage train" in out
     assert "taking over the lock" in out  # the killed job's lock: its holder is gone
