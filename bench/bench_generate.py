@@ -1,14 +1,14 @@
 """Generation: the pipeline's generate stage vs standalone vLLM vs HF transformers `generate`.
 
 Same prompts (N of the run's prompt set, each rendered under the positive and the negative prompt =
-2N requests), same sampling (generation.temperature/top_p/max_new_tokens), the pipeline's
-per-request seeds on both vLLM sides.
+2N requests), same sampling (`generate.sampling_params`: temperature, top_p, top_k, max_new_tokens, the
+end-of-turn stop), the pipeline's per-request seeds on both vLLM sides.
   (a) pipeline: `stages.generate.contrastive` (prompt loading, Ray Data, engine actor start, generate, Parquet
       write); inside the actor, `import vllm`, the engine's start and its generate call are timed.
   (b) standalone: `import vllm`, `vllm.LLM(...)` with the pipeline's engine arguments, one
       `llm.generate` over the same rendered prompts.
-  (c) HF: one batched, left-padded `model.generate(do_sample=True, top_k=0)` over the same prompts, with
-      as many torch threads as vLLM's CPU worker computes with (all cores but one).
+  (c) HF: one batched, left-padded `model.generate(do_sample=True, top_k=generation.top_k)` over the same
+      prompts, with as many torch threads as vLLM's CPU worker computes with (all cores but one).
 tokens/s counts generated tokens, end-of-turn included (HF rows up to their first EOS).
 
     python bench/bench_generate.py [--prompts 32] [--max-new-tokens 64] [--source builtin:demo] [key=value ...]
@@ -17,6 +17,8 @@ tokens/s counts generated tokens, end-of-turn included (HF rows up to their firs
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -78,20 +80,24 @@ def pipeline_side(cfg, run_dir):
     for key in ("import", "init", "generate"):
         t[key] = sum(x.get(f"{key}_s", 0) for x in logs)
     table = pq.read_table(out).to_pandas().set_index("prompt_id")
-    t["tokens"] = int(table.chosen_tokens.sum() + table.rejected_tokens.sum())
+    # the tables keep a response's content; the stop token the engine also generated counts here, as in (b)
+    t["tokens"] = int(table.chosen_tokens.sum() + table.rejected_tokens.sum() + table.chosen_finished.sum()
+                      + table.rejected_finished.sum())
     return t, table
 
 
-def vllm_side(g, prompts, seeds):
+def vllm_side(g, prompts, seeds, end_of_turn):
     t = {}
     with common.timed(t, "import"):
         from vllm import LLM, SamplingParams
 
-        from dlma_ray.generate import engine_kwargs
+        from dlma_ray.generate import engine_kwargs, sampling_params, stop_token_ids
     with common.timed(t, "init"):
         llm = LLM(**engine_kwargs(common.model_dir(), g, 1, False))
-    params = [SamplingParams(temperature=g["temperature"], top_p=g["top_p"], max_tokens=g["max_new_tokens"],
-                             seed=s) for s in seeds]
+    # The pipeline's sampling settings, request by request (top_k and the end-of-turn stop included).
+    stop = stop_token_ids(llm.get_tokenizer(), end_of_turn)
+    params = [sampling_params(g, g["max_new_tokens"], s, stop) for s in seeds]
+    assert all(isinstance(p, SamplingParams) for p in params)
     with common.timed(t, "generate"):
         outs = llm.generate(prompts, params, use_tqdm=False)
     llm.llm_engine.engine_core.shutdown()  # stop the engine processes before HF runs
@@ -114,7 +120,8 @@ def hf_side(g, prompts):
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     torch.manual_seed(g["seed"])
     with common.timed(t, "generate"), torch.no_grad():
-        gen = model.generate(**enc, do_sample=True, temperature=g["temperature"], top_p=g["top_p"], top_k=0,
+        gen = model.generate(**enc, do_sample=True, temperature=g["temperature"], top_p=g["top_p"],
+                             top_k=max(g["top_k"], 0),
                              max_new_tokens=g["max_new_tokens"], pad_token_id=tok.pad_token_id)
     new = gen[:, enc.input_ids.shape[1]:]
     eos = (new == tok.eos_token_id).int()
@@ -134,6 +141,11 @@ def main() -> None:
     from dlma_ray.generate import request_seed
 
     common.header("bench_generate: pipeline generate stage vs standalone vLLM vs HF generate")
+    # Whichever side starts an engine first would otherwise also pay for reading torch's and vLLM's libraries
+    # from disk into the page cache (tens of seconds on a cold machine): one import first, for both.
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import vllm.entrypoints.llm"], check=True, capture_output=True)
+    common.say(f"page cache warmed by one `import vllm` in a subprocess: {time.perf_counter() - t0:.1f} s")
     run_dir = tempfile.mkdtemp(prefix="bench-generate-")
     cfg = common.bench_config(f"data.source={args.source}", f"data.max_prompts={args.prompts}",
                               f"generation.max_new_tokens={args.max_new_tokens}", f"run.dir={run_dir}",
@@ -144,7 +156,7 @@ def main() -> None:
     seeds = [request_seed(g["seed"], 0, i, side) for side in ("pos", "neg") for i in table.index]
     common.say(f"{len(table)} prompts x 2 sides = {len(prompts)} requests; temperature {g['temperature']}, "
                f"top_p {g['top_p']}, max_new_tokens {g['max_new_tokens']}, dtype {g['dtype']}")
-    vl, texts = vllm_side(g, prompts, seeds)
+    vl, texts = vllm_side(g, prompts, seeds, str(table.end_of_turn.iloc[0]))
     hf = hf_side(g, prompts)
 
     rows = []

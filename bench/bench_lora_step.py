@@ -12,9 +12,7 @@ peak torch-allocated memory (GPU), and the median step time. Sides run full, LoR
 
 import argparse
 import json
-import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,12 +44,7 @@ def one_side(args) -> dict:
     n = args.pairs
     ref_c, ref_r, reward = (torch.as_tensor(rows[k], dtype=torch.float32, device=dev)
                             for k in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    dist.init_process_group("nccl" if dev == "cuda" else "gloo", rank=0, world_size=1)
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    common.init_group()
     torch.manual_seed(t["seed"])
     model = load_causal_lm(path, "float32").train()
     if lora.enabled(t):

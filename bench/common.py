@@ -71,6 +71,38 @@ def preference_pairs(limit: int = 0, path: str | None = None):
     return pairs
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_group(rank: int = 0, world: int = 1, port: int | None = None, backend: str | None = None) -> None:
+    """Our own process group (gloo on CPU, NCCL on GPU); on CPU no shared-memory comm op, as dlma_ray/train.py."""
+    import deepspeed
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port or free_port()), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group(backend or ("nccl" if device() == "cuda" else "gloo"), rank=rank, world_size=world)
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def torch_step(model, optimizer, loss_fn, grad_clip: float) -> float:
+    """One plain torch training step (the baseline of the step benchmarks): loss, backward, clip, update."""
+    import torch
+
+    loss = loss_fn()
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
 @contextlib.contextmanager
 def timed(store: dict, key: str):
     start = time.perf_counter()

@@ -53,7 +53,7 @@ def direct_logprob(model, tokenizer, context: str, response_ids: list[int]) -> f
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([ctx + list(response_ids)])
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)  # exact: float32 drifts
     return sum(logp[len(ctx) + j - 1, int(t)].item() for j, t in enumerate(response_ids))
 
 

@@ -2,7 +2,8 @@
 own temp dir and custom resources), the run directory on an S3-compatible server (moto's), and the job
 submitted with `ray job submit`: jobs/configs/multinode-example.yaml places one train worker on each node and
 the engine on the node labelled `engine_node`, by Ray resources only. Ray's state API then says where each
-actor ran."""
+actor ran; every output is on the store, nothing temporary is left there, and a second submission finds the
+run finished."""
 
 import json
 import os
@@ -97,7 +98,15 @@ def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
 
     state = json.loads(storage.read_text("s3://runs/multinode/state.json"))
     assert [s["stage"] for s in state["stages"]] == ["generate", "score", "train"]
-    assert storage.exists("s3://runs/multinode/round_0/policy/model.safetensors")
+    assert state["stages"][1]["rows"] == 16
+    # Every output is on the store, whole, and nothing temporary is left there.
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri("s3://runs/multinode")
+    names = {i.path for i in fs.get_file_info(pafs.FileSelector("runs/multinode", recursive=True))}
+    assert {"runs/multinode/round_0/policy/model.safetensors", "runs/multinode/report.md"} <= names
+    assert any(n.startswith("runs/multinode/round_0/pairs/") and n.endswith(".parquet") for n in names)
+    assert not any("/.ray_train" in n or ".tmp-" in n for n in names), "temporary outputs left on S3"
 
     nodes = {n["node_id"]: n for n in listing(cluster, "nodes") if n["state"] == "ALIVE"}
     assert len(nodes) == 2
@@ -113,6 +122,10 @@ def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
     assert trainers == set(nodes), f"the two train workers must run one on each node: {where}"
     assert engines == labelled, f"engines must run only where engine_node is offered: {where}"
     assert scorers, where
+
+    again = submit(cluster, "s3://runs/multinode", tiny_model_dir)  # resumed from the store's state.json
+    out = finish(again, 600)
+    assert again.returncode == 0 and "already finished" in out, out[-3000:]
 
 
 def retries_available() -> bool:

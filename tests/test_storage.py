@@ -78,32 +78,6 @@ def test_run_state_resumes_from_s3(s3_env):
         RunState.open("s3://runs/state-test", load_config(None, ["train.beta=0.5"]).to_dict())
 
 
-@pytest.mark.slow
-def test_one_round_with_run_dir_on_s3(s3_env, tiny_model_dir):
-    import pyarrow.fs as pafs
-
-    args = [f"model.path={tiny_model_dir}", "run.dir=s3://runs/pipeline", "data.max_prompts=16", "rounds.count=1",
-            "generation.max_new_tokens=8", "train.micro_batch_size=4", "train.global_batch_size=4",
-            "eval.enabled=false"]
-    env = {**os.environ, **s3_env, "RAY_ADDRESS": "local"}
-    first = subprocess.run([sys.executable, "jobs/iterate.py", *args], cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=900)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    fs, _ = pafs.FileSystem.from_uri("s3://runs/pipeline")
-    names = {i.path for i in fs.get_file_info(pafs.FileSelector("runs/pipeline", recursive=True))}
-    assert "runs/pipeline/state.json" in names and "runs/pipeline/round_0/policy/model.safetensors" in names
-    assert any(n.startswith("runs/pipeline/round_0/pairs/") and n.endswith(".parquet") for n in names)
-    assert "runs/pipeline/report.md" in names
-    assert not any("/.ray_train" in n or ".tmp-" in n for n in names), "temporary outputs left on S3"
-    state = json.loads(storage.read_text("s3://runs/pipeline/state.json"))
-    assert [s["stage"] for s in state["stages"]] == ["generate", "score", "train"]
-    assert state["stages"][1]["rows"] == 16
-
-    second = subprocess.run([sys.executable, "jobs/iterate.py", *args], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=600)
-    assert second.returncode == 0 and "already finished" in second.stdout
-
-
 def test_a_remote_policy_is_copied_once_verified_and_refreshed(s3_env, tmp_path, monkeypatch):
     """The local cache of a policy on an object store: reused while it matches the remote files, downloaded
     again when it is damaged or the remote folder changed (a policy redone under the same URI); a large
