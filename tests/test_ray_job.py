@@ -87,9 +87,13 @@ def test_job_submit_with_token_auth_and_dashboard_metrics(tiny_model_dir, tmp_pa
                 "generation.max_new_tokens=8", "train.micro_batch_size=4", "train.global_batch_size=4",
                 "eval.enabled=false"]
         excludes = json.dumps({"excludes": [".git", ".venv", "runs", "__pycache__", ".pytest_cache"]})
-        job = subprocess.Popen([RAY, "job", "submit", *address, "--working-dir",
-                                str(REPO), "--runtime-env-json", excludes, "--", "python", "jobs/iterate.py", *args],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        # The job's log goes to a file, not a pipe: this loop does not read while it waits, and a full pipe
+        # (64 KiB: the job streams its whole log, progress bars included) blocks `ray job submit` for good.
+        log = tmp_path / "job.log"
+        with open(log, "w") as fh:
+            job = subprocess.Popen([RAY, "job", "submit", *address, "--working-dir", str(REPO), "--runtime-env-json",
+                                    excludes, "--", "python", "jobs/iterate.py", *args],
+                                   env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         seen: dict[tuple[str, str], float] = {}
         deadline = time.time() + 900
         while job.poll() is None and time.time() < deadline:
@@ -100,7 +104,8 @@ def test_job_submit_with_token_auth_and_dashboard_metrics(tiny_model_dir, tmp_pa
             for k, v in scrape(prom).items():
                 seen[k] = max(seen.get(k, float("-inf")), v)
             time.sleep(2)
-        out = job.communicate(timeout=60)[0]
+        job.wait(timeout=60)
+        out = log.read_text()
         assert job.returncode == 0, out[-5000:]
         assert "succeeded" in out
         assert json.loads((run_dir / "state.json").read_text())["stages"][-1]["stage"] == "train"
