@@ -24,7 +24,10 @@ from dlma_ray.prompts import ContrastiveRenderer, PromptPair
 # killed the engine core (and Python's resource tracker) in the middle of vLLM's own shutdown: the log then
 # showed "engine core exited unexpectedly" and resource-tracker KeyError tracebacks. Left alive, vLLM stops
 # its core itself at exit (and a core whose parent dies exits on its own).
-ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}}
+# Ray starts workers at niceness 15, and the engine's core and worker processes inherit it: every Ray process
+# at niceness 0 (driver, raylet, dashboard) then came first, and the engine started 1.1-1.5x slower than a
+# standalone one (bench/RESULTS.md). Ray's job supervisor starts its driver at 0 the same way.
+ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false", "RAY_worker_niceness": "0"}}
 
 
 def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) -> int:
