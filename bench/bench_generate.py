@@ -26,7 +26,7 @@ import common
 from dlma_ray.generate import GenerationEngine
 
 WARM_UP = ("import sys; sys.path.insert(0, %r); import common; common.setup(); "
-           "from dlma_ray.generate import start_engine, stop_engine; "
+           "from dlma_ray.engines import start_engine, stop_engine; "
            "stop_engine(start_engine(common.model_dir(), vars(common.bench_config().generation)))"
            % os.path.dirname(os.path.abspath(__file__)))
 TIMES_FILE = os.path.join(tempfile.gettempdir(), f"bench-generate-{os.getpid()}.jsonl")
@@ -95,7 +95,8 @@ def vllm_side(g, prompts, seeds, end_of_turn):
     with common.timed(t, "import"):
         from vllm import LLM, SamplingParams
 
-        from dlma_ray.generate import engine_kwargs, sampling_params, stop_token_ids
+        from dlma_ray.engines import engine_kwargs
+        from dlma_ray.generate import sampling_params, stop_token_ids
     with common.timed(t, "init"):
         llm = LLM(**engine_kwargs(common.model_dir(), g, 1, False))
     # The pipeline's sampling settings, request by request (top_k and the end-of-turn stop included).

@@ -44,7 +44,8 @@ def main() -> None:
 
     from dlma_ray.config import load_config
     from dlma_ray.evalstats import mean_summary, rate_summary
-    from dlma_ray.generate import engine_kwargs, request_seed, sampled_ids, sampling_params, stop_token_ids
+    from dlma_ray.engines import engine_kwargs
+    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, stop_token_ids
     from dlma_ray.logprobs import response_ids, score_ids
     from dlma_ray.models import load_causal_lm, load_tokenizer, resolve_model_path
     from dlma_ray.stages.common import prompt_rows

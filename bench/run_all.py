@@ -20,7 +20,7 @@ import time
 
 import common
 
-BENCHES = ["generate", "score", "train_step", "trl", "lora_step", "round"]
+BENCHES = ["generate", "handover", "score", "train_step", "trl", "lora_step", "round"]
 
 
 def main() -> int:

@@ -51,7 +51,7 @@ def main() -> None:
     common.setup()
     from bench_score import build_sequences
 
-    from dlma_ray.generate import engine_kwargs
+    from dlma_ray.engines import engine_kwargs
     from dlma_ray.logprobs import encode_text_response
     from dlma_ray.models import load_causal_lm, load_tokenizer
 

@@ -206,6 +206,9 @@ class ResourcesConfig:
     num_train_workers: int = _f(1, "Ray Train workers (one DeepSpeed rank each)", min=1)
     cpus_per_train_worker: float = _f(1.0, "CPUs per train worker", min=0.0)
     use_gpu_for_training: bool = _f(False, "one GPU per train worker, NCCL backend")
+    keep_engines: bool = _f(True, "keep the evaluation's vLLM engines (they load pi_{k+1}) for round k+1's generate "
+                            "stage: one engine start a round, not two; off by itself when the cluster has no room "
+                            "for a scorer beside them (they keep their GPUs, not CPUs)")
     max_actor_restarts: int = _f(3, "how often Ray restarts a killed engine, scorer or embedding actor (its "
                                  "unfinished batches are redone) before the stage fails", min=0)
     # Custom Ray resources (`ray start --resources='{"engine_node": 1}'`) place the pools by label, with no

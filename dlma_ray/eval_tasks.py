@@ -1,6 +1,7 @@
 """The model work of the evaluate stage, run inside Ray tasks (dlma_ray.evaluate starts them).
 
-    generate_answers       vLLM: a model's sampled answers to the held-out prompts, plain chat format
+    generate_answers       vLLM: a model's sampled answers to the held-out prompts, plain chat format, on an
+                           engine of its own (answer_prompts: on any engine, e.g. one kept across stages)
     initial_model_scores   transformers on pi_0, the fixed judge of every round: the contrast
                            C(y) = log pi_0(y | positive) - log pi_0(y | negative) of both answer sets,
                            log pi_0 of the policy's answers (KL), of the human pairs (implicit reward's
@@ -95,20 +96,27 @@ def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple
 
 
 def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
-    """The model's sampled answer to each prompt under the plain chat format (vLLM, seeded per prompt)."""
-    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, start_engine, stop_engine, stop_token_ids
+    """The model's sampled answer to each prompt under the plain chat format, on an engine of its own."""
+    from dlma_ray.engines import start_engine, stop_engine
+
+    llm = start_engine(model_ref, dict(vars(cfg.generation), seed=cfg.eval.seed), cfg.resources.tensor_parallel_size,
+                       cfg.model.trust_remote_code, cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
+    try:
+        return answer_prompts(llm, model_ref, prompts, cfg)
+    finally:
+        stop_engine(llm)
+
+
+def answer_prompts(llm, model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
+    """Answers from ``llm``, a `vllm.LLM` or an engine kept across stages (dlma_ray.engines), seeded per prompt."""
+    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, stop_token_ids
 
     gen = dict(vars(cfg.generation), seed=cfg.eval.seed)
-    llm = start_engine(model_ref, gen, cfg.resources.tensor_parallel_size, cfg.model.trust_remote_code,
-                       cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
     r = cfg.pair.renderer(llm.get_tokenizer())
     stop = stop_token_ids(llm.get_tokenizer(), r.end_of_turn)
     params = [sampling_params(gen, cfg.eval.max_new_tokens, request_seed(cfg.eval.seed, 0, p["prompt_id"], "eval"),
                               stop) for p in prompts]
-    try:
-        outs = llm.generate([r.plain(p["messages"]) for p in prompts], params, use_tqdm=False)
-    finally:
-        stop_engine(llm)
+    outs = llm.generate([r.plain(p["messages"]) for p in prompts], params, use_tqdm=False)
     rows = []
     for p, o in zip(prompts, outs):
         ids, finished = sampled_ids(o.outputs[0], stop)

@@ -25,7 +25,7 @@ import math
 import time
 from pathlib import Path
 
-from dlma_ray import eval_tasks, generate, storage
+from dlma_ray import engines, eval_tasks, storage
 from dlma_ray.config import Config, DataConfig
 from dlma_ray.judges import api_key, check_judge, openai_margins
 from dlma_ray.interfaces import StageResult
@@ -196,14 +196,16 @@ def refusal_judge_agreement() -> dict:
 
 def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: str | None = None,
                     heldout: list[dict] | None = None, round_index: int | None = None,
-                    baseline_path: str | None = None, judged_pairs: list[dict] | None = None) -> dict:
+                    baseline_path: str | None = None, judged_pairs: list[dict] | None = None,
+                    kept: engines.KeptEngines | None = None) -> dict:
     """Evaluate one policy folder; writes <out_dir>/answers.jsonl and <out_dir>/eval.json; returns eval.json.
 
     ``reference`` is the training's reference (recorded only: every measure compares with pi_0, the fixed
     round-0 model); ``heldout`` rows come from ``read_heldout``; pi_0's answers are cached at
     ``baseline_path`` (default <run.dir>/baseline_answers.jsonl). ``judged_pairs`` (generated pairs with
     their R, from ``read_judged_pairs``) are judged by an external judge when one is configured: R's
-    accuracy against it by |R| range, the paper's headline.
+    accuracy against it by |R| range, the paper's headline. ``kept``: engines already loaded with this policy
+    (the pipeline keeps them for the next round's generate stage): the answers come from them.
     """
     import ray
 
@@ -220,14 +222,15 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     init_ray(cfg)
     r = cfg.resources
     gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources,
-                generate.ENGINE_RUNTIME_ENV)
+                engines.ENGINE_RUNTIME_ENV)
     scorer = dict(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, resources=r.scorer_resources)
     log.info("evaluating %s: %d held-out prompts, %d human pairs, %d held-out generated pairs, %d neutral texts",
              policy, len(prompts), len(pairs), len(heldout or []), len(neutral))
-    answers_ref = gen.remote(policy, prompts, cfg)
+    kept = kept if kept is not None and kept.serves(policy) else None
+    answers_ref = None if kept else gen.remote(policy, prompts, cfg)
     baseline = _read_baseline(baseline_path, prompts, cfg)
     baseline_ref = gen.remote(round0, prompts, cfg) if baseline is None else None
-    answers = ray.get(answers_ref)
+    answers = eval_tasks.answer_prompts(kept.engine(), policy, prompts, cfg) if kept else ray.get(answers_ref)
     storage.write_text_atomic(storage.join(out_dir, "answers.jsonl"), _jsonl(answers))
     if baseline_ref is not None:
         baseline = ray.get(baseline_ref)
@@ -285,5 +288,5 @@ def run_round(r: Round) -> StageResult:
     result = evaluate_policy(r.cfg, paths.policy, paths.dir, reference=r.reference,
                              heldout=read_heldout(paths.pairs, r.cfg.eval.heldout_pairs), round_index=r.k,
                              baseline_path=r.run.baseline_answers,
-                             judged_pairs=read_judged_pairs(paths.pairs, r.cfg.eval.max_pairs))
+                             judged_pairs=read_judged_pairs(paths.pairs, r.cfg.eval.max_pairs), kept=r.engines)
     return StageResult(paths.eval_json, result["details"]["heldout_prompts"])

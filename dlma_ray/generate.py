@@ -1,7 +1,7 @@
 """Generate stage: Ray Data `map_batches` over vLLM engine actors.
 
-Each actor owns one vLLM engine loaded from the round's policy folder and answers every prompt of
-a batch twice in one engine call: under the positive and under the negative prompt of the pair.
+Each actor owns one vLLM engine loaded from the round's policy folder (or drives one the evaluation kept:
+dlma_ray.engines) and answers every prompt of a batch twice in one engine call: under the positive and under the negative prompt of the pair.
 Each request carries its own seed derived from (run seed, round, prompt id, side), so a row's
 samples do not depend on how Ray Data batched the rows. `SampleEngine` (Self-Contrast) instead samples
 N responses per prompt under the plain context, seeded per (prompt, sample index).
@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 
 import numpy as np
 
 from dlma_ray import telemetry
+from dlma_ray.engines import HostedEngine, start_engine, stop_engine
 from dlma_ray.prompts import ContrastiveRenderer, PromptPair
-
-
-# Ray options of every process that holds an engine. Ray kills a worker's child processes when it ends it, which
-# killed the engine core (and Python's resource tracker) in the middle of vLLM's own shutdown: the log then
-# showed "engine core exited unexpectedly" and resource-tracker KeyError tracebacks. Left alive, vLLM stops
-# its core itself at exit (and a core whose parent dies exits on its own).
-# Ray starts workers at niceness 15, and the engine's core and worker processes inherit it: every Ray process
-# at niceness 0 (driver, raylet, dashboard) then came first, and the engine started 1.1-1.5x slower than a
-# standalone one (bench/RESULTS.md). Ray's job supervisor starts its driver at 0 the same way.
-ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false", "RAY_worker_niceness": "0"}}
 
 
 def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) -> int:
@@ -64,53 +54,15 @@ def sampling_params(gen: dict, max_tokens: int, seed: int, stop_ids: set[int]):
                           max_tokens=max_tokens, seed=seed, stop_token_ids=sorted(stop_ids))
 
 
-def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_remote_code: bool) -> dict:
-    """Arguments of `vllm.LLM` for one engine (CPU build or CUDA build: same call)."""
-    import torch
-
-    kwargs = dict(model=model_path, dtype=gen["dtype"], enforce_eager=gen["enforce_eager"], load_format="safetensors",
-                  max_model_len=gen["max_model_len"], seed=gen["seed"], trust_remote_code=trust_remote_code,
-                  tensor_parallel_size=tensor_parallel_size)
-    if torch.cuda.is_available():
-        kwargs["gpu_memory_utilization"] = gen["gpu_memory_utilization"]
-    else:
-        # vLLM's CPU build crashes ("CPU Generator does not use offset") when a request with its own
-        # seed has its prefill chunked; whole prefills keep per-request seeds working.
-        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, gen["max_model_len"]))
-    return kwargs
-
-
-def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust_remote_code: bool = False,
-                 torch_threads: int = 1):
-    """A `vllm.LLM` for ``model_ref`` (its engine core runs in a process of its own: `stop_engine` ends it).
-
-    The core cannot run in this process on vLLM's CPU build: its attention kernels then see two thread
-    counts (the actor's torch threads and the engine's OpenMP binding) and abort."""
-    import torch
-
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
-    from vllm import LLM
-
-    from dlma_ray.models import resolve_model_path
-
-    torch.set_num_threads(torch_threads)
-    return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
-
-
-def stop_engine(llm) -> None:
-    """Shut the engine's core (and its processes, if any) down now, not at interpreter exit. Idempotent."""
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if core is not None and hasattr(core, "shutdown") and not getattr(llm, "dlma_stopped", False):
-        llm.dlma_stopped = True
-        core.shutdown()
-
-
 class GenerationEngine:
     """A Ray Data callable class: prompt rows in, rows with (y+, y-) and their contexts out."""
 
     def __init__(self, model_path: str, pair: PromptPair, style: str, gen: dict, round_index: int,
-                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, torch_threads: int = 1):
-        self.llm = start_engine(model_path, gen, tensor_parallel_size, trust_remote_code, torch_threads)
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, torch_threads: int = 1,
+                 engine_hosts: list | None = None):
+        # engine_hosts: engines kept from the evaluation (dlma_ray.engines.KeptEngines) instead of a new one
+        self.llm = (HostedEngine.claim(engine_hosts, model_path, trust_remote_code) if engine_hosts else
+                    start_engine(model_path, gen, tensor_parallel_size, trust_remote_code, torch_threads))
         self.renderer = ContrastiveRenderer(self.llm.get_tokenizer(), pair, style)
         self.stop_ids = stop_token_ids(self.llm.get_tokenizer(), self.renderer.end_of_turn)
         self.gen, self.round_index, self.model_ref = gen, round_index, model_path

@@ -6,11 +6,13 @@
       train     Ray Train TorchTrainer + DeepSpeed     -> <run>/round_k/policy/       (HF folder) = pi_{k+1}
       evaluate  Ray tasks (dlma_ray.evaluate)          -> <run>/round_k/eval.json
 
-The method (`train.method`, dlma_ray.methods) says how each stage is done; this loop only orders them.
+The method (`train.method`, dlma_ray.methods) says how each stage is done; this loop only orders them, and
+keeps evaluate(k)'s vLLM engines (pi_{k+1}) for generate(k+1) (dlma_ray.engines).
 
 Every stage writes under a temporary name, renames into place, then records itself in
 `<run>/state.json`; a rerun skips what is recorded there. Actor pools end with their stage, so the
-same CPUs/GPUs serve every stage in turn.
+same CPUs/GPUs serve every stage in turn (the kept engines hold GPUs, never CPUs, from evaluate(k) to
+generate(k+1)).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dlma_ray import methods, storage, telemetry, tracking, trainlog
 from dlma_ray.config import Config
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import RunLayout
-from dlma_ray.stages.common import Round, init_ray
+from dlma_ray.engines import KeptEngines, room_beside_scorers
+from dlma_ray.stages.common import Round, init_ray, model_for_actor, pool_size
 from dlma_ray.state import STAGES, RunState
 
 log = logging.getLogger("dlma_ray")
@@ -94,29 +97,68 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
         log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
     tracking.check_available(cfg.run.trackers)  # tracking: a missing library fails now, not after a stage
     init_ray(cfg)
-    for k, stage in pending:
-        r = Round(cfg, run, k)
-        storage.remove_stale_temps(r.paths.dir)
-        log.info("round %d: %s (%s) ...", k, stage, method.name)
-        telemetry.set_gauge("dlma_current_round", k)
-        telemetry.set_gauge("dlma_stage_running", 1, stage=stage)
-        start = time.time()
-        try:
-            result = run_stage(method, stage, r)
-        finally:
-            telemetry.set_gauge("dlma_stage_running", 0, stage=stage)
-        seconds = time.time() - start
-        telemetry.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
-        state.record(k, stage, result.output, result.rows, seconds, started=round(start, 3), job_started=job_started,
-                     **({"metrics": result.summary} if result.summary else {}))
-        log.info(stage_line(k, stage, result, seconds))
-        if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
-            from dlma_ray.modelcard import write_card_quietly
-
-            write_card_quietly(run_dir, k)
-            trainlog.log_finished_round(cfg, run_dir, state, k)
+    kept = None  # engines kept from evaluate(k) for generate(k+1) (dlma_ray.engines)
+    try:
+        for k, stage in pending:
+            if stage == "evaluate" and keeps_engines(cfg, method, k, pending):
+                kept = KeptEngines.start(cfg, model_for_actor(run.round(k).policy), engine_count(cfg))
+            _run_one(cfg, run, method, state, Round(cfg, run, k, kept), stage, job_started)
+            if stage == "generate" and kept is not None:
+                kept.release()
+                kept = None
+    finally:
+        if kept is not None:
+            kept.release()
     write_run_report(run_dir)
     return state
+
+
+def _run_one(cfg: Config, run: RunLayout, method: methods.Method, state: RunState, r: Round, stage: str,
+             job_started: float) -> None:
+    """Run one stage and record it in the run's state; a round's last stage also writes its model card."""
+    k = r.k
+    storage.remove_stale_temps(r.paths.dir)
+    log.info("round %d: %s (%s) ...", k, stage, method.name)
+    telemetry.set_gauge("dlma_current_round", k)
+    telemetry.set_gauge("dlma_stage_running", 1, stage=stage)
+    start = time.time()
+    try:
+        result = run_stage(method, stage, r)
+    finally:
+        telemetry.set_gauge("dlma_stage_running", 0, stage=stage)
+    seconds = time.time() - start
+    telemetry.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
+    summary = dict(result.summary)
+    if r.engines is not None and stage in ("evaluate", "generate"):
+        summary["kept_engines"] = len(r.engines.hosts)
+    state.record(k, stage, result.output, result.rows, seconds, started=round(start, 3), job_started=job_started,
+                 **({"metrics": summary} if summary else {}))
+    log.info(stage_line(k, stage, result, seconds))
+    if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
+        from dlma_ray.modelcard import write_card_quietly
+
+        write_card_quietly(run.root, k)
+        trainlog.log_finished_round(cfg, run.root, state, k)
+
+
+def keeps_engines(cfg: Config, method: methods.Method, k: int, pending: list[tuple[int, str]]) -> bool:
+    """Keep evaluate(k)'s engines for generate(k+1)? Only when that stage runs in this job, samples on engines,
+    and the cluster has room for evaluation's scorers beside them (`engines.room_beside_scorers`)."""
+    import ray
+
+    if not (cfg.resources.keep_engines and method.generates_on_engines and (k + 1, "generate") in pending):
+        return False
+    if room_beside_scorers(cfg.resources, engine_count(cfg), ray.cluster_resources()):
+        return True
+    log.info("round %d: not keeping the evaluation's engines for round %d: the cluster has no room for a scorer "
+             "beside them (resources.keep_engines)", k, k + 1)
+    return False
+
+
+def engine_count(cfg: Config) -> int:
+    """How many engines the generate stage would start (`resources.num_engines`, fitted to the cluster)."""
+    res = cfg.resources
+    return pool_size("engines", res.num_engines, res.cpus_per_engine, res.gpus_per_engine, dict(res.engine_resources))
 
 
 def stage_line(k: int, stage: str, result: StageResult, seconds: float) -> str:

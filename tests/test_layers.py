@@ -21,7 +21,7 @@ LAYERS = {
     "packing": 2, "sources": 2, "preference_formats": 2, "data": 2, "models": 2, "logprobs": 2, "embedding": 2, "judges": 2,
     "refusal": 2, "negatives": 2, "measures": 2, "testing": 2, "checkpoint": 2, "lora": 2,
     # 3 workers: what runs inside a Ray actor, task or train worker, and the metrics they record
-    "telemetry": 3, "trainlog": 3, "generate": 3, "score": 3, "train": 3, "eval_tasks": 3, "sharding": 3, "nodes": 3,
+    "telemetry": 3, "trainlog": 3, "engines": 3, "generate": 3, "score": 3, "train": 3, "eval_tasks": 3, "sharding": 3, "nodes": 3,
     # 4 stages: one stage on Ray, blind to the method
     "stages": 4, "evaluate": 4,
     # 5 methods: what differs by train.method

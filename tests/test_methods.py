@@ -53,7 +53,7 @@ def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> 
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # A healthy run's log has no tracebacks: users learn to read them, not skip them (engines are ended so that
-    # vLLM shuts its core down itself: dlma_ray.generate.ENGINE_RUNTIME_ENV).
+    # vLLM shuts its core down itself: dlma_ray.engines.ENGINE_RUNTIME_ENV).
     lines = (result.stdout + result.stderr).splitlines()
     ours = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
     assert not ours, "\n".join(lines[ours[0]:ours[0] + 30]) if ours else ""

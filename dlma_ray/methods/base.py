@@ -32,6 +32,7 @@ class Method:
     scoring: ClassVar[str] = "reference"  # the score stage's mode (dlma_ray.score): contrastive, reference, none
     summary: ClassVar[str] = ""  # one line for the docs and --help
     order: ClassVar[int] = 100  # where it is listed (docs, comparison): lower first
+    generates_on_engines: ClassVar[bool] = True  # its generate stage samples pi_k on vLLM engines (engine_pool)
 
     def check(self, cfg: Config) -> list[str]:
         """Config errors only this method can see (each naming its field); [] when fine."""

@@ -58,6 +58,7 @@ class Dpo(Method):
     name = "dpo"
     order = 20
     summary = "DPO on human-written pairs from data.source (no generation)"
+    generates_on_engines = False
 
     def generate(self, r: Round) -> StageResult:
         return generate.from_rows(r, human_pair_rows(r.cfg, r.k))

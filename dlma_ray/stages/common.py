@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from dlma_ray import storage
 from dlma_ray.config import Config
+from dlma_ray.engines import ENGINE_RUNTIME_ENV, KeptEngines
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import RoundLayout, RunLayout
 from dlma_ray.schema import PAIR_SCHEMA, conform
@@ -30,6 +31,8 @@ class Round:
     cfg: Config
     run: RunLayout
     k: int
+    # vLLM engines the pipeline keeps from evaluate(k-1) for this round's generate (dlma_ray.engines); None: none
+    engines: KeptEngines | None = None
 
     @property
     def paths(self) -> RoundLayout:
@@ -179,14 +182,19 @@ def custom_resources(needs: Mapping[str, float]) -> dict:
 
 
 def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) -> ActorPool:
-    """vLLM engine actors (dlma_ray.generate) loading pi_k, with the run's prompt pair and sampling settings."""
+    """vLLM engine actors (dlma_ray.generate) loading pi_k, with the run's prompt pair and sampling settings.
+    With engines kept for pi_k (``r.engines``) the actors drive those instead: each reserves the CPU its engine
+    works on, as an engine actor would, while the GPUs stay with the kept engines."""
     res, cfg = r.cfg.resources, r.cfg
+    kept = r.engines if r.engines is not None and r.engines.serves(r.policy) else None
     kwargs = dict(model_path=r.policy, pair=cfg.pair.prompt_pair(), style=cfg.pair.style, gen=vars(cfg.generation),
                   round_index=r.k, tensor_parallel_size=res.tensor_parallel_size,
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
-                  **extra)
-    from dlma_ray.generate import ENGINE_RUNTIME_ENV
-
+                  **({"engine_hosts": kept.hosts} if kept else {}), **extra)
+    if kept:
+        log.info("round %d: generate on the %d vLLM engine(s) kept from the evaluation", r.k, len(kept.hosts))
+        return ActorPool("engines", engine, kwargs, len(kept.hosts), res.cpus_per_engine, 0.0,
+                         batch_size or cfg.generation.batch_size, res.max_actor_restarts)
     return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,
                      batch_size or cfg.generation.batch_size, res.max_actor_restarts, res.engine_resources,
                      ENGINE_RUNTIME_ENV)

@@ -135,6 +135,11 @@ def test_resume_finished_every_stage_once(finished_run):
     assert stages(run_dir) == [(k, s) for k in (0, 1) for s in ("generate", "score", "train", "evaluate")]
     rows = {(s["round"], s["stage"]): s["rows"] for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert rows[(0, "generate")] == rows[(0, "score")] == rows[(1, "generate")] == 24
+    # evaluate(0)'s engine, loaded with round 0's policy, also served generate(1) (dlma_ray.engines)
+    metrics = {(s["round"], s["stage"]): s.get("metrics", {}) for s in json.loads((run_dir / "state.json").read_text())["stages"]}
+    assert metrics[(0, "evaluate")]["kept_engines"] == metrics[(1, "generate")]["kept_engines"] == 1
+    assert "kept_engines" not in metrics[(0, "generate")] and "kept_engines" not in metrics[(1, "evaluate")]
+    assert "round 1: generate on the 1 vLLM engine(s) kept from the evaluation" in finished_run[2]
     assert not list((run_dir / "round_0").glob(".*tmp-*")), "no temporary stage output left behind"
     assert (run_dir / "round_1/eval.json").exists() and (run_dir / "report.md").exists()
     report = (run_dir / "report.md").read_text()

@@ -1,0 +1,98 @@
+"""Engines kept from the evaluation for the next round's generate stage (dlma_ray.engines).
+
+In real Ray and vLLM: one engine kept on a policy answers the evaluation prompts from the driver, then serves
+round 1's generate stage through Ray Data. Its answers and the stage's table must equal, sample for sample,
+what fresh engines give, and releasing it must end its actor. The pipeline's use of it (kept from evaluate(0)
+for generate(1), recorded in state.json) is checked on the killed 2-round run (tests/faults/test_killed_run.py).
+"""
+
+import shutil
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+
+from dlma_ray.engines import room_beside_scorers
+
+
+def resources(**kw):
+    base = dict(gpus_per_engine=0.0, gpus_per_scorer=0.0, engine_resources={}, scorer_resources={})
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_cpu_engines_always_leave_room():
+    """Kept engines hold no CPU: on a CPU cluster evaluation's scorers always fit beside them."""
+    assert room_beside_scorers(resources(), 4, {"CPU": 2.0})
+
+
+def test_gpu_engines_need_room_for_a_scorer_or_the_pi0_engine():
+    res = resources(gpus_per_engine=1.0, gpus_per_scorer=1.0)
+    assert not room_beside_scorers(res, 1, {"CPU": 16.0, "GPU": 1.0}), "the scorer would wait for the engine forever"
+    assert room_beside_scorers(res, 1, {"CPU": 16.0, "GPU": 2.0})
+    assert not room_beside_scorers(res, 2, {"GPU": 2.0})
+    tp2 = resources(gpus_per_engine=2.0, gpus_per_scorer=1.0)  # evaluation's pi_0 engine needs 2 beside the kept one
+    assert not room_beside_scorers(tp2, 1, {"GPU": 3.0}) and room_beside_scorers(tp2, 1, {"GPU": 4.0})
+
+
+def test_custom_labels_count_like_gpus():
+    res = resources(engine_resources={"engine_node": 1.0}, scorer_resources={"engine_node": 1.0})
+    assert not room_beside_scorers(res, 1, {"engine_node": 1.0}) and room_beside_scorers(res, 1, {"engine_node": 2.0})
+    # Scorers placed apart still wait for evaluation's pi_0 engine, which needs an engine node of its own.
+    apart = resources(engine_resources={"engine_node": 1.0}, scorer_resources={"scorer_node": 1.0})
+    assert not room_beside_scorers(apart, 1, {"engine_node": 1.0, "scorer_node": 1.0})
+    assert room_beside_scorers(apart, 1, {"engine_node": 2.0, "scorer_node": 1.0})
+
+
+def generations(run_dir) -> dict:
+    t = pq.read_table(run_dir / "round_1/generations").to_pylist()
+    return {r["prompt_id"]: r for r in t}
+
+
+@pytest.mark.slow
+def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir, tokenizer):
+    import ray
+
+    from dlma_ray import eval_tasks
+    from dlma_ray.config import load_config
+    from dlma_ray.engines import KeptEngines
+    from dlma_ray.evaluate import load_eval_prompts
+    from dlma_ray.layout import RunLayout
+    from dlma_ray.stages.common import Round, model_for_actor
+    from dlma_ray.stages.generate import contrastive
+
+    runs = {}
+    for name in ("kept", "fresh"):  # round 0 "trained" a copy of the model; round 1 generates on it
+        runs[name] = tmp_path / name
+        shutil.copytree(tiny_model_dir, runs[name] / "round_0/policy")
+    args = [f"model.path={tiny_model_dir}", "data.max_prompts=16", "generation.max_new_tokens=8",
+            "generation.batch_size=4", "generation.cpu_kvcache_gb=1", "eval.max_prompts=4", "eval.max_new_tokens=8"]
+    cfg = {name: load_config(None, [*args, f"run.dir={run}"]) for name, run in runs.items()}
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        policy = model_for_actor(str(runs["kept"] / "round_0/policy"))
+        kept = KeptEngines.start(cfg["kept"], policy, 1)
+        host = kept.hosts[0]
+        prompts = load_eval_prompts(cfg["kept"], tokenizer)
+        answers = eval_tasks.answer_prompts(kept.engine(), policy, prompts, cfg["kept"])
+        result = contrastive(Round(cfg["kept"], RunLayout(str(runs["kept"])), 1, kept))
+        served = ray.get(host.served.remote())
+        kept.release()
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(host.served.remote(), timeout=60)
+
+        fresh_policy = model_for_actor(str(runs["fresh"] / "round_0/policy"))
+        fresh_answers = ray.get(ray.remote(num_cpus=1)(eval_tasks.generate_answers).remote(
+            fresh_policy, prompts, cfg["fresh"]))
+        fresh = contrastive(Round(cfg["fresh"], RunLayout(str(runs["fresh"])), 1))
+    finally:
+        ray.shutdown()
+    assert result.rows == fresh.rows == 16
+    assert served == len(prompts) + 2 * result.rows, "every evaluation answer and every y+/y- came from the kept engine"
+    assert [a["token_ids"] for a in answers] == [a["token_ids"] for a in fresh_answers]
+    assert [a["answer"] for a in answers] == [a["answer"] for a in fresh_answers]
+    got, want = generations(runs["kept"]), generations(runs["fresh"])
+    assert got.keys() == want.keys()
+    for pid, row in got.items():
+        for col in ("chosen_token_ids", "rejected_token_ids", "chosen", "rejected", "chosen_finished", "pos_context"):
+            assert row[col] == want[pid][col], (pid, col)
+    assert len({r["chosen"] for r in got.values()}) > 8, "each request keeps its own seed"
