@@ -84,6 +84,14 @@ def headline(evals: dict) -> str:
             "and the training's own prompt pair; see the other measures for what an outside rule says.")
 
 
+def kept_note(stage: dict) -> str:
+    """Where a stage's engines came from, when the pipeline kept them across stages (dlma_ray.engines)."""
+    n = (stage.get("metrics") or {}).get("kept_engines")
+    if not n:
+        return ""
+    return f"{n} kept for the next generate" if stage["stage"] == "evaluate" else f"{n} kept from the evaluation"
+
+
 def glue_seconds(stages: list[dict]) -> list[float | None]:
     """Per recorded stage, the seconds between the end of what came before it in the same job (the job's start
     for its first stage) and its own start; None for stages recorded before start times were kept."""
@@ -114,8 +122,8 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
     stages = run["state"].get("stages") or []
     if stages:
         glue = glue_seconds(stages)
-        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds", "glue before (s)"], [
-            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1), fmt_num(g, 1)]
+        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds", "glue before (s)", "vLLM engines"], [
+            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1), fmt_num(g, 1), kept_note(s)]
             for s, g in zip(stages, glue)]) + [""]
         timed = [(s, g) for s, g in zip(stages, glue) if g is not None]
         if timed:

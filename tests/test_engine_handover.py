@@ -7,6 +7,7 @@ for generate(1), recorded in state.json) is checked on the killed 2-round run (t
 """
 
 import shutil
+import time
 from types import SimpleNamespace
 
 import pyarrow.parquet as pq
@@ -77,8 +78,14 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
         result = contrastive(Round(cfg["kept"], RunLayout(str(runs["kept"])), 1, kept))
         served = ray.get(host.served.remote())
         kept.release()
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(host.served.remote(), timeout=60)
+        deadline = time.time() + 60  # ray.kill is asynchronous: a call right after it may still be served
+        while True:
+            try:
+                ray.get(host.served.remote(), timeout=10)
+            except ray.exceptions.RayActorError:
+                break
+            assert time.time() < deadline, "the released engine host is still alive"
+            time.sleep(0.5)
 
         fresh_policy = model_for_actor(str(runs["fresh"] / "round_0/policy"))
         fresh_answers = ray.get(ray.remote(num_cpus=1)(eval_tasks.generate_answers).remote(

@@ -4,7 +4,9 @@ One 2-round run takes every fault the pipeline promises to survive, injected by 
 the scorer actor in round 0's score stage (Ray restarts it and redoes its batches), the whole job between
 round 0's score and train stages (the resubmitted job starts at train), the whole job again inside round
 0's training once a checkpoint exists (the resubmitted job resumes from that checkpoint, not from step 0),
-and a train worker in round 1 (Ray Train retries and resumes from the latest checkpoint). Every
+the vLLM engine kept from round 0's evaluation for round 1's generate stage (Ray restarts it on the same
+policy and the stage's calls are retried), and a train worker in round 1 (Ray Train retries and resumes
+from the latest checkpoint). Every
 later check reads that finished run: the table schema, stored log-probs against a direct transformers
 recomputation, R against its formula, the margin that training grew, and round 1's engine and scorer
 running on round 0's policy.
@@ -83,7 +85,7 @@ def start_job(args: list[str], log: Path) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_dir, tmp_path_factory):
     """A 2-round run that survives a killed scorer actor, a job killed between two stages, a job killed inside
-    training and a killed train worker."""
+    training, a killed kept engine and a killed train worker."""
     run_dir = tmp_path_factory.mktemp("run") / "run"
     args = job_args(tiny_model_dir, run_dir)
     log1, log2, log3 = (run_dir.parent / f"job{i}.log" for i in (1, 2, 3))
@@ -105,6 +107,8 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     assert "round 0, stage train" in log2.read_text(), "the job killed between stages resumed at the next one"
 
     proc = start_job(args, log3)
+    watch(proc, log3, lambda: (0, "evaluate") in stages(run_dir) and kill_processes("ray::EngineHost"),
+          "the kept engine to kill")
     watch(proc, log3, lambda: (1, "score") in stages(run_dir) and checkpoint_registered(run_dir, 1),
           "checkpoint in round 1")
     assert kill_processes("RayTrainWorker") >= 1
@@ -144,6 +148,7 @@ def test_resume_finished_every_stage_once(finished_run):
     assert (run_dir / "round_1/eval.json").exists() and (run_dir / "report.md").exists()
     report = (run_dir / "report.md").read_text()
     assert "glue before (s)" in report and "Glue is the time outside the stages" in report
+    assert "| 1 | generate | 24 |" in report and "1 kept from the evaluation" in report
     assert "round 1: score done: 24 rows in, " in finished_run[2]  # the stage's one-line summary
     again = run_job(args, timeout=300)
     assert again.returncode == 0 and "already finished" in again.stdout
