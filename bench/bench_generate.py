@@ -4,8 +4,10 @@ Same prompts (N of the run's prompt set, each rendered under the positive and th
 2N requests), same sampling (`generate.sampling_params`: temperature, top_p, top_k, max_new_tokens, the
 end-of-turn stop), the pipeline's per-request seeds on both vLLM sides.
   (a) pipeline: `stages.generate.contrastive` (prompt loading, Ray Data, engine actor start, generate, Parquet
-      write); inside the actor, `import vllm`, the engine's start and its generate call are timed.
-  (b) standalone: `import vllm`, `vllm.LLM(...)` with the pipeline's engine arguments, one
+      write); inside the actor, `from vllm import LLM`, the engine's start and its generate call are timed.
+  (a') kept engine: the engine of `engines.KeptEngines` (an `EngineHost` actor, no Ray Data stage beside it,
+      as evaluate(k) starts it for round k+1's generate stage), one `generate` call from the driver.
+  (b) standalone: `from vllm import LLM`, `vllm.LLM(...)` with the pipeline's engine arguments, one
       `llm.generate` over the same rendered prompts.
   (c) HF: one batched, left-padded `model.generate(do_sample=True, top_k=generation.top_k)` over the same
       prompts, with as many torch threads as vLLM's CPU worker computes with (all cores but one).
@@ -39,7 +41,9 @@ class TimedEngine(GenerationEngine):
 
     def __init__(self, *a, **kw):
         t0 = time.perf_counter()
-        import vllm  # noqa: F401  (timed apart from the engine start proper)
+        # Timed apart from the engine start proper, as (b) times it. `vllm.LLM` is imported lazily: `import vllm`
+        # alone left about 4 s of the import inside this side's engine start (until 2026-12-02).
+        from vllm import LLM  # noqa: F401
 
         t1 = time.perf_counter()
         super().__init__(*a, **kw)
@@ -111,6 +115,32 @@ def vllm_side(g, prompts, seeds, end_of_turn):
     return t, [o.outputs[0].text for o in outs]
 
 
+def host_side(cfg, prompts, seeds, end_of_turn):
+    import ray
+
+    from dlma_ray.engines import KeptEngines
+    from dlma_ray.generate import sampling_params, stop_token_ids
+    from dlma_ray.stages.common import init_ray
+
+    g = vars(cfg.generation)
+    init_ray(cfg)
+    kept = KeptEngines.start(cfg, common.model_dir(), 1)
+    try:
+        started = ray.get(kept.hosts[0].started_in.remote())  # returns once the engine has started
+        t = {"import": started["import"], "init": started["engine"]}
+        engine = kept.engine()
+        stop = stop_token_ids(engine.get_tokenizer(), end_of_turn)
+        params = [sampling_params(g, g["max_new_tokens"], s, stop) for s in seeds]
+        with common.timed(t, "generate"):
+            outs = engine.generate(prompts, params)
+    finally:
+        kept.release()
+        ray.shutdown()
+    t["tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
+    t["total"] = t["import"] + t["init"] + t["generate"]
+    return t, [o.outputs[0].text for o in outs]
+
+
 def hf_side(g, prompts):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -162,28 +192,37 @@ def main() -> None:
     seeds = [request_seed(g["seed"], 0, i, side) for side in ("pos", "neg") for i in table.index]
     common.say(f"{len(table)} prompts x 2 sides = {len(prompts)} requests; temperature {g['temperature']}, "
                f"top_p {g['top_p']}, max_new_tokens {g['max_new_tokens']}, dtype {g['dtype']}")
+    kept, kept_texts = host_side(cfg, prompts, seeds, str(table.end_of_turn.iloc[0]))
     vl, texts = vllm_side(g, prompts, seeds, str(table.end_of_turn.iloc[0]))
     hf = hf_side(g, prompts)
 
     rows = []
-    for name, t in (("(a) pipeline stage", pipe), ("(b) standalone vLLM", vl), ("(c) HF generate, batched", hf)):
+    for name, t in (("(a) pipeline stage", pipe), ("(a') kept engine (EngineHost actor)", kept),
+                    ("(b) standalone vLLM", vl), ("(c) HF generate, batched", hf)):
         start = t["import"] + t["init"]
         rows.append([name, start, t["generate"], t["total"], t["tokens"], t["tokens"] / t["generate"],
                      t["tokens"] / t["total"]])
     common.table(["side", "start s (import + engine/model)", "generate s", "total s", "tokens",
                   "tokens/s generate", "tokens/s total"], rows)
     common.say(f"start = import + engine: (a) {pipe['import']:.1f} + {pipe['init']:.1f} s in the actor, "
+               f"(a') {kept['import']:.1f} + {kept['init']:.1f} s in the host, "
                f"(b) {vl['import']:.1f} + {vl['init']:.1f} s in this process")
+    common.say(f"ratio engine start (vllm.LLM, import apart) vs standalone: (a) {pipe['init'] / vl['init']:.2f}, "
+               f"(a') {kept['init'] / vl['init']:.2f}")
     rest = pipe["total"] - pipe["import"] - pipe["init"] - pipe["generate"]
     common.say(f"(a) Ray start {pipe['ray_start']:.1f} s before the stage (not in its total); the stage's rest "
                f"(prompt loading, Ray Data, actor launch, Parquet write): {rest:.1f} s")
     same = sum(a == b for a, b in zip(texts, list(table.chosen) + list(table.rejected)))
     common.say(f"HF torch threads: {hf['threads']}; vLLM binds its own (VLLM_CPU_OMP_THREADS_BIND="
                f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')})")
-    common.say(f"identical responses pipeline vs standalone vLLM (same seeds): {same}/{len(texts)}")
-    tps = {k: (t["tokens"] / t["generate"], t["tokens"] / t["total"]) for k, t in (("a", pipe), ("b", vl), ("c", hf))}
+    common.say(f"identical responses pipeline vs standalone vLLM (same seeds): {same}/{len(texts)}; kept engine vs "
+               f"standalone: {sum(a == b for a, b in zip(texts, kept_texts))}/{len(texts)}")
+    tps = {k: (t["tokens"] / t["generate"], t["tokens"] / t["total"])
+           for k, t in (("a", pipe), ("k", kept), ("b", vl), ("c", hf))}
     common.say(f"ratio pipeline/standalone vLLM (tokens/s): generate call {tps['a'][0] / tps['b'][0]:.2f}, "
                f"total {tps['a'][1] / tps['b'][1]:.2f}")
+    common.say(f"ratio kept engine/standalone vLLM (tokens/s): generate call {tps['k'][0] / tps['b'][0]:.2f}, "
+               f"total {tps['k'][1] / tps['b'][1]:.2f}")
     common.say(f"ratio vLLM/HF (tokens/s): generate call {tps['b'][0] / tps['c'][0]:.2f}, "
                f"total {tps['b'][1] / tps['c'][1]:.2f}")
     common.footer()

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from dlma_ray.config import Config, ConfigError, config_diff, load_config, reference_markdown
+from dlma_ray.config import Config, ConfigError, config_diff, load_config
+from dlma_ray.configdoc import reference_markdown
 
 
 def test_defaults_run_the_embedded_model():

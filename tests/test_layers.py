@@ -16,7 +16,7 @@ LAYERS = {
     # 0 vocabulary: no project imports beyond this layer
     "prompts": 0, "schema": 0, "storage": 0, "losses": 0, "evalstats": 0,
     # 1 the run: config tree, contracts, paths, state
-    "config": 1, "interfaces": 1, "layout": 1, "state": 1, "runlock": 1, "objectlock": 1, "tracking": 1,
+    "config": 1, "configcheck": 1, "interfaces": 1, "layout": 1, "state": 1, "runlock": 1, "objectlock": 1, "tracking": 1,
     # 2 domain: records, models, tensor math, judges, filters (no Ray)
     "packing": 2, "sources": 2, "preference_formats": 2, "data": 2, "models": 2, "logprobs": 2, "embedding": 2, "judges": 2,
     "refusal": 2, "negatives": 2, "measures": 2, "testing": 2, "checkpoint": 2, "lora": 2,
