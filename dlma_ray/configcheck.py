@@ -115,10 +115,45 @@ def _check_no_credentials(cfg: Any, errors: list[str]) -> None:
                           "an instance role; eval.judge_api_key_env for the judge endpoint)")
 
 
+def engine_gpu_errors(res: Any, gen: Any, evaluates: bool) -> list[str]:
+    """How engines sit on GPUs (``res``: `resources`, ``gen``: `generation`; ``evaluates``: `eval.enabled`).
+
+    vLLM takes `gpu_memory_utilization` of the WHOLE device and sizes its KV cache from the device's free memory
+    while it starts, so (a) an engine needs exactly the GPUs it shards over (a Ray actor holding fewer makes vLLM
+    raise or wait forever for the rest; more sit idle), (b) two engines starting on one GPU each count the other's
+    weights as their own (vLLM issue 55827: KV cache shrunk, or "No available memory for the cache blocks"), and
+    (c) an engine on a fraction of a GPU must not take more of its memory than Ray lent it."""
+    g, tp, util = res.gpus_per_engine, res.tensor_parallel_size, gen.gpu_memory_utilization
+    if g <= 0:
+        return []
+    if g >= 1 or tp > 1:
+        if g != tp:
+            return [f"resources.gpus_per_engine: {g:g} must equal resources.tensor_parallel_size ({tp}): an engine "
+                    "needs exactly the GPUs it shards the model over (vLLM raises, or waits forever, on fewer); "
+                    "allowed: gpus_per_engine = tensor_parallel_size, or a fraction below 1 with "
+                    "tensor_parallel_size 1"]
+        return []
+    errors = []
+    if util > g:
+        errors.append(f"generation.gpu_memory_utilization: {util:g} is above the engine's GPU share "
+                      f"(resources.gpus_per_engine {g:g}); vLLM takes that fraction of the whole GPU, memory Ray "
+                      f"lends to other actors: expected gpu_memory_utilization <= {g:g}")
+    together = [why for why, on in (
+        (f"resources.num_engines ({res.num_engines}) start together", res.num_engines > 1),
+        ("eval.enabled starts the policy's and pi_0's engines together", evaluates)) if on]
+    if g <= 0.5 and together:
+        errors.append(f"resources.gpus_per_engine: {g:g} puts {int(1 // g)} engines on one GPU and "
+                      f"{' and '.join(together)}: each engine would count the other's memory as its own (vLLM "
+                      "sizes its KV cache from the GPU's free memory while it starts). Allowed: gpus_per_engine "
+                      "above 0.5 (one engine per GPU), or num_engines 1 with eval.enabled false")
+    return errors
+
+
 def cross_field_errors(cfg: Any) -> list[str]:
     """What is wrong between fields of a built ``Config`` (each value alone has passed ``coerce_value``)."""
     errors: list[str] = []
     _check_no_credentials(cfg, errors)
+    errors += engine_gpu_errors(cfg.resources, cfg.generation, cfg.eval.enabled)
     t = cfg.train
     if t.clip_low > t.clip_high:
         errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")

@@ -70,6 +70,41 @@ def test_several_errors_reported_at_once():
     assert "train.betta" in str(err.value) and "rounds.count" in str(err.value)
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    ("resources.gpus_per_engine=1;resources.tensor_parallel_size=2",
+     r"resources\.gpus_per_engine: 1 must equal resources\.tensor_parallel_size \(2\).*allowed: gpus_per_engine = "
+     r"tensor_parallel_size, or a fraction below 1 with tensor_parallel_size 1"),
+    ("resources.gpus_per_engine=2;resources.tensor_parallel_size=1",
+     r"resources\.gpus_per_engine: 2 must equal resources\.tensor_parallel_size \(1\)"),
+    ("resources.gpus_per_engine=0.5;resources.tensor_parallel_size=2",
+     r"resources\.gpus_per_engine: 0\.5 must equal resources\.tensor_parallel_size \(2\)"),
+    ("resources.gpus_per_engine=0.6;generation.gpu_memory_utilization=0.85;eval.enabled=false",
+     r"generation\.gpu_memory_utilization: 0\.85 is above the engine's GPU share \(resources\.gpus_per_engine "
+     r"0\.6\).*expected gpu_memory_utilization <= 0\.6"),
+    ("resources.gpus_per_engine=0.5;generation.gpu_memory_utilization=0.4;resources.num_engines=2;eval.enabled=false",
+     r"resources\.gpus_per_engine: 0\.5 puts 2 engines on one GPU and resources\.num_engines \(2\) start together.*"
+     r"Allowed: gpus_per_engine above 0\.5 \(one engine per GPU\), or num_engines 1 with eval\.enabled false"),
+    ("resources.gpus_per_engine=0.3;generation.gpu_memory_utilization=0.25",
+     r"resources\.gpus_per_engine: 0\.3 puts 3 engines on one GPU and eval\.enabled starts the policy's and pi_0's "
+     r"engines together"),
+])
+def test_engine_gpu_rules_name_the_keys(overrides, expected):
+    """Issue 22, defect 9: an engine's GPUs, GPUs shared by engines that start together, and its memory share."""
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, overrides.split(";"))
+
+
+@pytest.mark.parametrize("overrides", [
+    "resources.gpus_per_engine=2;resources.tensor_parallel_size=2",
+    "resources.gpus_per_engine=1",
+    "resources.gpus_per_engine=0.6;generation.gpu_memory_utilization=0.5",
+    "resources.gpus_per_engine=0.5;generation.gpu_memory_utilization=0.45;eval.enabled=false",
+    "resources.tensor_parallel_size=2",  # CPU engines (no GPU): not this rule's business
+])
+def test_engine_gpu_settings_that_work_pass(overrides):
+    load_config(None, overrides.split(";"))
+
+
 def test_custom_pair_is_accepted():
     cfg = load_config(None, ["pair.name=polite", "pair.positive=Be polite.", "pair.negative=Be rude."])
     assert cfg.pair.positive == "Be polite."
