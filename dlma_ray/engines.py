@@ -38,12 +38,12 @@ ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "f
 
 def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_remote_code: bool) -> dict:
     """Arguments of `vllm.LLM` for one engine (CPU build or CUDA build: same call)."""
-    import torch
+    from dlma_ray.devices import ray_device
 
     kwargs = dict(model=model_path, dtype=gen["dtype"], enforce_eager=gen["enforce_eager"], load_format="safetensors",
                   max_model_len=gen["max_model_len"], seed=gen["seed"], trust_remote_code=trust_remote_code,
                   tensor_parallel_size=tensor_parallel_size)
-    if torch.cuda.is_available():
+    if ray_device() != "cpu":  # an engine Ray gave GPUs (a CPU engine on a GPU node must not claim one)
         kwargs["gpu_memory_utilization"] = gen["gpu_memory_utilization"]
     else:
         # vLLM's CPU build crashes ("CPU Generator does not use offset") when a request with its own

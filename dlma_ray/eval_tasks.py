@@ -22,9 +22,10 @@ from dlma_ray.config import Config
 
 
 def device() -> str:
-    import torch
+    """The GPU Ray assigned to this task, or "cpu" (dlma_ray.devices)."""
+    from dlma_ray.devices import ray_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return ray_device()
 
 
 def free_memory() -> None:
@@ -32,7 +33,7 @@ def free_memory() -> None:
     import torch
 
     gc.collect()
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # only where this process used CUDA: a CPU task never touches it
         torch.cuda.empty_cache()
 
 

@@ -73,6 +73,7 @@ class PairScorer:
                  pack_tokens: int | None = None):
         import torch
 
+        from dlma_ray.devices import ray_device
         from dlma_ray.models import load_causal_lm, load_tokenizer
 
         if mode not in SCORING_MODES:
@@ -81,7 +82,7 @@ class PairScorer:
         self.tokenizer = load_tokenizer(policy_path, trust_remote_code)
         self.policy = self.reference = None
         if mode != "none":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = ray_device()  # the GPU Ray reserved for this actor, or the CPU: never one it merely sees
             self.policy = load_causal_lm(policy_path, dtype, trust_remote_code).to(device)
             self.reference = self.policy if reference_path == policy_path else \
                 load_causal_lm(reference_path, dtype, trust_remote_code).to(device)

@@ -88,6 +88,9 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
 
     Every `train.checkpoint_every` optimizer steps the workers report a checkpoint (dlma_ray.checkpoint);
     a retry after a worker failure, or a resubmitted job, starts from the latest one, not from step 0."""
+    from dlma_ray.devices import use_deepspeed_accelerator
+
+    use_deepspeed_accelerator(config["use_gpu"])  # before DeepSpeed looks for a GPU this worker was not given
     import deepspeed
     import ray.train
     import torch
