@@ -253,7 +253,10 @@ def test_paper_configs_hold_the_paper_settings():
         assert (t.method, t.beta, t.gamma, t.clip_low, t.clip_high) == ("dlma", 0.1, 0.2, -40.0, 40.0)
         assert (t.optimizer, t.lr, t.warmup_steps, t.global_batch_size) == ("rmsprop", 5e-7, 150, 64)
         assert (t.max_length, cfg.data.max_prompt_tokens, t.grad_clip) == (512, 256, 10.0)
-        assert (t.zero_stage, t.precision, t.micro_batch_size) == (3, "bf16", 2)
+        assert (t.precision, t.micro_batch_size) == ("bf16", 2)
+        # Sized for the hardware (issue 22, defect 10; each file says why): a 7B model's states fit each GPU with
+        # ZeRO-2, checkpoints (~70 GB) about once a round, calls to an engine big enough to fill its KV cache.
+        assert t.zero_stage == 2 and 150 <= t.checkpoint_every <= 250 and g.batch_size >= 200, name
         assert (g.temperature, g.top_p, g.max_new_tokens, g.dtype) == (1.0, 1.0, 200, "bfloat16")
         assert cfg.data.source == "hf:PKU-Alignment/PKU-SafeRLHF" and cfg.pair.name == "harmless"
         assert cfg.rounds.count == 3
