@@ -1,4 +1,4 @@
-"""The `dlma-ray` command: run, eval, compare, report, config, export, card.
+"""The `dlma-ray` command: run, eval, compare, report, config, export, card, plan.
 
     dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py);
                  [--restart-from round_K/STAGE]                 redo the run from a stage on with a changed config
@@ -8,6 +8,7 @@
     dlma-ray config [--config FILE] [overrides] [--reference]   the resolved config as YAML / the field reference
     dlma-ray export [RUN_DIR] --round K --out DIR               a round's pairs in TRL's preference format
     dlma-ray card [RUN_DIR] [--round K]                         a policy folder's model card (README.md)
+    dlma-ray plan [--config FILE] [--gpus N --gpu-memory GB]    each stage's actors, memory and time on a cluster
 
 Every command takes `--config FILE` and dotted overrides; report, export and card take a run directory
 instead (or find it as the config's run.dir). A bad config exits with status 2, naming each bad field.
@@ -130,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the evaluation with intervals, the config.")
     _run_dir_arguments(p)
     p.add_argument("--round", type=int, help="round whose policy (default: the latest trained)")
+    p = sub.add_parser("plan", help="each stage's actors, their GPU/host memory and a round's time; refuses a "
+                                    "plan that cannot fit",
+                       description="From the config and the running Ray cluster (or --gpus/--gpu-memory/--nodes "
+                                   "given by hand): every stage's actors with their GPUs and CPUs, estimated "
+                                   "device and host memory, the time of a round; exit 1 when it cannot fit.")
+    _config_arguments(p)
+    from dlma_ray.planview import add_arguments as plan_arguments
+
+    plan_arguments(p)
     for p in sub.choices.values():
         p.set_defaults(subparser=p)  # errors print the subcommand's usage line
     return parser
@@ -163,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = args.subparser
     from dlma_ray import commands
 
-    if args.command in ("run", "eval", "config"):
+    if args.command in ("run", "eval", "config", "plan"):
         cfg = _load(sub, args.config, args.overrides)
         if args.command == "config":
             return print_config(cfg, args.reference)
+        if args.command == "plan":
+            from dlma_ray.planview import plan_command
+
+            return plan_command(cfg, args, args.config or "the default config")
         commands.setup_logging(cfg)
         if args.command == "run":
             return commands.run_job(cfg, args.restart_from)

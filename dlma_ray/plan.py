@@ -1,0 +1,255 @@
+"""`dlma-ray plan`: each stage's actors on a cluster, their memory and the time of a round, before any work.
+
+`make_plan(cfg, cluster, shape)` sizes each stage's pool as the pipeline will (`stages.common.fitting_pool_size`),
+estimates every actor's device and host memory (dlma_ray.sizing) and a round's time, and lists each problem that
+would stop the run (a pool that cannot place one actor, memory over a GPU or a node), naming the stage and the
+number. `Cluster` comes from the running Ray cluster (`cluster_from_ray`) or from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from dlma_ray import sizing
+from dlma_ray.config import Config
+from dlma_ray.sizing import GIB, ModelShape
+
+# Ray's `accelerator_type:<name>` resource -> memory of one device in GB (data sheets), when none is given.
+ACCELERATOR_GB = {"H100": 80, "H200": 141, "B200": 180, "A100-80G": 80, "A100-40G": 40, "A100": 40, "L40S": 48,
+                  "L4": 24, "A10G": 24, "V100": 16}
+RUNTIME_HOST_GIB = {"engine": 3.0, "scorer": 2.0, "train": 3.0}  # Python, torch, CUDA context on the host
+SAVING = "policy saved (rank 0 only)"  # the 16-bit state dict rank 0 writes: once a node, not once a rank
+
+
+@dataclass(frozen=True)
+class Cluster:
+    gpus: float
+    gpu_memory_gb: float  # one device, GB (1e9 bytes: what data sheets and nvidia-smi's headline give)
+    nodes: int
+    cpus: float
+    host_memory_gb: float | None = None  # per node; None: not checked
+    custom: dict = field(default_factory=dict)
+    source: str = "given by hand"
+
+    @property
+    def gpus_per_node(self) -> float:
+        return self.gpus / self.nodes
+
+    @property
+    def device_bytes(self) -> float:
+        return self.gpu_memory_gb * 1e9
+
+
+def cluster_from_ray(gpu_memory_gb: float | None = None, host_memory_gb: float | None = None) -> Cluster:
+    """The running Ray cluster (this process's, else `auto`): totals, alive nodes, each node's memory resource."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    total = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = total.get("GPU", 0.0)
+    if gpus and gpu_memory_gb is None:
+        kinds = [k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:")]
+        gpu_memory_gb = next((ACCELERATOR_GB[k] for k in kinds if k in ACCELERATOR_GB), None)
+        if gpu_memory_gb is None:
+            raise ValueError(f"the Ray cluster has {gpus:g} GPUs of unknown memory (accelerator types: "
+                             f"{', '.join(kinds) or 'none'}); give --gpu-memory GB")
+    if host_memory_gb is None and nodes:
+        host_memory_gb = min(n["Resources"].get("memory", 0.0) for n in nodes) / 1e9 or None
+    custom = {k: v for k, v in total.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")
+              and not k.startswith(("node:", "accelerator_type:"))}
+    return Cluster(gpus, gpu_memory_gb or 0.0, max(1, len(nodes)), total.get("CPU", 0.0), host_memory_gb, custom,
+                   "the running Ray cluster (ray.cluster_resources)")
+
+
+@dataclass
+class Actors:
+    """One kind of actor of a stage: how many, what each reserves, its memory by component (bytes)."""
+
+    stage: str
+    role: str
+    count: int
+    requested: int
+    cpus: float
+    gpus: float
+    device: dict = field(default_factory=dict)  # per GPU it spans
+    host: dict = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    cluster: Cluster
+    shape: ModelShape
+    actors: list[Actors] = field(default_factory=list)
+    times: list[tuple[str, float, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    prompts: int = 0
+
+
+def _pool(plan: Plan, stage: str, requested: int, cpus: float, gpus: float, custom: dict) -> int:
+    from dlma_ray.stages.common import fitting_pool_size
+
+    c = plan.cluster
+    try:
+        size = fitting_pool_size(requested, cpus, gpus, c.cpus, c.gpus, custom=custom, cluster_custom=c.custom)
+    except RuntimeError as exc:
+        plan.problems.append(f"{stage}: {exc}")
+        return 0
+    if size < requested:
+        plan.notes.append(f"{stage}: {requested} actors requested, {size} fit the cluster")
+    return size
+
+
+def _check_device(plan: Plan, a: Actors, share: float) -> None:
+    """A GPU actor's memory against the part of a device it may use (its fraction of the GPU, or vLLM's)."""
+    if a.gpus <= 0 or not a.count:
+        return
+    need, have = sum(a.device.values()), share * plan.cluster.device_bytes
+    if need > have:
+        plan.problems.append(f"{a.stage}: a {a.role} needs {need / GIB:.1f} GiB per GPU, more than the "
+                             f"{have / GIB:.1f} GiB it may use ({share:g} x {plan.cluster.gpu_memory_gb:g} GB)")
+
+
+def _engines(plan: Plan, cfg: Config) -> None:
+    r, g, sh, c = cfg.resources, cfg.generation, plan.shape, plan.cluster
+    n = _pool(plan, "generate", r.num_engines, r.cpus_per_engine, r.gpus_per_engine, dict(r.engine_resources))
+    w = sizing.DTYPE_BYTES[g.dtype]
+    seq = cfg.data.max_prompt_tokens + g.max_new_tokens
+    per_call = g.batch_size * 2
+    a = Actors("generate", "vLLM engine", n, r.num_engines, r.cpus_per_engine, r.gpus_per_engine)
+    if r.gpus_per_engine > 0:
+        tp = r.tensor_parallel_size
+        if tp > c.gpus_per_node:
+            plan.problems.append(f"generate: an engine shards over {tp} GPUs (resources.tensor_parallel_size), a "
+                                 f"node has {c.gpus_per_node:g}")
+        big = c.gpu_memory_gb >= 70
+        batched, max_seqs = (16384, 1024) if big else (8192, 256)  # vLLM's offline defaults by device size
+        m = sizing.engine_memory(sh, w, tp, c.device_bytes, g.gpu_memory_utilization, batched, max_seqs,
+                                 not g.enforce_eager)
+        a.device = {"weights": m.weights, "activations": m.activations, "overhead": m.overhead,
+                    "KV cache": max(m.kv_cache, 0.0)}
+        a.host = {"runtime": RUNTIME_HOST_GIB["engine"] * GIB}
+        fits = min(max_seqs, m.kv_tokens // seq)
+        a.note = (f"KV cache {m.kv_tokens:,} tokens: {fits} sequences of {seq} tokens at once; a call brings "
+                  f"{per_call} (generation.batch_size {g.batch_size} x 2)")
+        if m.kv_tokens < g.max_model_len:
+            plan.problems.append(f"generate: an engine's KV cache holds {m.kv_tokens:,} tokens, less than one "
+                                 f"sequence of generation.max_model_len {g.max_model_len} (weights "
+                                 f"{m.weights / GIB:.1f} GiB per GPU of {m.device_total / GIB:.1f} GiB at "
+                                 f"gpu_memory_utilization {g.gpu_memory_utilization:g})")
+        elif per_call < fits:
+            plan.notes.append(f"generate: a call brings {per_call} sequences, the KV cache holds {fits}: raise "
+                              f"generation.batch_size to about {math.ceil(fits / 2)} to fill it")
+    else:
+        kv = g.cpu_kvcache_gb * GIB
+        a.host = {"weights": sh.params * w, "KV cache": kv, "runtime": RUNTIME_HOST_GIB["engine"] * GIB}
+        a.note = f"CPU KV cache {int(kv // sh.kv_bytes_per_token(w)):,} tokens"
+    plan.actors.append(a)
+
+
+def _scorer_memory(cfg: Config, sh: ModelShape, models: int) -> tuple[dict, dict]:
+    s, w = cfg.scoring, sizing.DTYPE_BYTES[cfg.scoring.dtype]
+    tokens = s.pack_tokens or s.batch_size * (cfg.data.max_prompt_tokens + cfg.generation.max_new_tokens)
+    weights = models * sh.params * w
+    act = sizing.inference_activation_bytes(sh, tokens, w, tokens)
+    if cfg.resources.gpus_per_scorer > 0:
+        return ({"weights": weights, "activations": act, "overhead": 1.0 * GIB},
+                {"load": sh.params * w, "runtime": RUNTIME_HOST_GIB["scorer"] * GIB})
+    return {}, {"weights": weights, "activations": act, "runtime": RUNTIME_HOST_GIB["scorer"] * GIB}
+
+
+def _scorers(plan: Plan, cfg: Config) -> None:
+    r = cfg.resources
+    n = _pool(plan, "score", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer, dict(r.scorer_resources))
+    models = 2 if cfg.rounds.reference == "initial" else 1  # pi_k and pi_0 after round 0
+    device, host = _scorer_memory(cfg, plan.shape, models)
+    a = Actors("score", "scorer", n, r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer, device, host,
+               f"{models} model(s); scoring.pack_tokens {cfg.scoring.pack_tokens} tokens a forward")
+    plan.actors.append(a)
+    _check_device(plan, a, min(1.0, r.gpus_per_scorer))
+
+
+def _lora_params(cfg: Config, sh: ModelShape) -> int:
+    out = {"q_proj": sh.heads * sh.dim, "o_proj": sh.hidden, "k_proj": sh.kv_heads * sh.dim,
+           "v_proj": sh.kv_heads * sh.dim, "gate_proj": sh.intermediate, "up_proj": sh.intermediate,
+           "down_proj": sh.hidden}
+    inp = {"o_proj": sh.heads * sh.dim, "down_proj": sh.intermediate}
+    mods = [m.strip() for m in cfg.train.lora_target_modules.split(",") if m.strip() in out]
+    return sh.layers * cfg.train.lora_rank * sum(inp.get(m, sh.hidden) + out[m] for m in mods)
+
+
+def _trainers(plan: Plan, cfg: Config) -> None:
+    r, t, sh, c = cfg.resources, cfg.train, plan.shape, plan.cluster
+    gpu = r.use_gpu_for_training
+    n = r.num_train_workers
+    need = {"CPU": n * r.cpus_per_train_worker, "GPU": n if gpu else 0,
+            **{k: n * v for k, v in r.train_worker_resources.items()}}
+    have = {"CPU": c.cpus, "GPU": c.gpus, **c.custom}
+    for name, amount in need.items():
+        if amount > have.get(name, 0.0):
+            plan.problems.append(f"train: {n} workers (resources.num_train_workers) need {amount:g} {name}, the "
+                                 f"cluster has {have.get(name, 0.0):g}; Ray Train would wait for them forever")
+    w = sizing.DTYPE_BYTES[t.precision]
+    trainable = _lora_params(cfg, sh) if t.lora_rank else sh.params
+    states = sizing.train_state_bytes(trainable, t.precision, t.optimizer, t.zero_stage, n)
+    if t.lora_rank:  # frozen base weights, split by ZeRO-3 like any weight
+        states["weights"] += sh.params * w / (n if t.zero_stage == 3 else 1)
+    if t.zero_stage == 3:
+        states["gathered layer"] = 4 * sh.largest_layer  # DeepSpeed's estimator's term
+    seqs = t.micro_batch_size * (cfg.self_contrast.num_negatives + 1 if t.method == "self_contrast" else 2)
+    act = sizing.train_activation_bytes(sh, seqs, t.max_length, w, t.gradient_checkpointing)
+    load = sh.params * w / (n if t.zero_stage == 3 else 1)
+    host = {"load": load, SAVING: 2 * sh.params, "runtime": RUNTIME_HOST_GIB["train"] * GIB}
+    a = Actors("train", "DeepSpeed rank", n, n, r.cpus_per_train_worker, 1.0 if gpu else 0.0,
+               note=f"ZeRO-{t.zero_stage}, {t.precision}, {t.optimizer}, micro-batch {seqs} sequences of "
+                    f"{t.max_length} tokens{', gradient checkpointing' if t.gradient_checkpointing else ''}"
+                    f"{f', LoRA r={t.lora_rank}: {trainable / 1e6:.1f}M trainable' if t.lora_rank else ''}")
+    if gpu:
+        a.device = {**states, **act, "overhead": 2.0 * GIB}
+        a.host = host
+    else:
+        a.host = {**states, **act, **host}
+    plan.actors.append(a)
+    _check_device(plan, a, 1.0)
+
+
+def _check_host(plan: Plan) -> None:
+    """Each stage's actors on one node (GPU actors: as many as its GPUs hold) against the node's memory."""
+    c = plan.cluster
+    if not c.host_memory_gb:
+        return
+    for a in plan.actors:
+        if not a.count or not a.host:
+            continue
+        per_node = math.ceil(a.count / c.nodes)
+        if a.gpus > 0:
+            per_node = min(per_node, int(c.gpus_per_node // a.gpus) or 1)
+        need = per_node * sum(a.host.values()) - (per_node - 1) * a.host.get(SAVING, 0.0)
+        if need > c.host_memory_gb * 1e9:
+            plan.problems.append(f"{a.stage}: {per_node} {a.role}(s) on a node need {need / GIB:.1f} GiB of host "
+                                 f"memory, a node has {c.host_memory_gb * 1e9 / GIB:.1f} GiB")
+
+
+def make_plan(cfg: Config, cluster: Cluster, shape: ModelShape, prompts: int | None = None) -> Plan:
+    """Every stage's actors, their memory and the problems that stop the run (`planview.round_times` adds the
+    time of a round)."""
+    plan = Plan(cluster, shape)
+    _engines(plan, cfg)
+    _scorers(plan, cfg)
+    _trainers(plan, cfg)
+    if cfg.eval.enabled:
+        eng, sco = plan.actors[0], plan.actors[1]
+        plan.actors.append(Actors("evaluate", "answer engine (policy, pi_0)", min(2, max(eng.count, 1)), 2,
+                                  eng.cpus, eng.gpus, eng.device, eng.host, "as generate's engine"))
+        plan.actors.append(Actors("evaluate", "scorer task (policy, pi_0)", min(2, max(sco.count, 1)), 2,
+                                  sco.cpus, sco.gpus, *_scorer_memory(cfg, shape, 1), "as score's scorer"))
+    _check_host(plan)
+    plan.prompts = prompts or cfg.data.max_prompts or 1000
+    if not (prompts or cfg.data.max_prompts):
+        plan.notes.append("data.max_prompts is 0 (all): times are for 1,000 prompts; give --prompts N")
+    return plan
+
