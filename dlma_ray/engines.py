@@ -109,8 +109,9 @@ class EngineHost:
             self.llm.reset_prefix_cache()
         return first
 
-    def generate(self, prompts: list[str], params: list) -> list[tuple[str, list[int], str | None]]:
-        """(text, token ids, finish reason) of each prompt's first completion."""
+    def generate(self, prompts: list, params: list) -> list[tuple[str, list[int], str | None]]:
+        """(text, token ids, finish reason) of each prompt's first completion; prompts as `vllm.LLM.generate`
+        takes them (the stages send token ids: `prompts.engine_prompt`)."""
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self.requests += len(prompts)
         return [(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in outs]
@@ -153,7 +154,7 @@ class HostedEngine:
             free = hosts[hash(ray.get_runtime_context().get_actor_id()) % len(hosts)]
         return cls(free, model_ref, trust_remote_code)
 
-    def generate(self, prompts: list[str], params: list, use_tqdm: bool = False) -> list[RequestResult]:
+    def generate(self, prompts: list, params: list, use_tqdm: bool = False) -> list[RequestResult]:
         import ray
 
         return [RequestResult([Completion(text, ids, reason)])

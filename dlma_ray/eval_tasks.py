@@ -111,13 +111,15 @@ def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[d
 def answer_prompts(llm, model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
     """Answers from ``llm``, a `vllm.LLM` or an engine kept across stages (dlma_ray.engines), seeded per prompt."""
     from dlma_ray.generate import request_seed, sampled_ids, sampling_params, stop_token_ids
+    from dlma_ray.prompts import engine_prompt
 
     gen = dict(vars(cfg.generation), seed=cfg.eval.seed)
     r = cfg.pair.renderer(llm.get_tokenizer())
     stop = stop_token_ids(llm.get_tokenizer(), r.end_of_turn)
     params = [sampling_params(gen, cfg.eval.max_new_tokens, request_seed(cfg.eval.seed, 0, p["prompt_id"], "eval"),
                               stop) for p in prompts]
-    outs = llm.generate([r.plain(p["messages"]) for p in prompts], params, use_tqdm=False)
+    tok = llm.get_tokenizer()  # the context's ids, as the scorer sees them (prompts.context_ids)
+    outs = llm.generate([engine_prompt(tok, r.plain(p["messages"])) for p in prompts], params, use_tqdm=False)
     rows = []
     for p, o in zip(prompts, outs):
         ids, finished = sampled_ids(o.outputs[0], stop)

@@ -30,6 +30,7 @@ from dlma_ray.config import Config, DataConfig
 from dlma_ray.judges import api_key, check_judge, openai_margins
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import BASELINE_SCORES_FILE, RunLayout
+from dlma_ray.prompts import context_ids
 from dlma_ray.refusal import judge_agreement, refusal_rates
 from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
 
@@ -78,8 +79,8 @@ def load_eval_pairs(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
 
     pairs, report = load_preference_pairs(pairs_source_path(cfg.eval.preference_pairs))
     renderer = cfg.pair.renderer(tokenizer)
-    fit = [p for p in pairs if len(tokenizer(renderer.plain(p.prompt.as_chat()), add_special_tokens=False)
-                                   ["input_ids"]) <= cfg.data.max_prompt_tokens]
+    fit = [p for p in pairs
+           if len(context_ids(tokenizer, renderer.plain(p.prompt.as_chat()))) <= cfg.data.max_prompt_tokens]
     rows = [{"prompt_id": p.prompt.prompt_id, "messages": p.prompt.as_chat(), "chosen": p.chosen,
              "rejected": p.rejected} for p in sample(fit, cfg.eval.max_pairs, cfg.eval.seed)]
     return rows, {"source": cfg.eval.preference_pairs, "summary": report.summary(), "too_long": len(pairs) - len(fit),
@@ -96,7 +97,7 @@ def load_eval_prompts(cfg: Config, tokenizer) -> list[dict]:
                     max_prompts=cfg.eval.max_prompts, max_prompt_tokens=cfg.data.max_prompt_tokens, dedup=True)
     renderer = cfg.pair.renderer(tokenizer)
     records, report = load_prompts(dc, cfg.eval.seed,
-                                   lambda chat: len(tokenizer(renderer.plain(chat), add_special_tokens=False)["input_ids"]))
+                                   lambda chat: len(context_ids(tokenizer, renderer.plain(chat))))
     if not records:
         raise ValueError(f"no usable prompts in eval.prompts={src!r}: {report.summary()}")
     return [{"prompt_id": r.prompt_id, "messages": r.as_chat(), "prompt": r.prompt, "kind": r.kind} for r in records]

@@ -4,7 +4,9 @@ Each actor owns one vLLM engine loaded from the round's policy folder (or drives
 dlma_ray.engines) and answers every prompt of a batch twice in one engine call: under the positive and under the negative prompt of the pair.
 Each request carries its own seed derived from (run seed, round, prompt id, side), so a row's
 samples do not depend on how Ray Data batched the rows. `SampleEngine` (Self-Contrast) instead samples
-N responses per prompt under the plain context, seeded per (prompt, sample index).
+N responses per prompt under the plain context, seeded per (prompt, sample index). Engines get each context as
+token ids (`prompts.engine_prompt`), the ids the scorer and the trainer condition on: a text prompt would be
+tokenised by vLLM with special tokens, a second BOS on templates that write their own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from dlma_ray import telemetry
 from dlma_ray.engines import HostedEngine, start_engine, stop_engine
-from dlma_ray.prompts import ContrastiveRenderer, PromptPair
+from dlma_ray.prompts import ContrastiveRenderer, PromptPair, end_of_turn_ids, engine_prompt
 
 
 def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) -> int:
@@ -42,7 +44,7 @@ def sampled_ids(output, stop_ids: set[int]) -> tuple[list[int], bool]:
 def stop_token_ids(tokenizer, end_of_turn: str) -> set[int]:
     """Ids whose sampling ends a turn: the tokenizer's EOS and the template's end-of-turn token."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    eot = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"] if end_of_turn else []
+    eot = end_of_turn_ids(tokenizer, end_of_turn)  # the ids logprobs.response_ids appends: the same function
     return ids | ({eot[0]} if len(eot) == 1 else set())
 
 
@@ -85,9 +87,11 @@ class GenerationEngine:
                 f"{prefix}_tokens": np.array([len(i) for i, _ in sampled], dtype=np.int32),
                 f"{prefix}_finished": np.array([f for _, f in sampled], dtype=bool)}
 
-    def _generate(self, prompts: list[str], params: list, n_prompts: int) -> list:
-        """One engine call (vLLM batches every request together), timed and counted for the dashboard."""
+    def _generate(self, contexts: list[str], params: list, n_prompts: int) -> list:
+        """One engine call (vLLM batches every request together) on the contexts' ids, timed and counted."""
         start = time.perf_counter()
+        tok = self.llm.get_tokenizer()
+        prompts = [engine_prompt(tok, c) for c in contexts]
         outs = [o.outputs[0] for o in self.llm.generate(prompts, params, use_tqdm=False)]
         tokens = sum(len(o.token_ids) for o in outs)
         telemetry.inc("dlma_prompts_generated_total", n_prompts, round=self.round_index)

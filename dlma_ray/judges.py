@@ -22,6 +22,7 @@ import torch
 
 from dlma_ray.evalstats import ratio
 from dlma_ray.logprobs import forward_logits, position_ids_from_mask
+from dlma_ray.prompts import context_ids
 
 
 class JudgeError(RuntimeError):
@@ -73,7 +74,7 @@ def ab_preference(model, tokenizer, prompts: list[str], batch_size: int = 8) -> 
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [context_ids(tokenizer, p) for p in prompts]  # a context like any other: BOS as the engine has it
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
     out = [0.5] * len(encoded)
     for start in range(0, len(order), batch_size):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from dlma_ray.packing import score_packed
+from dlma_ray.prompts import context_ids, end_of_turn_ids
 
 
 @dataclass
@@ -41,6 +42,7 @@ class ResponseTooLong(ValueError):
 
 
 def text_ids(tokenizer, text: str) -> list[int]:
+    """A response text's ids, no special tokens added (a context's ids: ``prompts.context_ids``)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -53,7 +55,7 @@ def response_ids(tokenizer, text: str, token_ids=None, finished: bool = True, en
     max_new_tokens did not end its turn, and appending the tokens would add a term the model never produced.
     """
     ids = [int(i) for i in token_ids] if token_ids is not None else text_ids(tokenizer, text)
-    return ids + (text_ids(tokenizer, end_of_turn) if finished and end_of_turn else [])
+    return ids + (end_of_turn_ids(tokenizer, end_of_turn) if finished else [])
 
 
 def side_ids(tokenizer, rows: dict, side: str) -> list[list[int]]:
@@ -76,8 +78,9 @@ def check_fits(context_len: int, response_len: int, max_length: int | None) -> N
 
 def encode_response(tokenizer, context: str, ids: list[int], max_length: int | None = None,
                     ) -> tuple[list[int], list[int]]:
-    """(context ids, response ids), tokenised separately; raises ResponseTooLong past ``max_length``."""
-    ctx = text_ids(tokenizer, context)
+    """(context ids, response ids), tokenised separately (the context by ``prompts.context_ids``, as the engine
+    saw it); raises ResponseTooLong past ``max_length``."""
+    ctx = context_ids(tokenizer, context)
     check_fits(len(ctx), len(ids), max_length)
     return ctx, list(ids)
 
@@ -212,7 +215,7 @@ def score_ids(model, tokenizer, contexts: list[str], responses: list[list[int]],
     encoded = []
     for c, r in zip(contexts, responses):
         if c not in cache:
-            cache[c] = text_ids(tokenizer, c)
+            cache[c] = context_ids(tokenizer, c)
         check_fits(len(cache[c]), len(r), max_length)
         encoded.append((cache[c], list(r)))
     return score_encoded(model, encoded, pad_id(tokenizer), batch_size, padding_side, pack_tokens)

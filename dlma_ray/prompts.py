@@ -9,6 +9,10 @@ Every prompt is rendered three ways, all through one template end to end:
   positive / negative   the contexts that generate and score y+ and y- (the self-reward R);
   plain                 no attribute: the context of training and of the reference log-probs.
 A response is always followed by the template's end-of-turn text when it is scored or trained.
+
+Rendered once, tokenised once: every stage conditions on ``context_ids(tokenizer, text)`` (the engines get these
+ids, not the text), and the end-of-turn tokens that stop generation are the ones appended to a finished
+response (``end_of_turn_ids``).
 """
 
 from __future__ import annotations
@@ -98,11 +102,11 @@ class ContrastiveRenderer:
             chat = [{"role": "system", "content": system}] + chat
         try:
             return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates without a system role (e.g. Gemma) raise: fold it into the first turn
-            if system is None:
+        except Exception:  # templates without a system role (Gemma, Mistral) raise: fold it into the first turn
+            if chat[0]["role"] != "system":  # the pair's system message, or (plain) the data's own
                 raise
             first = chat[1]
-            folded = [{"role": first["role"], "content": f"{system}\n\n{first['content']}"}] + chat[2:]
+            folded = [{"role": first["role"], "content": f"{chat[0]['content']}\n\n{first['content']}"}] + chat[2:]
             return self.tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
 
     def _find_end_of_turn(self) -> str:
@@ -112,8 +116,10 @@ class ContrastiveRenderer:
         probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
         text = self.tokenizer.apply_chat_template(probe, tokenize=False)
         after = text.split(_SENTINEL, 1)[1] if _SENTINEL in text else ""
-        # The text between the answer and the next turn, without the newline that separates turns.
-        return after.rstrip() or eos
+        # The template's text between the answer and the next turn without the whitespace around it: the token
+        # the model samples to end its turn. Llama-2 writes " </s>" (answer, space, EOS), whose " " would tokenise
+        # to ids the model never sampled before its EOS; ChatML and Gemma put a newline after the marker.
+        return after.strip() or eos
 
 
 def _render_raw(messages: Chat, tag: str | None) -> str:
@@ -125,3 +131,36 @@ def _render_raw(messages: Chat, tag: str | None) -> str:
             lines.append(f"{'USER' if m['role'] == 'user' else 'ASSISTANT'}: {m['content']}")
     head = f"ASSISTANT({tag}):" if tag else "ASSISTANT:"
     return "\n".join(lines) + f"\n{head}\n"
+
+
+# ---------------------------------------------------------------- the ids every stage conditions on
+
+def bos_added(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts before a text when asked for special tokens (as vLLM does with a text
+    prompt), or None: Llama, Mistral and Gemma tokenizers add one, Qwen's and SmolLM2's none."""
+    bos = getattr(tokenizer, "bos_token_id", None)  # a tokenizer with no BOS at all may not even name one
+    if bos is None:
+        return None
+    probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if probe[:1] == [bos] and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos] else None
+
+
+def context_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of a rendered context, the same for every stage: engines (as their prompt), scorer, trainer
+    and evaluation. The text tokenised without special tokens, then the tokenizer's BOS in front when the
+    tokenizer adds one and the text does not already start with it: once, never twice (Llama-2 and Mistral
+    templates write ``<s>`` themselves, where vLLM given the text added a second), never none (the raw style on
+    Llama, where the scorer saw none while the released DLMA code had one when sampling and scoring)."""
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos = bos_added(tokenizer)
+    return [bos] + ids if bos is not None and ids[:1] != [bos] else ids
+
+
+def end_of_turn_ids(tokenizer, end_of_turn: str) -> list[int]:
+    """The ids of the end-of-turn text: the stop token of generation and what follows a finished response."""
+    return list(tokenizer(end_of_turn, add_special_tokens=False)["input_ids"]) if end_of_turn else []
+
+
+def engine_prompt(tokenizer, text: str) -> dict:
+    """A vLLM prompt (``TokensPrompt``) of a rendered context: its ``context_ids``, which vLLM uses as given."""
+    return {"prompt_token_ids": context_ids(tokenizer, text)}

@@ -24,6 +24,7 @@ import numpy as np
 from dlma_ray import telemetry
 from dlma_ray.logprobs import score_ids, side_ids, text_ids
 from dlma_ray.losses import self_reward
+from dlma_ray.prompts import context_ids
 
 SCORING_MODES = ("contrastive", "reference", "none")
 SCORE_COLUMNS = ("logp_pos_chosen", "logp_neg_chosen", "logp_pos_rejected", "logp_neg_rejected", "self_reward",
@@ -45,7 +46,7 @@ def drop_reasons(tokenizer, batch: dict, chosen: list[list[int]], rejected: list
         if unfinished == "drop" and not (bool(batch["chosen_finished"][i]) and bool(batch["rejected_finished"][i])):
             reasons[i] = "unfinished"
         elif max_length is not None:
-            longest = max(len(text_ids(tokenizer, str(batch[c][i]))) for c in contexts_scored(mode))
+            longest = max(len(context_ids(tokenizer, str(batch[c][i]))) for c in contexts_scored(mode))
             if longest + max(len(chosen[i]), len(rejected[i])) > max_length:
                 reasons[i] = "too_long"
     return reasons

@@ -9,6 +9,7 @@ import logging
 from dlma_ray.config import Config
 from dlma_ray.interfaces import StageResult
 from dlma_ray.methods.base import Method, register
+from dlma_ray.prompts import context_ids
 from dlma_ray.stages import generate
 from dlma_ray.stages.common import Round, renderer_for, split_of
 
@@ -29,7 +30,7 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
     tok, renderer = renderer_for(cfg)
     pairs, report = load_preference_pairs(cfg.data.source, split=cfg.data.split)
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    fit = [p for p in pairs if len(ids(renderer.plain(p.prompt.as_chat()))) <= cfg.data.max_prompt_tokens]
+    fit = [p for p in pairs if len(context_ids(tok, renderer.plain(p.prompt.as_chat()))) <= cfg.data.max_prompt_tokens]
     picked = sample(fit, cfg.data.max_prompts, cfg.run.seed)
     log.info("dpo: %d preference pairs from %s (%s); %d too long, %d left out by data.max_prompts", len(picked),
              cfg.data.source, report.summary(), len(pairs) - len(fit), len(fit) - len(picked))

@@ -19,6 +19,7 @@ from dlma_ray.config import Config
 from dlma_ray.engines import ENGINE_RUNTIME_ENV, KeptEngines
 from dlma_ray.interfaces import StageResult
 from dlma_ray.layout import RoundLayout, RunLayout
+from dlma_ray.prompts import context_ids
 from dlma_ray.schema import PAIR_SCHEMA, conform
 
 log = logging.getLogger("dlma_ray")
@@ -76,7 +77,7 @@ def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]
     tok, renderer = renderer_for(cfg)
 
     def count_tokens(messages):  # the longest of the three renderings: each must fit the engine and training
-        return max(len(tok(text, add_special_tokens=False)["input_ids"])
+        return max(len(context_ids(tok, text))  # the ids the engine gets (BOS included)
                    for text in (renderer.plain(messages), renderer.positive(messages), renderer.negative(messages)))
 
     records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens, require_target)  # logs its summary
