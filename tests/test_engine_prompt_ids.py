@@ -86,7 +86,8 @@ def test_vllm_prompt_ids_are_the_scorers_context_ids(engine, style):
     model = load_causal_lm(path)
     eot = end_of_turn_ids(tok, str(out["end_of_turn"][0]))
     for i in range(n):
-        for ids, side, column in ((sent[i], "chosen", "logp_pos_chosen"), (sent[n + i], "rejected", "logp_neg_rejected")):
+        for ids, side, column in ((sent[i], "chosen", "logp_pos_chosen"),
+                                  (sent[n + i], "rejected", "logp_neg_rejected")):
             y = list(out[f"{side}_token_ids"][i]) + (eot if out[f"{side}_finished"][i] else [])
             assert scored[column][i] == pytest.approx(direct_logprob(model, ids + y, len(ids)), abs=2e-4)
 
