@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="8", help="padded path: sequences per forward")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=None, help="preference pairs file (default: the shipped demo pairs)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="the scorer's dtype (scoring.dtype; bfloat16 on a GPU, as the GPU configs score)")
     args = ap.parse_args()
     common.setup()
     import torch
@@ -61,13 +63,13 @@ def main() -> None:
 
     common.header("bench_score: score_texts (packed; padded) vs one sequence at a time")
     tok = load_tokenizer(common.model_dir())
-    model = load_causal_lm(common.model_dir(), "float32").to(common.device())
+    model = load_causal_lm(common.model_dir(), args.dtype).to(common.device())
     max_length = common.bench_config().train.max_length
     contexts, responses = build_sequences(tok, common.preference_pairs(args.pairs, args.data))
     lengths = [len(tok(c + r, add_special_tokens=False)["input_ids"]) for c, r in zip(contexts, responses)]
     n_tokens = sum(lengths)
     common.say(f"{len(contexts)} sequences from {len(contexts) // 6} pairs, {n_tokens} tokens "
-          f"(min {min(lengths)}, max {max(lengths)} per sequence), float32")
+          f"(min {min(lengths)}, max {max(lengths)} per sequence), {args.dtype} on {common.device()}")
 
     naive_scores(model, tok, contexts[:8], responses[:8], max_length)  # warm-up
     score_texts(model, tok, contexts[:8], responses[:8], "", batch_size=8, max_length=max_length)

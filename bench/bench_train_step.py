@@ -98,16 +98,17 @@ def one_process(args, path: str, rows: dict) -> None:
     from dlma_ray.models import load_causal_lm
     from dlma_ray.train import make_optimizer
 
-    t = vars(common.bench_config(f"train.micro_batch_size={args.pairs}",
-                                 f"train.global_batch_size={args.pairs}", f"train.zero_stage={args.zero_stage}").train)
+    t = vars(common.bench_config(f"train.micro_batch_size={args.pairs}", f"train.global_batch_size={args.pairs}",
+                                 f"train.zero_stage={args.zero_stage}", f"train.precision={args.precision}").train)
     dev = common.device()
     loss_of, batch = batch_loss(rows, t, path, dev)
     n = args.pairs
     common.say(f"batch: {n} pairs = {2 * n} sequences padded to {batch.input_ids.shape[1]} tokens "
                f"({int(batch.attention_mask.sum())} real, {int(batch.response_mask.sum())} response); "
-               f"optimizer {t['optimizer']}, lr {t['lr']}, grad_clip {t['grad_clip']}, ZeRO stage {t['zero_stage']}")
+               f"optimizer {t['optimizer']}, lr {t['lr']}, grad_clip {t['grad_clip']}, ZeRO stage {t['zero_stage']}, "
+               f"{t['precision']} on {dev}")
     torch.manual_seed(t["seed"])
-    plain = load_causal_lm(path, "float32").to(dev).train()
+    plain = load_causal_lm(path, "bfloat16" if t["precision"] == "bf16" else "float32").to(dev).train()
     opt = make_optimizer(plain.parameters(), t)
 
     def torch_step():
@@ -257,6 +258,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4, help="pairs per step (= micro = global batch)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per side, after one warm-up step")
     ap.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="train.precision: bf16 = DeepSpeed's bf16 mixed precision, the torch side in bfloat16")
     ap.add_argument("--workers", type=int, choices=(1, 2), default=None,
                     help="1: DeepSpeed vs torch on one process only; 2: two workers vs one process only "
                          "(default: both)")

@@ -41,12 +41,17 @@ class Cluster:
         return self.gpu_memory_gb * 1e9
 
 
-def cluster_from_ray(gpu_memory_gb: float | None = None, host_memory_gb: float | None = None) -> Cluster:
-    """The running Ray cluster (this process's, else `auto`): totals, alive nodes, each node's memory resource."""
+def cluster_from_ray(gpu_memory_gb: float | None = None, host_memory_gb: float | None = None,
+                     address: str = "auto") -> Cluster:
+    """The running Ray cluster (this process's, else ``address``): totals, alive nodes, each node's memory."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+        try:
+            ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
+        except ConnectionError as exc:
+            raise ValueError(f"no running Ray cluster at {address or 'auto'!r} ({exc}); start one, or give the "
+                             "cluster by hand: --gpus N --gpu-memory GB [--nodes M --cpus C --host-memory GB]") from None
     total = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     gpus = total.get("GPU", 0.0)

@@ -72,7 +72,7 @@ def _train(cfg: Config, plan) -> tuple[float, str, int]:
     return compute + comm, (f"{steps} steps of up to {t.global_batch_size * 2} x {t.max_length} tokens: compute "
                             f"{compute:.0f} s at {GPU_ASSUMED['mfu']:.0%} of {GPU_ASSUMED['tflops']:g} TFLOP/s + "
                             f"ZeRO-{t.zero_stage} traffic {per_step / 1e9:.0f} GB/step/rank at {link:g} GB/s "
-                            f"{comm:.0f} s (assumed links)"), steps
+                            f"{comm:.0f} s (assumed links, not overlapped: an upper bound)"), steps
 
 
 def _checkpoints(cfg: Config, plan, steps: int) -> tuple[float, str]:
@@ -187,7 +187,7 @@ def plan_command(cfg: Config, args, title: str = "") -> int:
                               source="given by hand" + ("" if args.cpus is not None else
                                                         f"; {cpus:g} CPUs assumed, --cpus to say"))
         else:
-            cluster = cluster_from_ray(args.gpu_memory, args.host_memory)
+            cluster = cluster_from_ray(args.gpu_memory, args.host_memory, cfg.resources.ray_address)
     except (ValueError, KeyError, OSError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
