@@ -142,6 +142,18 @@ def test_a_shard_wider_than_a_node_is_refused():
     assert rc == 1 and "generate: an engine shards over 16 GPUs (resources.tensor_parallel_size), a node has 8" in out
 
 
+def test_host_memory_and_an_unfilled_kv_cache_are_named():
+    rc, out = run_plan("--config", str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), "--gpus", "8", "--gpu-memory",
+                       "80", "--host-memory", "64", "generation.batch_size=64")
+    assert rc == 1
+    # 8 scorers on the node, each loading the 13.5 GB of bf16 weights on the host first, + 2 GiB of runtime
+    need = 8 * (2 * LLAMA2_7B.params / 2 ** 30 + 2.0)
+    assert f"score: 8 scorer(s) on a node need {need:.1f} GiB of host memory, a node has 59.6 GiB" in out, out
+    # the configs' old batch (64 prompts = 128 sequences) leaves a 7B engine's KV cache part empty
+    assert re.search(r"generate: a call brings 128 sequences, the KV cache holds \d+: raise generation\.batch_size",
+                     out), out
+
+
 @pytest.fixture(scope="module")
 def logical_gpu_cluster():
     """One Ray instance for the module: 32 logical H100s (no GPU is touched), the custom resources the shipped
