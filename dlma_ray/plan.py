@@ -51,7 +51,8 @@ def cluster_from_ray(gpu_memory_gb: float | None = None, host_memory_gb: float |
             ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False)
         except ConnectionError as exc:
             raise ValueError(f"no running Ray cluster at {address or 'auto'!r} ({exc}); start one, or give the "
-                             "cluster by hand: --gpus N --gpu-memory GB [--nodes M --cpus C --host-memory GB]") from None
+                             "cluster by hand: --gpus N --gpu-memory GB [--nodes M --cpus C --host-memory GB]"
+                             ) from None
     total = ray.cluster_resources()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     gpus = total.get("GPU", 0.0)
