@@ -32,7 +32,7 @@ def one_side(args) -> dict:
     from dlma_ray.logprobs import sequence_logprobs
     from dlma_ray.losses import dlma_loss
     from dlma_ray.methods.base import preference_batch
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.models import load_for_training, load_tokenizer
     from dlma_ray.train import deepspeed_config, make_optimizer
 
     path = common.model_dir()
@@ -46,7 +46,7 @@ def one_side(args) -> dict:
                             for k in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
     common.init_group()
     torch.manual_seed(t["seed"])
-    model = load_causal_lm(path, "float32").train()
+    model = load_for_training(path, t["precision"], deepspeed_config(t, 1))  # as the train worker loads it
     if lora.enabled(t):
         model = lora.wrap(model, t)
     params = lora.trainable(model)

@@ -9,6 +9,14 @@ frozen base under the adapters is not used as the reference.
 Policy folder with LoRA:
     config.json, model.safetensors, tokenizer files   the merged model W + (alpha / r) B A (an ordinary HF folder)
     adapter/adapter_config.json, adapter_model.safetensors   the trained adapter (peft's format)
+
+The merge is done in float32 and the merged policy saved in float32, whatever train.precision is: a LoRA
+update is small against the weight it lands on (at lr 1e-4 often below half a bf16 ulp of W), so W + dW rounded
+to bf16 is W again, and a bf16 policy would silently drop what training learned although training's forward
+(base(x) + B A x, apart) used it. In float32 the update survives, adds up over rounds (the next round merges onto
+this float32 policy), and each consumer rounds the true policy once at load, in its own dtype. Keeping the
+adapter separate where it is served (vLLM's LoRA) would also keep it, but stacks one adapter per round in every
+engine, scorer and trainer; one float32 folder keeps every consumer an ordinary model load.
 """
 
 from __future__ import annotations
@@ -91,9 +99,27 @@ def save_adapter(peft_model, folder: str, state: dict | None = None) -> None:
     peft_model.save_pretrained(folder, safe_serialization=True, **kwargs)
 
 
-def save_policy(peft_model, out: str, tokenizer) -> None:
-    """The policy folder: the adapter into <out>/adapter/, then the merged model (safetensors) and the
-    tokenizer into <out>. Merging replaces the adapter layers of `peft_model` in place: call it last."""
+def trained_adapters(peft_model) -> dict[str, Any]:
+    """The trained adapter weights by parameter name, float32 on the CPU: DeepSpeed's float32 master copies
+    where it keeps them (bf16/fp16 training, every ZeRO stage; under ZeRO-3 a gather, so every rank must call
+    it), else the module's own weights."""
+    out = {}
+    for name, p in peft_model.named_parameters():
+        if p.requires_grad:
+            full = None
+            if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):  # DeepSpeed's (ZeRO-3; ZeRO-1/2 and bf16)
+                from deepspeed.utils import safe_get_full_fp32_param
+
+                full = safe_get_full_fp32_param(p)
+            out[name] = (p.detach() if full is None else full).float().cpu().clone()
+    return out
+
+
+def save_policy(base_path: str, t: dict, adapters: dict, out: str, tokenizer, trust_remote_code: bool = False) -> None:
+    """The policy folder: the adapter into <out>/adapter/, the merged model (float32 safetensors: see the module's
+    docstring) and the tokenizer into <out>. `adapters` (`trained_adapters`) go onto the round's starting
+    policy `base_path` as stored, not onto the training copy (bf16 under bf16 training), and merge in float32."""
+    peft_model = rebuild(base_path, t, adapters, trust_remote_code, dtype="float32")
     save_adapter(peft_model, os.path.join(out, ADAPTER_DIR))
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
@@ -101,12 +127,15 @@ def save_policy(peft_model, out: str, tokenizer) -> None:
 
 
 def rebuild(base_path: str, t: dict, state: dict, trust_remote_code: bool = False, dtype: str = "float32"):
-    """A CPU copy of the trained wrapped model from its full state dict (every weight, frozen ones included:
-    what ZeRO-3's consolidated state dict gathers), for merging when the training module is partitioned."""
+    """A CPU copy of the trained wrapped model: the base from `base_path`, the adapters from `state` (parameter
+    names of the wrapped model; any other entry, e.g. the frozen weights a ZeRO-3 gather holds in the training
+    precision, is ignored: the base stays the stored one)."""
     from dlma_ray.models import load_causal_lm
 
     peft_model = wrap(load_causal_lm(base_path, dtype, trust_remote_code), {**t, "gradient_checkpointing": False})
-    result = peft_model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        raise ValueError(f"the gathered state misses weights of the LoRA model: {result.missing_keys[:5]}")
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ValueError(f"the trained state misses adapter weights of the LoRA model: {missing[:5]}")
+    peft_model.load_state_dict({n: state[n] for n in names}, strict=False)
     return peft_model

@@ -188,3 +188,35 @@ def load_causal_lm(ref: str, dtype: str = "float32", trust_remote_code: bool = F
         resolve_model_path(ref), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
         use_safetensors=True)
     return model.eval()
+
+
+TRAIN_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # train.precision -> torch dtype
+
+
+def load_for_training(ref: str, precision: str, ds_config: dict, trust_remote_code: bool = False):
+    """A train rank's model, in train mode: in the training precision, not float32 (DeepSpeed would cast a
+    float32 model down anyway, after it had cost 4 bytes a parameter of host memory on every rank).
+
+    Under ZeRO-3 (`ds_config`, DeepSpeed's config dict of the run) the model is built inside
+    `deepspeed.zero.Init`: every rank holds only its partition of each weight from construction on, and the
+    weights are loaded one module at a time (rank 0 reads the memory-mapped file, broadcasts, each rank keeps
+    its part), so no rank ever holds the whole model. Collective: every rank must call it."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return load_causal_lm(ref, TRAIN_DTYPES[precision], trust_remote_code).train()
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    # DeepSpeed's view of the process group the caller started, as deepspeed.initialize would make it later:
+    # zero.Init checks the batch sizes against its world size (1 until this runs)
+    deepspeed.init_distributed(get_accelerator().communication_backend_name(), dist_init_required=False)
+    # transformers builds under zero.Init while an HfDeepSpeedConfig is alive (it keeps a weak reference)
+    keep = HfDeepSpeedConfig(ds_config)
+    try:
+        model = load_causal_lm(ref, TRAIN_DTYPES[precision], trust_remote_code)
+    finally:
+        # Unset at once: a later load in this process (rank 0's copy for merging a LoRA policy) must be whole,
+        # and a zero.Init on one rank alone would wait forever for the others.
+        unset_hf_deepspeed_config()
+        del keep
+    return model.train()

@@ -95,7 +95,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     import ray.train
     import torch
 
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.models import load_for_training, load_tokenizer
 
     t = config["train"]
     torch.set_num_threads(config["threads"])
@@ -110,8 +110,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     start = resume["dir"] if resume and not use_lora else config["policy_path"]
 
     tokenizer = load_tokenizer(start, config["trust_remote_code"])
-    model = load_causal_lm(start, "float32", config["trust_remote_code"])
-    model.train()
+    # in the training precision; under ZeRO-3 built already partitioned (dlma_ray.models.load_for_training)
+    model = load_for_training(start, t["precision"], deepspeed_config(t, world), config["trust_remote_code"])
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     if use_lora:
@@ -244,20 +244,30 @@ def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final
     import ray.train
     from ray.train import Checkpoint
 
-    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 else None  # all ranks
-    if rank != 0:
+    out = write_policy(engine, tokenizer, t, rank, config["policy_path"], config["trust_remote_code"])
+    if out is None:
         ray.train.report(final)
         return
-    out = tempfile.mkdtemp(prefix="dlma-policy-")
-    module = engine.module
-    if lora.enabled(t):  # the merged model is the policy; the adapter goes into <policy>/adapter/
-        if state is not None:  # ZeRO-3 partitions the module: merge a CPU copy built from the gathered weights
-            module = lora.rebuild(config["policy_path"], t, state, config["trust_remote_code"])
-        lora.save_policy(module, out, tokenizer)
-    else:
-        module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
-                               safe_serialization=True)
-        tokenizer.save_pretrained(out)
     if os.path.exists(metrics_path):
         shutil.copy(metrics_path, os.path.join(out, TRAIN_METRICS_FILE))
     ray.train.report(final, checkpoint=Checkpoint.from_directory(out))
+
+
+def write_policy(engine, tokenizer, t: dict, rank: int, policy_path: str, trust_remote_code: bool = False):
+    """The trained policy as an HF folder, on rank 0 (its path; None on the others). Collective: every rank
+    calls it (ZeRO-3 gathers). With LoRA only the adapters are gathered (their float32 masters) and merged on
+    rank 0 onto the round's stored starting policy `policy_path`, in float32 (dlma_ray.lora says why)."""
+    use_lora = lora.enabled(t)
+    adapters = lora.trained_adapters(engine.module) if use_lora else None
+    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 and not use_lora else None
+    if rank != 0:
+        return None
+    out = tempfile.mkdtemp(prefix="dlma-policy-")
+    if use_lora:  # the merged model is the policy; the adapter goes into <policy>/adapter/
+        lora.save_policy(policy_path, t, adapters, out, tokenizer, trust_remote_code)
+    else:
+        module = engine.module
+        module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
+                               safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    return out

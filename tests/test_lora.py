@@ -69,7 +69,7 @@ def test_merge_matches_wrapped(trained, tiny_model_dir, tmp_path):
             name = stem.replace("base_model.model.", "") + "weight"
             expect[name] = start[name] + T["lora_alpha"] / T["lora_rank"] * sd[stem + "lora_B.default.weight"] @ sd[k]
     assert len(expect) == 6
-    lora.save_policy(model, str(tmp_path), load_tokenizer(tiny_model_dir))
+    lora.save_policy(tiny_model_dir, T, lora.trained_adapters(model), str(tmp_path), load_tokenizer(tiny_model_dir))
     assert os.path.exists(tmp_path / "adapter" / "adapter_model.safetensors")
     assert os.path.exists(tmp_path / "model.safetensors")
     merged = load_causal_lm(str(tmp_path))
