@@ -99,15 +99,18 @@ def tree_attention_applies(model) -> bool:
             and not getattr(c, "attn_logit_softcapping", None))
 
 
-def segment_plan(segments, device) -> list[tuple[int, int, int, torch.Tensor, torch.Tensor]]:
+def segment_plan(segments, device) -> list[tuple[int, int, int, torch.Tensor, torch.Tensor | None]]:
     """Per segment (row b, start, end, ancestors): key positions (ancestors, then the segment) and the
-    [n, len(keys)] mask in which token k of the segment sees every ancestor and segment tokens <= k."""
+    [1, 1, n, len(keys)] mask in which token k of the segment sees every ancestor and segment tokens <= k;
+    None for a segment without ancestors, which is plain causal attention (SDPA's is_causal: flash kernels)."""
     plan = []
     for b, start, end, ancestors in segments:
         n = end - start
         keys = torch.tensor(list(ancestors) + list(range(start, end)), device=device)
-        mask = torch.cat([torch.ones(n, len(ancestors), dtype=torch.bool),
-                          torch.ones(n, n, dtype=torch.bool).tril()], dim=1).to(device)
+        mask = None  # no ancestors: causal attention, which SDPA's flash kernels take without a mask
+        if ancestors:
+            mask = torch.cat([torch.ones(n, len(ancestors), dtype=torch.bool),
+                              torch.ones(n, n, dtype=torch.bool).tril()], dim=1)[None, None].to(device)
         plan.append((b, start, end, keys, mask))
     return plan
 
@@ -115,14 +118,21 @@ def segment_plan(segments, device) -> list[tuple[int, int, int, torch.Tensor, to
 def tree_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, tree_plan=None,
                    **kwargs):
     """Attention of each segment's queries over its own keys only (an `AttentionInterface` function): the
-    cost is that of each sequence alone, not of a dense row x row product. query [B, H, T, D]."""
-    out = torch.zeros_like(query)  # padding positions: never read
-    gqa = query.shape[1] != key.shape[1]
+    cost is that of each sequence alone, not of a dense row x row product. query [B, H, T, D].
+
+    Each segment goes through transformers' own SDPA attention, the one training's forward runs, with 4-D
+    [1, H, n, D] tensors: SDPA's fused kernels (flash, memory-efficient, CPU flash) take only 4-D inputs, and
+    3-D ones fell back to the unfused math kernel, so the reference log-probs came from another kernel than
+    the policy's log-probs in training (h at step 0 not 0 in bf16)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    rows, heads, length, dim = query.shape
+    out = query.new_zeros(rows, length, heads, dim)  # [B, T, H, D] as attention functions return; padding: never read
     for b, start, end, keys, mask in tree_plan:
-        out[b, :, start:end] = torch.nn.functional.scaled_dot_product_attention(
-            query[b, :, start:end], key[b][:, keys], value[b][:, keys], attn_mask=mask, scale=scaling,
-            enable_gqa=gqa)
-    return out.transpose(1, 2).contiguous(), None
+        out[b:b + 1, start:end] = sdpa(module, query[b:b + 1, :, start:end], key[b:b + 1, :, keys],
+                                       value[b:b + 1, :, keys], mask, dropout=dropout, scaling=scaling)[0]
+    return out, None
 
 
 def _forward_tree(model, plan, **inputs):
