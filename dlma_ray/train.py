@@ -33,6 +33,16 @@ def deepspeed_config(t: dict, num_workers: int) -> dict:
     zero = {"stage": t["zero_stage"]}
     if t["zero_stage"] == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    extra = {}
+    if t["precision"] == "bf16":
+        if t["zero_stage"] == 0:  # DeepSpeed 0.19 refuses fp32 accumulation without ZeRO ("unsupported mix")
+            raise ValueError("train.precision=bf16 needs train.zero_stage 1, 2 or 3: without ZeRO DeepSpeed sums "
+                             "gradients in bf16, which drops micro-batches' small contributions")
+        # A bf16 sum of gradients drops every term below half an ulp of the sum: over micro-batches (ZeRO-2/3
+        # then keep fp32 partition buffers; ZeRO-1 becomes DeepSpeed's BF16_Optimizer, fp32 gradients) and
+        # over ranks (the reduction in fp32: twice the bytes of a bf16 one)
+        extra["data_types"] = {"grad_accum_dtype": "fp32"}
+        extra["communication_data_type"] = "fp32"
     return {
         "train_batch_size": t["global_batch_size"],
         "train_micro_batch_size_per_gpu": t["micro_batch_size"],
@@ -44,6 +54,7 @@ def deepspeed_config(t: dict, num_workers: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
+        **extra,
     }
 
 
@@ -128,7 +139,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), TRAIN_METRICS_FILE)
     step, start_epoch, skip = 0, 0, 0
     if resume:
-        step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path)
+        step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path, config["round"])
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
     # tracking (dlma_ray.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
     steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path,
@@ -194,16 +205,15 @@ def _resume_point(checkpoint, world: int) -> dict | None:
     return {**progress, "dir": folder}
 
 
-def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str) -> tuple[int, int, int]:
-    """Optimizer shard, lr schedule and logged steps back from a checkpoint; (step, epoch, micro-batches to skip)."""
+def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str, round_k=None) -> tuple[int, int, int]:
+    """Optimizer state (fp32 masters included), lr schedule and logged steps back from a checkpoint; (step,
+    epoch, micro-batches to skip)."""
     import shutil
 
-    from dlma_ray.checkpoint import load_state
+    from dlma_ray.zerostate import restore_training_state
 
     folder = resume["dir"]
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps the torch optimizer
-    inner.load_state_dict(load_state(folder, f"optimizer_rank{rank}", str(engine.device)))
-    scheduler.load_state_dict(load_state(folder, "scheduler"))
+    restore_training_state(engine, scheduler, folder, rank, "<k>" if round_k is None else round_k)
     if rank == 0 and os.path.exists(os.path.join(folder, TRAIN_METRICS_FILE)):
         shutil.copy(os.path.join(folder, TRAIN_METRICS_FILE), metrics_path)
     print(f"rank {rank}: resuming from the checkpoint at step {resume['step']} (epoch {resume['epoch']})", flush=True)
@@ -212,26 +222,20 @@ def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str) -> t
 
 def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: int, metrics_path: str,
                        report: dict, progress: dict) -> None:
-    """Every rank writes its optimizer shard; rank 0 the weights, the schedule, the progress and the metrics."""
+    """Every rank writes its whole optimizer state (dlma_ray.zerostate: fp32 masters, moments, counters, RNG);
+    rank 0 the weights (the adapter only with LoRA), the schedule, the progress and the metrics."""
     import shutil
 
     import ray.train
     from ray.train import Checkpoint
 
-    from dlma_ray.checkpoint import save_state, write_progress
+    from dlma_ray.checkpoint import write_progress
+    from dlma_ray.zerostate import save_training_state
 
     out = tempfile.mkdtemp(prefix="dlma-ckpt-")
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    save_state(inner.state_dict(), out, f"optimizer_rank{rank}")
-    state = None
-    if t["zero_stage"] == 3:  # all ranks; with LoRA the adapters only (the frozen base is the round's start)
-        state = engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=lora.enabled(t))
+    save_training_state(engine, scheduler, out, rank, adapter_only=lora.enabled(t))  # a collective under ZeRO-3
     if rank == 0:
-        module = engine.module
-        module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),
-                               safe_serialization=True)
         tokenizer.save_pretrained(out)
-        save_state(scheduler.state_dict(), out, "scheduler")
         write_progress(out, world=world, **progress)
         shutil.copy(metrics_path, os.path.join(out, TRAIN_METRICS_FILE))
     ray.train.report({**report, "checkpoint_step": progress["step"]}, checkpoint=Checkpoint.from_directory(out))

@@ -19,7 +19,7 @@ LAYERS = {
     "config": 1, "configcheck": 1, "interfaces": 1, "layout": 1, "state": 1, "runlock": 1, "objectlock": 1, "tracking": 1,
     # 2 domain: records, models, tensor math, judges, filters (no Ray)
     "packing": 2, "sources": 2, "preference_formats": 2, "data": 2, "models": 2, "logprobs": 2, "judges": 2,
-    "refusal": 2, "negatives": 2, "measures": 2, "testing": 2, "checkpoint": 2, "lora": 2, "sizing": 2,
+    "refusal": 2, "negatives": 2, "measures": 2, "testing": 2, "checkpoint": 2, "zerostate": 2, "lora": 2, "sizing": 2,
     # 3 workers: what runs inside a Ray actor, task or train worker, and the metrics they record
     "telemetry": 3, "trainlog": 3, "engines": 3, "generate": 3, "score": 3, "train": 3, "eval_tasks": 3, "sharding": 3, "nodes": 3,
     "devices": 3, "embedding": 3,
