@@ -155,6 +155,9 @@ def cross_field_errors(cfg: Any) -> list[str]:
     _check_no_credentials(cfg, errors)
     errors += engine_gpu_errors(cfg.resources, cfg.generation, cfg.eval.enabled)
     t = cfg.train
+    if t.precision == "bf16" and t.zero_stage == 0:  # DeepSpeed 0.19 refuses fp32 accumulation without ZeRO
+        errors.append("train.precision: bf16 needs train.zero_stage 1, 2 or 3 (without ZeRO DeepSpeed sums gradients "
+                      "in bf16, which drops small contributions); allowed with zero_stage 0: fp32, fp16")
     if t.clip_low > t.clip_high:
         errors.append(f"train.clip_low: {t.clip_low} is above train.clip_high ({t.clip_high}); expected L <= U")
     if cfg.data.max_prompt_tokens >= t.max_length:

@@ -45,6 +45,7 @@ def test_int_accepted_for_float_and_stored_as_float():
     ("train.beta=high", r"train\.beta: 'high' is not a float"),
     ("rounds.count=0", r"rounds\.count: 0 is out of range; expected a int >= 1"),
     ("train.zero_stage=4", r"train\.zero_stage: 4 is not allowed; expected one of 0, 1, 2, 3"),
+    ("train.precision=bf16;train.zero_stage=0", r"train\.precision: bf16 needs train\.zero_stage 1, 2 or 3"),
     ("model.trust_remote_code=1", r"model\.trust_remote_code: 1 is not a bool"),
     ("rounds.count=2.5", r"rounds\.count: 2.5 is not a int"),
     ("data.heldout_fraction=0.9", r"data\.heldout_fraction: 0.9 is out of range; expected a float in \[0.0, 0.5\]"),
