@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 config-reference: $(STAMP)
-	$(PY) -m dlma_ray.configdoc > docs/CONFIG.md
+	$(PY) -m dlma_ray.views.config_reference > docs/CONFIG.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

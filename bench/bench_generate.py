@@ -25,10 +25,10 @@ import tempfile
 import time
 
 import common
-from dlma_ray.generate import GenerationEngine
+from dlma_ray.workers.generation import GenerationEngine
 
 WARM_UP = ("import sys; sys.path.insert(0, %r); import common; common.setup(); "
-           "from dlma_ray.engines import start_engine, stop_engine; "
+           "from dlma_ray.workers.engines import start_engine, stop_engine; "
            "stop_engine(start_engine(common.model_dir(), vars(common.bench_config().generation)))"
            % os.path.dirname(os.path.abspath(__file__)))
 TIMES_FILE = os.path.join(tempfile.gettempdir(), f"bench-generate-{os.getpid()}.jsonl")
@@ -67,8 +67,8 @@ def pipeline_side(cfg, run_dir):
     import pyarrow.parquet as pq
     import ray
 
-    import dlma_ray.generate
-    from dlma_ray.layout import RunLayout
+    import dlma_ray.workers.generation
+    from dlma_ray.run.layout import RunLayout
     from dlma_ray.stages.common import Round, init_ray
     from dlma_ray.stages.generate import contrastive
 
@@ -76,12 +76,12 @@ def pipeline_side(cfg, run_dir):
     with common.timed(t, "ray_start"):
         init_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dlma_ray.generate.GenerationEngine = TimedEngine  # the stage imports the class when called
+    dlma_ray.workers.generation.GenerationEngine = TimedEngine  # the stage imports the class when called
     try:
         with common.timed(t, "total"):
             out = contrastive(Round(cfg, RunLayout(run_dir), 0)).output
     finally:
-        dlma_ray.generate.GenerationEngine = GenerationEngine
+        dlma_ray.workers.generation.GenerationEngine = GenerationEngine
         ray.shutdown()
     logs = [json.loads(line) for line in open(TIMES_FILE)]
     os.remove(TIMES_FILE)
@@ -99,8 +99,8 @@ def vllm_side(g, prompts, seeds, end_of_turn):
     with common.timed(t, "import"):
         from vllm import LLM, SamplingParams
 
-        from dlma_ray.engines import engine_kwargs
-        from dlma_ray.generate import sampling_params, stop_token_ids
+        from dlma_ray.workers.engines import engine_kwargs
+        from dlma_ray.workers.generation import sampling_params, stop_token_ids
     with common.timed(t, "init"):
         llm = LLM(**engine_kwargs(common.model_dir(), g, 1, False))
     # The pipeline's sampling settings, request by request (top_k and the end-of-turn stop included).
@@ -118,8 +118,8 @@ def vllm_side(g, prompts, seeds, end_of_turn):
 def host_side(cfg, prompts, seeds, end_of_turn):
     import ray
 
-    from dlma_ray.engines import KeptEngines
-    from dlma_ray.generate import sampling_params, stop_token_ids
+    from dlma_ray.workers.engines import KeptEngines
+    from dlma_ray.workers.generation import sampling_params, stop_token_ids
     from dlma_ray.stages.common import init_ray
 
     g = vars(cfg.generation)
@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. resources.gpus_per_engine=1 on a GPU")
     args = ap.parse_args()
     common.setup()
-    from dlma_ray.generate import request_seed
+    from dlma_ray.workers.generation import request_seed
 
     common.header("bench_generate: pipeline generate stage vs standalone vLLM vs HF generate")
     # Whichever side starts an engine first would otherwise also pay for reading torch's, vLLM's and the model's

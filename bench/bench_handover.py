@@ -34,11 +34,11 @@ def main() -> None:
     import pyarrow.parquet as pq
     import ray
 
-    from dlma_ray import eval_tasks
-    from dlma_ray.engines import ENGINE_RUNTIME_ENV, KeptEngines
-    from dlma_ray.evaluate import load_eval_prompts
-    from dlma_ray.layout import RunLayout
-    from dlma_ray.models import load_tokenizer
+    from dlma_ray.workers import eval_tasks
+    from dlma_ray.workers.engines import ENGINE_RUNTIME_ENV, KeptEngines
+    from dlma_ray.stages.evaluate import load_eval_prompts
+    from dlma_ray.run.layout import RunLayout
+    from dlma_ray.model.loading import load_tokenizer
     from dlma_ray.stages.common import Round, init_ray, model_for_actor
     from dlma_ray.stages.generate import contrastive
 

@@ -1,8 +1,8 @@
 """One DeepSpeed training step with and without LoRA (train.lora_rank): step time and memory.
 
 Each side runs in its own process (peak RSS is per process): the model loaded as the train worker loads it,
-wrapped with LoRA when the rank is > 0 (dlma_ray.lora.wrap), the optimizer over the trainable parameters,
-deepspeed.initialize with the pipeline's config (dlma_ray.train.deepspeed_config), then 1 warm-up and
+wrapped with LoRA when the rank is > 0 (dlma_ray.model.lora.wrap), the optimizer over the trainable parameters,
+deepspeed.initialize with the pipeline's config (dlma_ray.workers.training.deepspeed_config), then 1 warm-up and
 --steps timed steps of the DLMA loss on one batch of scored pairs (bench_train_step.pair_rows). Reported:
 trainable parameters, optimizer state (bytes of every tensor it holds), peak RSS of the process (CPU) or
 peak torch-allocated memory (GPU), and the median step time. Sides run full, LoRA, full, LoRA, ... (--repeats).
@@ -28,12 +28,12 @@ def one_side(args) -> dict:
     import torch.distributed as dist
 
     from bench_train_step import pair_rows
-    from dlma_ray import lora
-    from dlma_ray.logprobs import sequence_logprobs
-    from dlma_ray.losses import dlma_loss
+    from dlma_ray.model import lora
+    from dlma_ray.model.logprobs import sequence_logprobs
+    from dlma_ray.core.losses import dlma_loss
     from dlma_ray.methods.base import preference_batch
-    from dlma_ray.models import load_for_training, load_tokenizer
-    from dlma_ray.train import deepspeed_config, make_optimizer
+    from dlma_ray.model.loading import load_for_training, load_tokenizer
+    from dlma_ray.workers.training import deepspeed_config, make_optimizer
 
     path = common.model_dir()
     t = vars(common.bench_config(f"train.micro_batch_size={args.pairs}", f"train.global_batch_size={args.pairs}",

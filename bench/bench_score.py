@@ -1,10 +1,10 @@
-"""Scoring: `dlma_ray.logprobs.score_texts` (prefix-tree packing; length-sorted padded batches) vs one
+"""Scoring: `dlma_ray.model.logprobs.score_texts` (prefix-tree packing; length-sorted padded batches) vs one
 sequence at a time.
 
 The workload is the score stage's: for every (prompt, chosen, rejected) pair, six sequences -- y+ and
 y- under the positive, the negative and the plain context, each response followed by end-of-turn.
 The naive baseline forwards each sequence alone (batch of one, no padding). Against it, in the same run
-(interleaved): the packed path the score stage uses (`dlma_ray.packing`: shared prefixes computed once,
+(interleaved): the packed path the score stage uses (`dlma_ray.model.packing`: shared prefixes computed once,
 logits only where a response token is predicted; one row of --pack-tokens tokens per forward)
 and the padded path (`pack_tokens=0`: one sequence per row, --batch-sizes rows, length-sorted). All give
 summed response log-probs; the max abs difference to the naive loop is printed as a correctness check.
@@ -34,7 +34,7 @@ def build_sequences(tokenizer, pairs):
 def naive_scores(model, tokenizer, contexts, responses, max_length):
     import torch
 
-    from dlma_ray.logprobs import collate, encode_text_response, sequence_logprobs
+    from dlma_ray.model.logprobs import collate, encode_text_response, sequence_logprobs
 
     out = []
     with torch.no_grad():
@@ -58,8 +58,8 @@ def main() -> None:
     common.setup()
     import torch
 
-    from dlma_ray.logprobs import score_texts
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.model.logprobs import score_texts
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
     common.header("bench_score: score_texts (packed; padded) vs one sequence at a time")
     tok = load_tokenizer(common.model_dir())

@@ -1,16 +1,16 @@
 """Peak host memory of train ranks loading their model and starting their DeepSpeed engine.
 
-`--world` rank processes (gloo, as on CPU) each load the model as `dlma_ray.train.train_loop_per_worker`
-does (`--load new`: dlma_ray.models.load_for_training, in the training precision and, under ZeRO-3, built
+`--world` rank processes (gloo, as on CPU) each load the model as `dlma_ray.workers.training.train_loop_per_worker`
+does (`--load new`: dlma_ray.model.loading.load_for_training, in the training precision and, under ZeRO-3, built
 partitioned under deepspeed.zero.Init) or as it did before (`--load old`: the whole model in float32 on every
 rank), wrap it with LoRA if `--lora-rank` > 0, then run deepspeed.initialize with the pipeline's config
-(dlma_ray.train.deepspeed_config). Per rank and phase (load, initialize) it reports, in MiB above the rank's
+(dlma_ray.workers.training.deepspeed_config). Per rank and phase (load, initialize) it reports, in MiB above the rank's
 memory before loading: the peak RSS (VmHWM, reset per phase through /proc/self/clear_refs) and the peak
 anonymous RSS (sampled every 2 ms). Anonymous is what costs: under ZeRO-3 rank 0 reads the memory-mapped
 safetensors file, whose pages count in its RSS but are the page cache's, shared by every process on the node.
 
 With `--steps` > 0 the engine trains that many steps of next-token loss on random tokens, and with `--save DIR`
-the ranks write the policy as the train loop does at the end of a round (dlma_ray.train.write_policy).
+the ranks write the policy as the train loop does at the end of a round (dlma_ray.workers.training.write_policy).
 
     python bench/bench_train_load.py [--model DIR] [--world 2] [--zero-stage 3] [--precision bf16]
                                      [--load new|old] [--lora-rank 0] [--steps 0] [--save DIR] [--json FILE]
@@ -67,9 +67,9 @@ def one_rank(args) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from dlma_ray import lora
-    from dlma_ray.models import load_causal_lm, load_for_training, load_tokenizer
-    from dlma_ray.train import deepspeed_config, make_optimizer, write_policy
+    from dlma_ray.model import lora
+    from dlma_ray.model.loading import load_causal_lm, load_for_training, load_tokenizer
+    from dlma_ray.workers.training import deepspeed_config, make_optimizer, write_policy
 
     torch.set_num_threads(1)
     common.init_group(args.rank, args.world, args.port, "gloo")
@@ -166,7 +166,7 @@ def copy_in_dtype(model: str, dtype: str) -> str:
 
     import torch
 
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
     out = tempfile.mkdtemp(prefix=f"bench-train-load-{dtype}-")
     load_causal_lm(model, "float32").to(getattr(torch, dtype)).save_pretrained(out, safe_serialization=True)

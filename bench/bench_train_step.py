@@ -2,8 +2,8 @@
 batch on two DeepSpeed workers vs one process.
 
 Both sides start from the same weights and take identical steps on one batch of pairs built the
-way the train stage builds it (`dlma_ray.methods.base.preference_batch`, `dlma_ray.losses.dlma_loss`, the pair's
-reference log-probs and R from `dlma_ray.score.PairScorer`). A step is forward, loss, backward,
+way the train stage builds it (`dlma_ray.methods.base.preference_batch`, `dlma_ray.core.losses.dlma_loss`, the pair's
+reference log-probs and R from `dlma_ray.workers.scoring.PairScorer`). A step is forward, loss, backward,
 gradient clipping (train.grad_clip) and the optimizer update. Steps alternate between the two sides
 so a change in machine load hits both; the losses of both sides are printed as a check that they
 compute the same thing.
@@ -29,8 +29,8 @@ def pair_rows(n_pairs: int, model_path: str) -> dict:
     """A pairs-table batch (the columns the train loop reads), scored like the score stage does."""
     import numpy as np
 
-    from dlma_ray.models import load_tokenizer
-    from dlma_ray.score import PairScorer
+    from dlma_ray.model.loading import load_tokenizer
+    from dlma_ray.workers.scoring import PairScorer
 
     r = common.renderer(load_tokenizer(model_path))
     pairs = common.preference_pairs(n_pairs)
@@ -47,10 +47,10 @@ def batch_loss(rows: dict, t: dict, path: str, dev: str):
     """(loss_of(model), batch): the train stage's padded batch of ``rows`` and its DLMA loss under a model."""
     import torch
 
-    from dlma_ray.logprobs import sequence_logprobs
-    from dlma_ray.losses import dlma_loss
+    from dlma_ray.model.logprobs import sequence_logprobs
+    from dlma_ray.core.losses import dlma_loss
     from dlma_ray.methods.base import preference_batch
-    from dlma_ray.models import load_tokenizer
+    from dlma_ray.model.loading import load_tokenizer
 
     batch = preference_batch(load_tokenizer(path), rows, t["max_length"]).to(dev)
     n = len(rows["chosen"])
@@ -68,8 +68,8 @@ def make_engine(path: str, t: dict, world: int):
     """(DeepSpeed engine over a fresh float32 copy of the model, seconds deepspeed.initialize took)."""
     import deepspeed
 
-    from dlma_ray.models import load_causal_lm
-    from dlma_ray.train import deepspeed_config, make_optimizer
+    from dlma_ray.model.loading import load_causal_lm
+    from dlma_ray.workers.training import deepspeed_config, make_optimizer
 
     model = load_causal_lm(path, "float32").train()
     start = time.perf_counter()
@@ -95,8 +95,8 @@ def one_process(args, path: str, rows: dict) -> None:
     """The plain torch step against DeepSpeed on one process (both with common.THREADS torch threads)."""
     import torch
 
-    from dlma_ray.models import load_causal_lm
-    from dlma_ray.train import make_optimizer
+    from dlma_ray.model.loading import load_causal_lm
+    from dlma_ray.workers.training import make_optimizer
 
     t = vars(common.bench_config(f"train.micro_batch_size={args.pairs}", f"train.global_batch_size={args.pairs}",
                                  f"train.zero_stage={args.zero_stage}", f"train.precision={args.precision}").train)

@@ -1,16 +1,16 @@
 """Against a peer: the train stage's DPO step vs TRL's `DPOTrainer`, same pairs, model, batch, precision.
 
 One process, float32 model, the same N pairs (the demo pairs, rendered and scored by
-`dlma_ray.score.PairScorer` as in bench_train_step.py), `--batch` pairs per optimizer step
+`dlma_ray.workers.scoring.PairScorer` as in bench_train_step.py), `--batch` pairs per optimizer step
 (no gradient accumulation), the same lr, beta, AdamW, weight decay, grad clip and constant schedule,
 the same batches in the same order (TRL's sampler is sequential). TRL is installed beside the
 project, not as a dependency.
 
 - ours (torch): the loss of the `dpo` method (`Method.loss`: tokenise the rows with `preference_batch`,
   one forward over chosen + rejected, DPO against the reference log-probs stored by the score stage),
-  backward, `clip_grad_norm_`, `torch.optim.AdamW` (`dlma_ray.train.make_optimizer`).
+  backward, `clip_grad_norm_`, `torch.optim.AdamW` (`dlma_ray.workers.training.make_optimizer`).
 - ours (DeepSpeed): the same loss through the DeepSpeed engine (ZeRO-2, one gloo process) as
-  `dlma_ray.train.train_loop_per_worker` runs it (`--no-deepspeed` leaves it out).
+  `dlma_ray.workers.training.train_loop_per_worker` runs it (`--no-deepspeed` leaves it out).
 - TRL: `DPOTrainer` with `precompute_ref_log_probs=True` (the reference forward runs once in its
   constructor, untimed, so neither side's step contains a reference forward); its step is the Trainer's
   window from `on_step_begin` to `on_step_end` (forward, loss, backward, clip, AdamW, schedule).
@@ -65,10 +65,10 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer, __version__ as trl_version
 
     from dlma_ray import methods
-    from dlma_ray.logprobs import forward_logits, side_ids, text_ids
+    from dlma_ray.model.logprobs import forward_logits, side_ids, text_ids
     from dlma_ray.methods.base import pair_logprobs, preference_batch
-    from dlma_ray.models import load_causal_lm, load_tokenizer
-    from dlma_ray.train import deepspeed_config, make_optimizer
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
+    from dlma_ray.workers.training import deepspeed_config, make_optimizer
 
     common.header(f"bench_trl: the train stage's DPO step vs TRL {trl_version} DPOTrainer")
     path, dev = common.model_dir(), common.device()

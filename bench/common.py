@@ -44,19 +44,19 @@ def device() -> str:
 
 
 def model_dir() -> str:
-    from dlma_ray.models import resolve_model_path
+    from dlma_ray.model.loading import resolve_model_path
 
     return resolve_model_path(MODEL)
 
 
 def bench_config(*overrides: str):
-    from dlma_ray.config import load_config
+    from dlma_ray.config.tree import load_config
 
     return load_config(None, [f"model.path={MODEL}", *overrides])
 
 
 def renderer(tokenizer, cfg=None):
-    from dlma_ray.prompts import ContrastiveRenderer, pair_from_config
+    from dlma_ray.core.prompts import ContrastiveRenderer, pair_from_config
 
     cfg = cfg or bench_config()
     return ContrastiveRenderer(tokenizer, pair_from_config(cfg.pair.name, cfg.pair.positive, cfg.pair.negative),
@@ -65,7 +65,7 @@ def renderer(tokenizer, cfg=None):
 
 def preference_pairs(limit: int = 0, path: str | None = None):
     """hh-rlhf style (prompt chat, chosen, rejected) pairs; the demo pairs shipped with the repo by default."""
-    from dlma_ray.data import load_preference_pairs
+    from dlma_ray.data.records import load_preference_pairs
 
     pairs, _ = load_preference_pairs(str(path or DEMO_PAIRS), limit=limit, seed=0)
     return pairs
@@ -80,7 +80,7 @@ def free_port() -> int:
 
 
 def init_group(rank: int = 0, world: int = 1, port: int | None = None, backend: str | None = None) -> None:
-    """Our own process group (gloo on CPU, NCCL on GPU); on CPU no shared-memory comm op, as dlma_ray/train.py."""
+    """Our own process group (gloo on CPU, NCCL on GPU); on CPU no shared-memory comm op, as dlma_ray/workers/training.py."""
     import deepspeed
     import torch.distributed as dist
 

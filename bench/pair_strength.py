@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dlma_ray.prompts import PromptPair  # noqa: E402
+from dlma_ray.core.prompts import PromptPair  # noqa: E402
 
 CANDIDATES = {
     "concise": PromptPair("concise", "You are an AI assistant. Your answers are short and precise: one or two sentences.",
@@ -42,14 +42,14 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from vllm import LLM
 
-    from dlma_ray.config import load_config
-    from dlma_ray.evalstats import mean_summary, rate_summary
-    from dlma_ray.engines import engine_kwargs
-    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, stop_token_ids
-    from dlma_ray.logprobs import response_ids, score_ids
-    from dlma_ray.models import load_causal_lm, load_tokenizer, resolve_model_path
+    from dlma_ray.config.tree import load_config
+    from dlma_ray.core.stats import mean_summary, rate_summary
+    from dlma_ray.workers.engines import engine_kwargs
+    from dlma_ray.workers.generation import request_seed, sampled_ids, sampling_params, stop_token_ids
+    from dlma_ray.model.logprobs import response_ids, score_ids
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer, resolve_model_path
     from dlma_ray.stages.common import prompt_rows
-    from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+    from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
     cfg = load_config(None, [f"data.source={args.source}", f"data.max_prompts={args.prompts}",
                              f"generation.max_new_tokens={args.max_new_tokens}"])

@@ -51,9 +51,9 @@ def main() -> None:
     common.setup()
     from bench_score import build_sequences
 
-    from dlma_ray.engines import engine_kwargs
-    from dlma_ray.logprobs import encode_text_response
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.workers.engines import engine_kwargs
+    from dlma_ray.model.logprobs import encode_text_response
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
     common.header("score_vllm: vLLM prompt_logprobs vs transformers, summed response log-probs")
     tok = load_tokenizer(common.model_dir())

@@ -24,7 +24,7 @@ import sys
 import textwrap
 import typing
 
-from dlma_ray.config import Config, ConfigError, load_config
+from dlma_ray.config.tree import Config, ConfigError, load_config
 
 SECTION_DOCS = {
     "model": "the policy at round 0: a built-in, a local HF folder or a hub name",
@@ -43,7 +43,7 @@ OVERRIDES_HELP = "dotted overrides, section.key=value (e.g. train.beta=0.2 round
 
 
 def setup_environment() -> None:
-    from dlma_ray.nodes import check_working_directory
+    from dlma_ray.workers.nodes import check_working_directory
 
     check_working_directory()  # before anything imports torch, which dies obscurely without one
     # One thread per process: on small CPU machines, oversubscription costs more than it gives.
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="A round's pairs as a Hugging Face dataset (save_to_disk) in TRL's "
                                    "conversational preference format; trl.DPOTrainer loads it as is.")
     _run_dir_arguments(p)
-    from dlma_ray.export import add_arguments
+    from dlma_ray.views.export import add_arguments
 
     add_arguments(p)
     p = sub.add_parser("card", help="write a policy folder's model card (README.md) for the HF Hub",
@@ -198,15 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         return commands.compare_job(base_cfg, configs)
     run_dir = _run_dir(sub, args)
     if args.command == "report":
-        from dlma_ray.report import write_report
+        from dlma_ray.views.report import write_report
 
         print(write_report(run_dir))
         return 0
     if args.command == "export":
-        from dlma_ray.export import run_from_args
+        from dlma_ray.views.export import run_from_args
 
         return run_from_args(run_dir, args)
-    from dlma_ray.modelcard import write_model_card
+    from dlma_ray.views.modelcard import write_model_card
 
     k = commands.latest_round(run_dir) if args.round is None else args.round
     print(write_model_card(run_dir, k))
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_config(cfg: Config, reference: bool = False) -> int:
     import yaml
 
-    from dlma_ray.configdoc import config_reference
+    from dlma_ray.views.config_reference import config_reference
 
     sys.stdout.write(config_reference() if reference else yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return 0

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from dlma_ray import methods as registry
-from dlma_ray.config import Config, load_config
+from dlma_ray.config.tree import Config, load_config
 
 log = logging.getLogger("dlma_ray")
 DEFAULT_METHODS = ("dlma", "rlcd", "context_distillation")
@@ -30,8 +30,8 @@ def run_job(cfg: Config, restart_from: str | None = None) -> int:
     """Run (or resume) every round of ``cfg``, or redo it from ``restart_from`` (`round_K/STAGE`) on; 2 for a
     run directory that refuses this config or is locked."""
     from dlma_ray.pipeline import run
-    from dlma_ray.runlock import RunLocked
-    from dlma_ray.state import ConfigMismatchError, StateFileError, parse_stage
+    from dlma_ray.run.lock import RunLocked
+    from dlma_ray.run.state import ConfigMismatchError, StateFileError, parse_stage
 
     try:
         point = parse_stage(restart_from) if restart_from else None
@@ -48,7 +48,7 @@ def run_job(cfg: Config, restart_from: str | None = None) -> int:
 
 def latest_round(run_dir: str) -> int:
     """The last round with a trained policy."""
-    from dlma_ray.layout import RunLayout
+    from dlma_ray.run.layout import RunLayout
 
     k = RunLayout(run_dir).latest_policy()
     if k is None:
@@ -60,11 +60,11 @@ def evaluate_job(cfg: Config, policy: str | None = None, round_k: int | None = N
     """Without ``policy``: round k's policy (default the latest) into round_k/eval.json, then the report and
     the policy's model card. With ``policy``: that folder alone into ``out`` (default <run>/evals/<name>),
     also scored on round k's held-out pairs when ``round_k`` is given."""
-    from dlma_ray import storage
-    from dlma_ray.evaluate import evaluate_policy, read_heldout, run_round
-    from dlma_ray.layout import RunLayout
-    from dlma_ray.modelcard import write_card_quietly
-    from dlma_ray.report import write_report
+    from dlma_ray.core import storage
+    from dlma_ray.stages.evaluate import evaluate_policy, read_heldout, run_round
+    from dlma_ray.run.layout import RunLayout
+    from dlma_ray.views.modelcard import write_card_quietly
+    from dlma_ray.views.report import write_report
     from dlma_ray.stages.common import Round
 
     run = RunLayout(storage.absolute(cfg.run.dir))
@@ -89,7 +89,7 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
     """pi_0's evaluation answers and its scores of the fixed items depend on the model and eval settings only,
     the same for every method: hand an earlier method's to this one (evaluate.py re-checks both by their
     settings and key, and computes them again if they differ)."""
-    from dlma_ray.layout import BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE
+    from dlma_ray.run.layout import BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE
 
     for name in (BASELINE_ANSWERS_FILE, BASELINE_SCORES_FILE):
         target = base / method / name
@@ -104,7 +104,7 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
 def method_configs(config_path: str | None, overrides: list[str], methods: list[str]) -> tuple[Config, dict]:
     """The base config and one per method (`train.method`, `run.dir=<run.dir>/<method>`); ConfigError if any
     is invalid, so that every method's config is checked before any work starts."""
-    from dlma_ray import storage
+    from dlma_ray.core import storage
 
     base_cfg = load_config(config_path, overrides)
     configs = {m: load_config(config_path, [*overrides, f"train.method={m}",
@@ -117,8 +117,8 @@ def method_configs(config_path: str | None, overrides: list[str], methods: list[
 def compare_job(base_cfg: Config, configs: dict[str, Config]) -> int:
     """Run each method's config in turn (a failure is reported and the others still run), then the comparison
     table; 1 if a method failed."""
-    from dlma_ray import storage
-    from dlma_ray.compare import write_comparison
+    from dlma_ray.core import storage
+    from dlma_ray.views.compare import write_comparison
     from dlma_ray.pipeline import run
 
     base = Path(storage.absolute(base_cfg.run.dir))

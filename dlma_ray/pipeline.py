@@ -4,10 +4,10 @@
       generate  Ray Data over vLLM engine actors      -> <run>/round_k/generations/  (Parquet)
       score     Ray Data over scorer actors            -> <run>/round_k/pairs/        (Parquet, PAIR_SCHEMA)
       train     Ray Train TorchTrainer + DeepSpeed     -> <run>/round_k/policy/       (HF folder) = pi_{k+1}
-      evaluate  Ray tasks (dlma_ray.evaluate)          -> <run>/round_k/eval.json
+      evaluate  Ray tasks (dlma_ray.stages.evaluate)          -> <run>/round_k/eval.json
 
 The method (`train.method`, dlma_ray.methods) says how each stage is done; this loop only orders them, and
-keeps evaluate(k)'s vLLM engines (pi_{k+1}) for generate(k+1) (dlma_ray.engines).
+keeps evaluate(k)'s vLLM engines (pi_{k+1}) for generate(k+1) (dlma_ray.workers.engines).
 
 Every stage writes under a temporary name, renames into place, then records itself in
 `<run>/state.json`; a rerun skips what is recorded there. Actor pools end with their stage, so the
@@ -20,13 +20,17 @@ from __future__ import annotations
 import logging
 import time
 
-from dlma_ray import methods, storage, telemetry, tracking, trainlog
-from dlma_ray.config import Config
-from dlma_ray.interfaces import StageResult
-from dlma_ray.layout import RunLayout
-from dlma_ray.engines import KeptEngines, room_beside_scorers
+from dlma_ray import methods
+from dlma_ray.core import storage
+from dlma_ray.workers import telemetry
+from dlma_ray.run import tracking
+from dlma_ray.workers import trainlog
+from dlma_ray.config.tree import Config
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.run.layout import RunLayout
+from dlma_ray.workers.engines import KeptEngines, room_beside_scorers
 from dlma_ray.stages.common import Round, init_ray, model_for_actor, pool_size
-from dlma_ray.state import STAGES, RunState
+from dlma_ray.run.state import STAGES, RunState
 
 log = logging.getLogger("dlma_ray")
 
@@ -39,7 +43,7 @@ def run_stage(method: methods.Method, stage: str, r: Round) -> StageResult:
 def run(cfg: Config, restart_from: tuple[int, str] | None = None) -> RunState:
     """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state.
     ``restart_from`` (round, stage): redo the run from that stage on with this config (`--restart-from`)."""
-    from dlma_ray.runlock import run_lock
+    from dlma_ray.run.lock import run_lock
 
     method = methods.check(cfg)  # a bad method name or setting fails before any work
     run = RunLayout(storage.absolute(cfg.run.dir))
@@ -97,7 +101,7 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
         log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
     tracking.check_available(cfg.run.trackers)  # tracking: a missing library fails now, not after a stage
     init_ray(cfg)
-    kept = None  # engines kept from evaluate(k) for generate(k+1) (dlma_ray.engines)
+    kept = None  # engines kept from evaluate(k) for generate(k+1) (dlma_ray.workers.engines)
     try:
         for k, stage in pending:
             if stage == "evaluate" and keeps_engines(cfg, method, k, pending):
@@ -135,7 +139,7 @@ def _run_one(cfg: Config, run: RunLayout, method: methods.Method, state: RunStat
                  **({"metrics": summary} if summary else {}))
     log.info(stage_line(k, stage, result, seconds))
     if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
-        from dlma_ray.modelcard import write_card_quietly
+        from dlma_ray.views.modelcard import write_card_quietly
 
         write_card_quietly(run.root, k)
         trainlog.log_finished_round(cfg, run.root, state, k)
@@ -176,9 +180,9 @@ def stages_of(cfg: Config) -> tuple[str, ...]:
 
 def write_run_report(run_dir: str) -> None:
     """The report is a view of finished work: a plotting problem must not fail a finished run."""
-    from dlma_ray.report import write_report
+    from dlma_ray.views.report import write_report
 
     try:
         log.info("report: %s", write_report(run_dir))
     except Exception:  # noqa: BLE001
-        log.exception("could not write the report; run `python -m dlma_ray.report %s` to retry", run_dir)
+        log.exception("could not write the report; run `python -m dlma_ray.views.report %s` to retry", run_dir)

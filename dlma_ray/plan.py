@@ -1,7 +1,7 @@
 """`dlma-ray plan`: each stage's actors on a cluster, their memory and the time of a round, before any work.
 
 `make_plan(cfg, cluster, shape)` sizes each stage's pool as the pipeline will (`stages.common.fitting_pool_size`),
-estimates every actor's device and host memory (dlma_ray.sizing) and a round's time, and lists each problem that
+estimates every actor's device and host memory (dlma_ray.model.sizing) and a round's time, and lists each problem that
 would stop the run (a pool that cannot place one actor, memory over a GPU or a node), naming the stage and the
 number. `Cluster` comes from the running Ray cluster (`cluster_from_ray`) or from the command line.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dlma_ray import sizing
-from dlma_ray.config import Config
-from dlma_ray.sizing import GIB, ModelShape
+from dlma_ray.model import sizing
+from dlma_ray.config.tree import Config
+from dlma_ray.model.sizing import GIB, ModelShape
 
 # Ray's `accelerator_type:<name>` resource -> memory of one device in GB (data sheets), when none is given.
 ACCELERATOR_GB = {"H100": 80, "H200": 141, "B200": 180, "A100-80G": 80, "A100-40G": 40, "A100": 40, "L40S": 48,

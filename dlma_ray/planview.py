@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 
-from dlma_ray import sizing
-from dlma_ray.config import Config
+from dlma_ray.model import sizing
+from dlma_ray.config.tree import Config
 from dlma_ray.plan import Cluster, Plan, cluster_from_ray, make_plan
-from dlma_ray.sizing import CPU_MEASURED, GIB, GPU_ASSUMED, SMOL_PARAMS
+from dlma_ray.model.sizing import CPU_MEASURED, GIB, GPU_ASSUMED, SMOL_PARAMS
 
 NVLINK_GBPS, NETWORK_GBPS = 200.0, 25.0  # GB/s per GPU: NVLink in a node, 200 Gb/s InfiniBand/RoCE between nodes
 

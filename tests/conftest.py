@@ -17,7 +17,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 @pytest.fixture(scope="session")
 def smol_dir() -> str:
-    from dlma_ray.models import resolve_model_path
+    from dlma_ray.model.loading import resolve_model_path
 
     return resolve_model_path("builtin:smollm2-135m-instruct")
 
@@ -31,7 +31,7 @@ def tokenizer(smol_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smol_dir) -> str:
-    from dlma_ray.testing import make_tiny_model
+    from dlma_ray.model.tiny import make_tiny_model
 
     out = tmp_path_factory.mktemp("tiny-model")
     make_tiny_model(smol_dir, str(out))
@@ -40,7 +40,7 @@ def tiny_model_dir(tmp_path_factory, smol_dir) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from dlma_ray.models import load_causal_lm
+    from dlma_ray.model.loading import load_causal_lm
 
     return load_causal_lm(tiny_model_dir)
 

@@ -165,9 +165,9 @@ def build_tokenizer(family: Family, vocab_size: int = 600):
 
 
 def make_family_model(family: Family, out_dir: str, seed: int = 0, layers: int = 1) -> str:
-    """The family's tokenizer with a tiny random Llama (dlma_ray.testing.make_tiny_model) saved to ``out_dir``;
+    """The family's tokenizer with a tiny random Llama (dlma_ray.model.tiny.make_tiny_model) saved to ``out_dir``;
     its generation_config stops at the end-of-turn token as the real model's does."""
-    from dlma_ray.testing import make_tiny_model
+    from dlma_ray.model.tiny import make_tiny_model
 
     tok = build_tokenizer(family)
     make_tiny_model(tok, out_dir, seed=seed, layers=layers)

@@ -14,8 +14,8 @@ import yaml
 from test_report import finished_run  # noqa: F401  (the hand-built two-round run, reused as a fixture)
 
 from dlma_ray.cli import main
-from dlma_ray.config import Config, load_config
-from dlma_ray.configdoc import config_reference
+from dlma_ray.config.tree import Config, load_config
+from dlma_ray.views.config_reference import config_reference
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("run", "eval", "compare", "report", "config", "export", "card")

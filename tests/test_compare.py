@@ -1,12 +1,12 @@
-"""The comparison table (dlma_ray/compare.py) on hand-made run dirs, without Ray."""
+"""The comparison table (dlma_ray/views/compare.py) on hand-made run dirs, without Ray."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from dlma_ray.compare import discover_methods, write_comparison
-from dlma_ray.evalstats import rate_summary
+from dlma_ray.views.compare import discover_methods, write_comparison
+from dlma_ray.core.stats import rate_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_comparison_side_by_side(tmp_path):
 
 def test_module_runs_alone(tmp_path):
     fake_run(tmp_path, "dpo", 0.5, rounds=1)
-    out = subprocess.run([sys.executable, "-m", "dlma_ray.compare", str(tmp_path), "--methods", "dpo"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "dlma_ray.views.compare", str(tmp_path), "--methods", "dpo"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "comparison.md")

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from dlma_ray.config import Config, ConfigError, config_diff, load_config
-from dlma_ray.configdoc import reference_markdown
+from dlma_ray.config.tree import Config, ConfigError, config_diff, load_config
+from dlma_ray.views.config_reference import reference_markdown
 
 
 def test_defaults_run_the_embedded_model():
@@ -133,6 +133,6 @@ def test_config_reference_doc_is_current():
     from pathlib import Path
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
-    from dlma_ray.configdoc import config_reference
+    from dlma_ray.views.config_reference import config_reference
 
-    assert doc.read_text() == config_reference(), "regenerate with: python -m dlma_ray.configdoc > docs/CONFIG.md"
+    assert doc.read_text() == config_reference(), "regenerate with: python -m dlma_ray.views.config_reference > docs/CONFIG.md"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dlma_ray.config import DataConfig
-from dlma_ray.data import (
+from dlma_ray.config.tree import DataConfig
+from dlma_ray.data.records import (
     PromptRecord,
     load_preference_pairs,
     load_prompts,
@@ -103,7 +103,7 @@ def test_every_malformed_row_kind_is_skipped_and_counted(tmp_path, caplog):
     lines.insert(3, b'{"prompt": "caf\xe9 \xff"}')  # invalid UTF-8 bytes
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n\n")  # a trailing blank line is not a row
-    with caplog.at_level(logging.INFO, logger="dlma_ray.data"):
+    with caplog.at_level(logging.INFO, logger="dlma_ray.data.records"):
         records, report = load_prompts(DataConfig(source=str(path)), seed=0)
     assert [r.prompt for r in records] == ["How do I bake bread?", "tell me a joke", "What is 2 + 2?"]
     assert report.rows_read == 17 and report.kept == 3 and report.duplicates == 0

@@ -1,4 +1,4 @@
-"""The device of every model-loading worker comes from the GPUs Ray assigned it (`dlma_ray.devices`).
+"""The device of every model-loading worker comes from the GPUs Ray assigned it (`dlma_ray.workers.devices`).
 
 Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor given no GPU, so on a GPU node such an actor sees
 every GPU. The Ray tests below run on a cluster started with two logical GPUs, and the 0-GPU actor plays that
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlma_ray.devices import cuda_device
+from dlma_ray.workers.devices import cuda_device
 
 
 def test_cuda_device_maps_ray_ids_through_cuda_visible_devices():
@@ -50,12 +50,12 @@ def test_a_worker_given_no_gpu_computes_on_the_cpu(cluster, tiny_model_dir):
         torch.cuda.device_count = lambda: 2
         torch.cuda._lazy_init = touched  # every first CUDA use goes through it, from Python or C++
 
-        from dlma_ray import eval_tasks
-        from dlma_ray.config import load_config
-        from dlma_ray.devices import ray_device, use_deepspeed_accelerator
-        from dlma_ray.embedding import SentenceEmbedder
-        from dlma_ray.engines import engine_kwargs
-        from dlma_ray.score import PairScorer
+        from dlma_ray.workers import eval_tasks
+        from dlma_ray.config.tree import load_config
+        from dlma_ray.workers.devices import ray_device, use_deepspeed_accelerator
+        from dlma_ray.workers.embedding import SentenceEmbedder
+        from dlma_ray.workers.engines import engine_kwargs
+        from dlma_ray.workers.scoring import PairScorer
 
         cfg = load_config(None, [f"model.path={model_dir}"])
         scorer = PairScorer(model_dir, model_dir, mode="reference")
@@ -79,7 +79,7 @@ def test_a_worker_given_one_gpu_gets_that_gpu(cluster):
     def probe():
         import os
 
-        from dlma_ray.devices import ray_device
+        from dlma_ray.workers.devices import ray_device
 
         return ray.get_runtime_context().get_accelerator_ids()["GPU"], os.environ.get("CUDA_VISIBLE_DEVICES"), \
             ray_device()

@@ -1,4 +1,4 @@
-"""The runtime env of every process that holds a vLLM engine (dlma_ray.engines.ENGINE_RUNTIME_ENV), in real Ray."""
+"""The runtime env of every process that holds a vLLM engine (dlma_ray.workers.engines.ENGINE_RUNTIME_ENV), in real Ray."""
 
 import pytest
 
@@ -11,7 +11,7 @@ def test_engine_processes_run_at_normal_priority():
     keep vLLM's core alive for vLLM's own shutdown; other tasks keep Ray's default."""
     import ray
 
-    from dlma_ray.engines import ENGINE_RUNTIME_ENV
+    from dlma_ray.workers.engines import ENGINE_RUNTIME_ENV
 
     def probe():
         import os

@@ -1,4 +1,4 @@
-"""Engines kept from the evaluation for the next round's generate stage (dlma_ray.engines).
+"""Engines kept from the evaluation for the next round's generate stage (dlma_ray.workers.engines).
 
 In real Ray and vLLM: one engine kept on a policy answers the evaluation prompts from the driver, then serves
 round 1's generate stage through Ray Data. Its answers and the stage's table must equal, sample for sample,
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from dlma_ray.engines import room_beside_scorers
+from dlma_ray.workers.engines import room_beside_scorers
 
 
 def resources(**kw):
@@ -53,11 +53,11 @@ def generations(run_dir) -> dict:
 def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir, tokenizer):
     import ray
 
-    from dlma_ray import eval_tasks
-    from dlma_ray.config import load_config
-    from dlma_ray.engines import KeptEngines
-    from dlma_ray.evaluate import load_eval_prompts
-    from dlma_ray.layout import RunLayout
+    from dlma_ray.workers import eval_tasks
+    from dlma_ray.config.tree import load_config
+    from dlma_ray.workers.engines import KeptEngines
+    from dlma_ray.stages.evaluate import load_eval_prompts
+    from dlma_ray.run.layout import RunLayout
     from dlma_ray.stages.common import Round, model_for_actor
     from dlma_ray.stages.generate import contrastive
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from families import FAMILIES, make_family_model
 
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer, context_ids, end_of_turn_ids
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer, context_ids, end_of_turn_ids
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,8 @@ class Recording:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from dlma_ray.config import GenerationConfig
-    from dlma_ray.generate import GenerationEngine
+    from dlma_ray.config.tree import GenerationConfig
+    from dlma_ray.workers.generation import GenerationEngine
 
     path = make_family_model(FAMILIES["llama2"], str(tmp_path_factory.mktemp("llama2")), layers=1)
     gen = vars(GenerationConfig(max_new_tokens=8, cpu_kvcache_gb=1))
@@ -66,8 +66,8 @@ def direct_logprob(model, ids: list[int], n_context: int) -> float:
 
 @pytest.mark.parametrize("style", ["chat", "raw"])
 def test_vllm_prompt_ids_are_the_scorers_context_ids(engine, style):
-    from dlma_ray.models import load_causal_lm
-    from dlma_ray.score import PairScorer
+    from dlma_ray.model.loading import load_causal_lm
+    from dlma_ray.workers.scoring import PairScorer
 
     eng, path = engine
     tok = eng.llm.get_tokenizer()
@@ -93,8 +93,8 @@ def test_vllm_prompt_ids_are_the_scorers_context_ids(engine, style):
 
 
 def test_evaluation_answers_condition_on_the_same_ids(engine):
-    from dlma_ray.config import Config
-    from dlma_ray.eval_tasks import answer_prompts
+    from dlma_ray.config.tree import Config
+    from dlma_ray.workers.eval_tasks import answer_prompts
 
     eng, path = engine
     cfg = Config()

@@ -1,4 +1,4 @@
-"""dlma_ray.evalstats: Wilson intervals against textbook values, the bootstrap against the normal
+"""dlma_ray.core.stats: Wilson intervals against textbook values, the bootstrap against the normal
 approximation, seeding, non-finite values, paired gains (pure numpy, runs in well under a second)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dlma_ray.evalstats import excludes_zero, mean_summary, paired_gain, rate_summary, wilson_interval
+from dlma_ray.core.stats import excludes_zero, mean_summary, paired_gain, rate_summary, wilson_interval
 
 
 # ---------------------------------------------------------------- Wilson
@@ -66,7 +66,7 @@ def test_bootstrap_is_seeded():
 
 
 def test_bootstrap_blocks_do_not_change_the_draws(monkeypatch):
-    import dlma_ray.evalstats as es
+    import dlma_ray.core.stats as es
     x = np.random.default_rng(1).normal(size=40)
     whole = mean_summary(x, seed=5, resamples=300)
     monkeypatch.setattr(es, "_MAX_BLOCK", 40 * 7)    # 7 resamples per block, last block partial

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dlma_ray.config import load_config
-from dlma_ray.judges import (
+from dlma_ray.config.tree import load_config
+from dlma_ray.evaluation.judges import (
     JudgeError, ab_preference, check_judge, judge_prompt, letter_token_ids, openai_margins, rlaif_judge, rlaif_summary,
 )
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import direct_logprob
-from dlma_ray.logprobs import answer_nll, answer_nll_from_logits, collate
-from dlma_ray.measures import R_BIN_EDGES, accuracy_by_range, assemble_measures, implicit_rewards
-from dlma_ray.refusal import refusal_rates
+from dlma_ray.model.logprobs import answer_nll, answer_nll_from_logits, collate
+from dlma_ray.evaluation.measures import R_BIN_EDGES, accuracy_by_range, assemble_measures, implicit_rewards
+from dlma_ray.evaluation.refusal import refusal_rates
 
 
 # ---------------------------------------------------------------- accuracy by |R| range

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dlma_ray.config import load_config
+from dlma_ray.config.tree import load_config
 from conftest import direct_logprob, eot_ids
-from dlma_ray.measures import assemble_measures
-from dlma_ray.refusal import refusal_rates
+from dlma_ray.evaluation.measures import assemble_measures
+from dlma_ray.evaluation.refusal import refusal_rates
 
 PAIRS_FILE = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
 
@@ -26,7 +26,7 @@ PAIRS_FILE = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless
 # ---------------------------------------------------------------- the evaluate stage's pieces, in-process
 
 def test_builtin_demo_pairs_and_eval_prompts(tokenizer):
-    from dlma_ray.evaluate import load_eval_pairs, load_eval_prompts, pairs_source_path
+    from dlma_ray.stages.evaluate import load_eval_pairs, load_eval_prompts, pairs_source_path
 
     rows, info = load_eval_pairs(load_config(None, ["eval.max_pairs=0"]), tokenizer)
     assert len(rows) == 32 and info["n"] == 32 and info["too_long"] == 0 and "kept 32" in info["summary"]
@@ -41,7 +41,7 @@ def test_builtin_demo_pairs_and_eval_prompts(tokenizer):
 
 @pytest.mark.skipif(not PAIRS_FILE.exists(), reason=f"{PAIRS_FILE} not present")
 def test_real_hh_pairs_load_and_filter(tokenizer):
-    from dlma_ray.evaluate import load_eval_pairs
+    from dlma_ray.stages.evaluate import load_eval_pairs
 
     cfg = load_config(None, [f"eval.preference_pairs={PAIRS_FILE}", "eval.max_pairs=16"])
     rows, info = load_eval_pairs(cfg, tokenizer)
@@ -51,8 +51,8 @@ def test_real_hh_pairs_load_and_filter(tokenizer):
 def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     """The tasks' numbers against direct computations; a policy equal to pi_0 has gain, KL and implicit
     margins of exactly 0."""
-    from dlma_ray.eval_tasks import initial_model_scores, policy_scores
-    from dlma_ray.evaluate import _read_baseline, load_eval_pairs, load_neutral_text
+    from dlma_ray.workers.eval_tasks import initial_model_scores, policy_scores
+    from dlma_ray.stages.evaluate import _read_baseline, load_eval_pairs, load_neutral_text
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4",
                              "eval.rlaif_judge=true"])
@@ -69,7 +69,7 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
                 "kind": "borderline", "tokens": 1}]
     init = initial_model_scores(cfg, tiny_model_dir, answers, answers, pairs, neutral)
     pol = policy_scores(cfg, tiny_model_dir, answers, pairs, held, neutral)
-    from dlma_ray.models import load_causal_lm
+    from dlma_ray.model.loading import load_causal_lm
 
     model, r = load_causal_lm(tiny_model_dir), cfg.pair.renderer(tokenizer)
     ids = [[19556, 17] + eot, [9019]]  # end-of-turn only after the finished answer
@@ -114,8 +114,8 @@ def test_job_finds_the_latest_policy(tmp_path):
 # ---------------------------------------------------------------- the real stage (slow)
 
 def _hand_made_run(run: Path, model_dir: str, tokenizer) -> None:
-    from dlma_ray.prompts import ContrastiveRenderer, pair_from_config
-    from dlma_ray.schema import PAIR_SCHEMA
+    from dlma_ray.core.prompts import ContrastiveRenderer, pair_from_config
+    from dlma_ray.core.schema import PAIR_SCHEMA
 
     shutil.copytree(model_dir, run / "round_0" / "policy")
     (run / "round_0" / "policy" / "train_metrics.jsonl").write_text("".join(
@@ -140,10 +140,10 @@ def _hand_made_run(run: Path, model_dir: str, tokenizer) -> None:
 def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     import ray
 
-    from dlma_ray.evaluate import run_round
-    from dlma_ray.layout import RunLayout
+    from dlma_ray.stages.evaluate import run_round
+    from dlma_ray.run.layout import RunLayout
     from dlma_ray.stages.common import Round
-    from dlma_ray.report import write_report
+    from dlma_ray.views.report import write_report
 
     run = tmp_path / "run"
     _hand_made_run(run, tiny_model_dir, tokenizer)
@@ -178,8 +178,8 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, toke
     is scored against it by |R| range; the margins are the reward model's own scores, computed directly."""
     from transformers import AutoConfig, LlamaForSequenceClassification
 
-    from dlma_ray.eval_tasks import initial_model_scores
-    from dlma_ray.judges import reward_model_scores
+    from dlma_ray.workers.eval_tasks import initial_model_scores
+    from dlma_ray.evaluation.judges import reward_model_scores
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.num_labels = 1
@@ -210,8 +210,8 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, toke
 def test_pi0_fixed_scores_are_reused_not_recomputed(tiny_model_dir, tokenizer):
     """pi_0's scores of its own answers, the human pairs and the neutral text do not change across rounds:
     handed back (from baseline_scores.json), they are used as they are; the policy's own are always new."""
-    from dlma_ray.eval_tasks import FIXED_SCORES, initial_model_scores
-    from dlma_ray.evaluate import fixed_scores_key, load_eval_pairs
+    from dlma_ray.workers.eval_tasks import FIXED_SCORES, initial_model_scores
+    from dlma_ray.stages.evaluate import fixed_scores_key, load_eval_pairs
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=2"])
     pairs, _ = load_eval_pairs(cfg, tokenizer)

@@ -1,4 +1,4 @@
-"""Export to TRL's preference format and back: dlma_ray.export, dlma_ray.preference_formats, load_preference_pairs.
+"""Export to TRL's preference format and back: dlma_ray.views.export, dlma_ray.data.formats, load_preference_pairs.
 
 The pairs table is built by hand (PAIR_SCHEMA) with the real SmolLM2 chat template; TRL's own functions
 (`is_conversational`, `maybe_apply_chat_template`) and, in the slow test, `trl.DPOTrainer` read the export.
@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dlma_ray.data import RowError, load_preference_pairs, pair_from_row, prompt_id_of
-from dlma_ray.export import export_round
-from dlma_ray.export import main as export_main
-from dlma_ray.schema import PAIR_SCHEMA
+from dlma_ray.data.records import RowError, load_preference_pairs, pair_from_row, prompt_id_of
+from dlma_ray.views.export import export_round
+from dlma_ray.views.export import main as export_main
+from dlma_ray.core.schema import PAIR_SCHEMA
 
 CHATS = [
     [{"role": "user", "content": "How do I bake bread?"}],
@@ -35,7 +35,7 @@ REAL_RUN = Path(__file__).resolve().parent / "data" / "run_before_layout"  # a r
 @pytest.fixture
 def pairs_run(tmp_path, tokenizer) -> Path:
     """A run dir whose round_1/pairs holds six pairs: one held out, one with a cut response, one with R NaN."""
-    from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+    from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
     renderer = ContrastiveRenderer(tokenizer, BUILTIN_PAIRS["harmless"])
     rows = []
@@ -204,7 +204,7 @@ def test_trl_dpo_trainer_trains_one_step_on_the_export(tmp_path, tiny_model_dir)
 
 def test_dpo_reads_an_export(pairs_run, tmp_path):
     """The dpo method's generate stage takes an exported folder as data.source (no engine: tokenizer only)."""
-    from dlma_ray.config import load_config
+    from dlma_ray.config.tree import load_config
     from dlma_ray.methods.dpo import human_pair_rows
 
     export_round(str(pairs_run), 1, str(tmp_path / "trl"))

@@ -11,11 +11,11 @@ import pytest
 import torch
 from families import FAMILIES, build_tokenizer, make_family_model
 
-from dlma_ray.engines import Completion
-from dlma_ray.generate import sampled_ids, stop_token_ids
-from dlma_ray.logprobs import response_ids, tokenize_responses
+from dlma_ray.workers.engines import Completion
+from dlma_ray.workers.generation import sampled_ids, stop_token_ids
+from dlma_ray.model.logprobs import response_ids, tokenize_responses
 from dlma_ray.methods.base import preference_batch
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer, context_ids, end_of_turn_ids, engine_prompt
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer, context_ids, end_of_turn_ids, engine_prompt
 
 CHATS = [
     [{"role": "user", "content": "How do I cook rice?"}],
@@ -102,9 +102,9 @@ def generation_rows(tok, r, chosen: list[list[int]], rejected: list[list[int]]) 
 @pytest.mark.parametrize("style", ["chat", "raw"])
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_scorer_trainer_and_evaluation_condition_on_the_engine_ids(built, name, style):
-    from dlma_ray import eval_tasks
-    from dlma_ray.models import load_causal_lm
-    from dlma_ray.score import PairScorer
+    from dlma_ray.workers import eval_tasks
+    from dlma_ray.model.loading import load_causal_lm
+    from dlma_ray.workers.scoring import PairScorer
 
     family, (tok, path) = FAMILIES[name], built[name]
     r = ContrastiveRenderer(tok, BUILTIN_PAIRS["harmless"], style)

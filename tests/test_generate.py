@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dlma_ray.prompts import BUILTIN_PAIRS
+from dlma_ray.core.prompts import BUILTIN_PAIRS
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ def rows(ids):
 
 
 def test_samples_do_not_depend_on_batching(tiny_model_dir):
-    from dlma_ray.config import GenerationConfig
-    from dlma_ray.generate import GenerationEngine
+    from dlma_ray.config.tree import GenerationConfig
+    from dlma_ray.workers.generation import GenerationEngine
 
     gen = vars(GenerationConfig(max_new_tokens=8, cpu_kvcache_gb=1))
     engine = GenerationEngine(tiny_model_dir, BUILTIN_PAIRS["harmless"], "chat", gen, round_index=0)

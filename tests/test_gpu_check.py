@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dlma_ray.cli import main
-from dlma_ray.config import load_config
+from dlma_ray.config.tree import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.sh"

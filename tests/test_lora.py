@@ -1,4 +1,4 @@
-"""dlma_ray.lora on the tiny model, without Ray or DeepSpeed: only the adapters train, the merged folder
+"""dlma_ray.model.lora on the tiny model, without Ray or DeepSpeed: only the adapters train, the merged folder
 computes what the wrapped model computes, and a full (ZeRO-3-style) state dict rebuilds the same model."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-from dlma_ray import lora
-from dlma_ray.config import ConfigError, config_from_dict
-from dlma_ray.models import load_causal_lm, load_tokenizer
+from dlma_ray.model import lora
+from dlma_ray.config.tree import ConfigError, config_from_dict
+from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
 T = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_target_modules": "q_proj,v_proj,o_proj",
      "gradient_checkpointing": False}

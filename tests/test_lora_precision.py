@@ -1,7 +1,7 @@
 """LoRA under bf16 training (issue 22, defect 8): an adapter update smaller than half a bf16 ulp of the weight it
 lands on must reach the saved policy that the next round's engines, scorer and trainer load from round_k/policy.
 A bf16 merge rounds W + dW back to W; the policy is merged in float32 onto the stored starting weights and kept
-in float32 (dlma_ray.lora)."""
+in float32 (dlma_ray.model.lora)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dlma_ray import lora
-from dlma_ray.models import load_causal_lm, load_tokenizer
-from dlma_ray.testing import make_tiny_model
+from dlma_ray.model import lora
+from dlma_ray.model.loading import load_causal_lm, load_tokenizer
+from dlma_ray.model.tiny import make_tiny_model
 
 T = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_target_modules": "q_proj,v_proj",
      "gradient_checkpointing": False}

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from dlma_ray.logprobs import (
+from dlma_ray.model.logprobs import (
     ResponseTooLong, response_ids, score_ids, score_texts, sequence_logprobs, side_ids, summed_response_logprobs,
     tokenize_responses,
 )
-from dlma_ray.losses import dlma_loss, self_reward, sft_loss
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+from dlma_ray.core.losses import dlma_loss, self_reward, sft_loss
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
 CONTEXTS_AND_RESPONSES = [
     ("How do I boil an egg?", "Put it in boiling water for about nine minutes."),
@@ -97,7 +97,7 @@ def test_score_ids_equals_unbatched_loop(tiny_model, tokenizer, renderer):
 
 def test_summed_logprobs_by_hand():
     # vocab 2, uniform logits -> every token costs log(1/2); response of 2 tokens.
-    from dlma_ray.logprobs import collate
+    from dlma_ray.model.logprobs import collate
 
     batch = collate([([0], [1, 0])], pad_id=0)
     logits = torch.zeros(1, 3, 2)
@@ -108,7 +108,7 @@ def test_token_logprobs_agree_with_float64_over_a_real_vocabulary():
     """Summed over a 256-token response at SmolLM2's vocabulary size, float32 log-probs stay within 1e-4 nats
     of float64 (torch's float32 CPU log_softmax drifts by about 1e-3 here: the train loss would then compare
     biased policy log-probs with the scorer's unbiased reference ones)."""
-    from dlma_ray.logprobs import gather_token_logprobs
+    from dlma_ray.model.logprobs import gather_token_logprobs
 
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 256, 49152, generator=gen) * 4

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dlma_ray.schema import PAIR_SCHEMA
+from dlma_ray.core.schema import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> 
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     # A healthy run's log has no tracebacks: users learn to read them, not skip them (engines are ended so that
-    # vLLM shuts its core down itself: dlma_ray.engines.ENGINE_RUNTIME_ENV).
+    # vLLM shuts its core down itself: dlma_ray.workers.engines.ENGINE_RUNTIME_ENV).
     lines = (result.stdout + result.stderr).splitlines()
     ours = [i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line]
     assert not ours, "\n".join(lines[ours[0]:ours[0] + 30]) if ours else ""
@@ -116,7 +116,7 @@ def test_rlcd_has_no_self_reward_and_trains(rlcd_run, tiny_model_dir):
 
 
 def test_dpo_trains_on_the_datas_pairs(dpo_run, hh_file, tiny_model_dir):
-    from dlma_ray.data import load_preference_pairs
+    from dlma_ray.data.records import load_preference_pairs
 
     data, _ = load_preference_pairs(str(hh_file))
     expected = {(p.prompt.prompt_id, p.chosen, p.rejected) for p in data}
@@ -152,7 +152,7 @@ def test_dpo_run_writes_trl_named_tensorboard_events(dpo_run):
 
 def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir, tokenizer):
     from conftest import direct_logprob, eot_ids
-    from dlma_ray.models import load_causal_lm
+    from dlma_ray.model.loading import load_causal_lm
 
     rows = pairs(cd_run)
     assert all(math.isnan(r[c]) for r in rows for c in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
@@ -167,7 +167,7 @@ def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir
 
 
 def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
-    from dlma_ray.data import record_from_row
+    from dlma_ray.data.records import record_from_row
 
     targets = {}
     for line in hh_file.read_text().splitlines():
@@ -198,7 +198,7 @@ def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
     # The stored similarity against a direct computation: all-MiniLM-L6-v2 is mean pooling then L2 norm.
     from transformers import AutoModel, AutoTokenizer
 
-    from dlma_ray.embedding import resolve_embedding_model
+    from dlma_ray.workers.embedding import resolve_embedding_model
 
     path = resolve_embedding_model("builtin:all-minilm-l6-v2")
     enc_tok, enc = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

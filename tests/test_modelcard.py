@@ -9,11 +9,11 @@ from pathlib import Path
 import yaml
 from test_report import finished_run  # noqa: F401  (the hand-built two-round run, reused as a fixture)
 
-from dlma_ray.modelcard import base_model_info, front_matter, write_model_card
+from dlma_ray.views.modelcard import base_model_info, front_matter, write_model_card
 
 
 def _interval(summary: dict) -> str:
-    """A measure's cell written out here, independently of dlma_ray.measures: value [lo, hi] (n=N)."""
+    """A measure's cell written out here, independently of dlma_ray.evaluation.measures: value [lo, hi] (n=N)."""
     value = summary.get("rate", summary.get("mean", summary.get("value")))
     lo, hi = summary["ci95"]
     if "rate" in summary and "mean" not in summary:
@@ -55,7 +55,7 @@ def test_base_model_info(tmp_path):
 
 
 def test_card_for_the_pipeline_never_raises(tmp_path, caplog):
-    from dlma_ray.modelcard import write_card_quietly
+    from dlma_ray.views.modelcard import write_card_quietly
 
     write_card_quietly(str(tmp_path), 0)  # no policy folder: logged, not raised
     assert "could not write round 0's model card" in caplog.text

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dlma_ray import models
+from dlma_ray.model import loading as models
 
 
 def test_builtin_resolves_to_a_complete_safetensors_folder(smol_dir):
@@ -32,7 +32,7 @@ def test_local_paths_become_absolute_and_hub_names_pass_through(tmp_path, monkey
 @pytest.mark.slow
 def test_damaged_cache_is_rebuilt_and_concurrent_resolution_is_safe(tmp_path):
     env = {**os.environ, "DLMA_RAY_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    code = "from dlma_ray.models import resolve_model_path as r; print(r('builtin:smollm2-135m-instruct'))"
+    code = "from dlma_ray.model.loading import resolve_model_path as r; print(r('builtin:smollm2-135m-instruct'))"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600)[0].strip().splitlines()[-1] for p in procs]
@@ -68,9 +68,9 @@ def test_model_revision_pins_every_loader_to_one_snapshot(monkeypatch, tmp_path)
     the driver's tokenizer, the evaluation's pi_0; each resolves to that revision's snapshot folder."""
     import huggingface_hub
 
-    from dlma_ray.config import load_config
-    from dlma_ray.layout import RunLayout
-    from dlma_ray.models import pinned, resolve_model_path
+    from dlma_ray.config.tree import load_config
+    from dlma_ray.run.layout import RunLayout
+    from dlma_ray.model.loading import pinned, resolve_model_path
     from dlma_ray.stages.common import Round, initial_model
 
     calls = []

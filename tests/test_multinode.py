@@ -18,7 +18,7 @@ import pytest
 from test_ray_job import free_port, stop_cluster
 from test_storage import s3_env  # noqa: F401 - the moto server fixture
 
-from dlma_ray import storage
+from dlma_ray.core import storage
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
 
 
 def retries_available() -> bool:
-    from dlma_ray.config import Config
+    from dlma_ray.config.tree import Config
 
     cfg = Config()
     return any("failures" in name for name in vars(cfg.train))
@@ -142,7 +142,7 @@ def test_losing_the_second_node_mid_train_is_retried(cluster, tiny_model_dir):
     autoscaler would start one) and the job finishes after Ray Train restarts the worker group."""
     import psutil
 
-    from dlma_ray.config import Config
+    from dlma_ray.config.tree import Config
 
     name = next(n for n in vars(Config().train) if "failures" in n)
     run_dir = "s3://runs/multinode-kill"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from dlma_ray import methods
-from dlma_ray.config import config_from_dict
-from dlma_ray.layout import RunLayout
+from dlma_ray.config.tree import config_from_dict
+from dlma_ray.run.layout import RunLayout
 from dlma_ray.pipeline import output_intact, plan
-from dlma_ray.state import ConfigMismatchError
+from dlma_ray.run.state import ConfigMismatchError
 
 OLD_RUN = Path(__file__).resolve().parent / "data" / "run_before_layout"
 
@@ -65,7 +65,7 @@ def test_a_change_that_would_make_finished_stages_stale_is_refused(old_run):
 
 
 def test_the_report_reads_the_old_run(old_run):
-    from dlma_ray.report import write_report
+    from dlma_ray.views.report import write_report
 
     text = Path(write_report(str(old_run))).read_text()
     assert "distillation" in text.lower() and "round 1" in text

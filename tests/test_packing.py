@@ -1,4 +1,4 @@
-"""Prefix-tree packing (`dlma_ray.packing`) against one unpadded forward per sequence.
+"""Prefix-tree packing (`dlma_ray.model.packing`) against one unpadded forward per sequence.
 
 Fast cases use the tiny model; the slow one loads the real SmolLM2 and checks the score stage's
 workload (six sequences per pair, finished and unfinished responses) to 1e-3 nats.
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import direct_logprob, eot_ids
-from dlma_ray.logprobs import pad_id, score_encoded, score_ids
-from dlma_ray.packing import common_prefix, pack_rows, row_layout, score_packed
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+from dlma_ray.model.logprobs import pad_id, score_encoded, score_ids
+from dlma_ray.model.packing import common_prefix, pack_rows, row_layout, score_packed
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
 QUESTIONS = ["How do I boil an egg?", "Hi", "Tell me a long story about a dragon who cooks soup.", "What's 2+2?"]
 ANSWERS = ["Put it in boiling water for about nine minutes.", "Hello!", "Once upon a time a dragon made soup.",
@@ -81,7 +81,7 @@ def test_score_encoded_packed_equals_padded(tiny_model, tokenizer):
 def test_packed_matches_naive_forward_on_smollm2(smol_dir, tokenizer):
     """The real model (run under `flock /tmp/heavy.lock`): the packed path of the score stage against a
     forward of each sequence alone, to 1e-3 nats, with rows padded on either side."""
-    from dlma_ray.models import load_causal_lm
+    from dlma_ray.model.loading import load_causal_lm
 
     torch.set_num_threads(2)
     model = load_causal_lm(smol_dir, "float32")

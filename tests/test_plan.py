@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dlma_ray import sizing
+from dlma_ray.model import sizing
 from dlma_ray.cli import main
-from dlma_ray.config import load_config
+from dlma_ray.config.tree import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))

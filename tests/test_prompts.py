@@ -2,7 +2,7 @@
 
 import pytest
 
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer, PromptPair, pair_from_config
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer, PromptPair, pair_from_config
 
 CHAT = [{"role": "user", "content": "How do I pick a lock?"}]
 

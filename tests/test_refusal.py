@@ -1,4 +1,4 @@
-"""dlma_ray.refusal (the phrase rule, its rates and its agreement with hand labels) and the shipped
+"""dlma_ray.evaluation.refusal (the phrase rule, its rates and its agreement with hand labels) and the shipped
 evaluation assets: held-out prompts, hand-labelled answers, neutral text (pure Python, no model)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dlma_ray import refusal
-from dlma_ray.refusal import RULE_STRINGS, is_refusal, judge_agreement, refusal_rates
+from dlma_ray.evaluation import refusal
+from dlma_ray.evaluation.refusal import RULE_STRINGS, is_refusal, judge_agreement, refusal_rates
 
-ASSETS = Path(refusal.__file__).resolve().parent / "assets"
+ASSETS = Path(refusal.__file__).resolve().parents[1] / "assets"
 
 # Content words of the contrastive prompt pairs (positive / negative system prompts): the rule must not
 # fire on them, or it would measure how much the policy talks like its positive prompt.

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dlma_ray import methods
-from dlma_ray.config import ConfigError, load_config
+from dlma_ray.config.tree import ConfigError, load_config
 from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ def test_the_built_in_methods_are_registered_in_listing_order():
 
 
 def test_a_registered_method_is_known_to_the_config_check_docs_and_comparison(toy_method, tmp_path):
-    from dlma_ray.compare import discover_methods
-    from dlma_ray.configdoc import config_reference
+    from dlma_ray.views.compare import discover_methods
+    from dlma_ray.views.config_reference import config_reference
 
     cfg = load_config(None, ["train.method=toy_ipo"])
     assert methods.check(cfg) is methods.get("toy_ipo")
@@ -93,7 +93,7 @@ def test_the_train_loop_and_the_stages_never_name_a_method():
     """What differs by method lives in dlma_ray/methods/; the loop, the stages and the worker receive it."""
     names = methods.names()
     package = REPO / "dlma_ray"
-    paths = [package / f for f in ("train.py", "pipeline.py", "score.py", "generate.py")]
+    paths = [package / f for f in ("workers/training.py", "pipeline.py", "workers/scoring.py", "workers/generation.py")]
     for path in paths + sorted((package / "stages").glob("*.py")):
         text = path.read_text()
         named = [n for n in names if f'"{n}"' in text or f"'{n}'" in text]

@@ -4,7 +4,7 @@ One whole round with 1 engine, 1 scorer and 1 train worker, and the same round (
 with 2 engines, 2 scorers and 2 DeepSpeed ranks on gloo (ZeRO-2); then the 2-rank train stage again with
 ZeRO-3 on the same pairs. The pairs tables must be identical (rows, sampled token ids; log-probs within 1e-4)
 and the trained weights equal within floating-point tolerance: 2 ranks averaging gradients over half of
-each step's micro-batches = 1 rank accumulating all of them (dlma_ray.sharding orders and splits the rows).
+each step's micro-batches = 1 rank accumulating all of them (dlma_ray.workers.sharding orders and splits the rows).
 SGD, so a weight's change is the gradient itself (Adam's first step is ~lr*sign(g), which would blow up
 rounding differences in near-zero gradients into lr-sized ones).
 """
@@ -37,7 +37,7 @@ from dlma_ray.cli import parse, setup_environment
 setup_environment()
 cfg = parse("train stage only", sys.argv[2:])
 from dlma_ray import methods
-from dlma_ray.layout import RunLayout
+from dlma_ray.run.layout import RunLayout
 from dlma_ray.stages.common import Round, init_ray
 init_ray(cfg)
 print("train result:", methods.check(cfg).train(Round(cfg, RunLayout(sys.argv[1]), 0)))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import direct_logprob, eot_ids
-from dlma_ray.generate import sampled_ids, stop_token_ids
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
-from dlma_ray.score import PairScorer
+from dlma_ray.workers.generation import sampled_ids, stop_token_ids
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+from dlma_ray.workers.scoring import PairScorer
 
 DOCS = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs"
 
@@ -85,7 +85,7 @@ def test_scorer_drops_unfinished_when_asked_and_nonfinite_always(tiny_model_dir,
 
 
 def test_evaluation_doc_covers_every_measure():
-    from dlma_ray.measures import MEASURES
+    from dlma_ray.evaluation.measures import MEASURES
 
     text = (DOCS / "EVALUATION.md").read_text()
     for m in MEASURES:
@@ -94,7 +94,7 @@ def test_evaluation_doc_covers_every_measure():
 
 
 def test_readme_documents_the_pairs_table():
-    from dlma_ray.schema import PAIR_SCHEMA, markdown_table
+    from dlma_ray.core.schema import PAIR_SCHEMA, markdown_table
 
     readme = (DOCS.parent / "README.md").read_text()
     assert markdown_table(PAIR_SCHEMA) in readme

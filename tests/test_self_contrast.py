@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dlma_ray.embedding import PoolingSpec, cosine, pool, pooling_spec, resolve_embedding_model
-from dlma_ray.losses import grouped_dpo_loss
-from dlma_ray.negatives import (
+from dlma_ray.workers.embedding import PoolingSpec, cosine, pool, pooling_spec, resolve_embedding_model
+from dlma_ray.core.losses import grouped_dpo_loss
+from dlma_ray.data.negatives import (
     expand_groups, filter_prompt_group, group_pairs, negative_seed, select_negatives,
 )
 

@@ -1,4 +1,4 @@
-"""The training order and the split across workers (dlma_ray.sharding), without Ray: every optimizer step must
+"""The training order and the split across workers (dlma_ray.workers.sharding), without Ray: every optimizer step must
 hold the same rows for 1 worker with accumulation as for W workers, whatever order the table's rows came in."""
 
 import os
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlma_ray.config import ConfigError, load_config
-from dlma_ray.sharding import ORDER_COLUMN, order_keys, worker_micro_batches
+from dlma_ray.config.tree import ConfigError, load_config
+from dlma_ray.workers.sharding import ORDER_COLUMN, order_keys, worker_micro_batches
 from dlma_ray.stages.common import fitting_pool_size
 
 
@@ -82,7 +82,7 @@ def test_custom_resource_fields():
 
 
 def test_nodes_sharing_a_session_dir_are_found():
-    from dlma_ray.nodes import check_shared_session_dirs, shared_session_dirs
+    from dlma_ray.workers.nodes import check_shared_session_dirs, shared_session_dirs
 
     def node(i, host, temp, alive=True):
         return {"NodeID": f"n{i}", "NodeManagerAddress": host, "Alive": alive,

@@ -1,6 +1,6 @@
 """h = 0 at step 0. With the policy equal to the reference, the DLMA margin h that training computes (its padded
 forward, `methods.base.pair_logprobs`, against the reference log-probs the score stage stored) must vanish up to
-rounding, in bf16 as in fp32. The scorer packs sequences as prefix trees (`dlma_ray.packing`) while training pads
+rounding, in bf16 as in fp32. The scorer packs sequences as prefix trees (`dlma_ray.model.packing`) while training pads
 them, so both must run the same attention kernel for this to hold.
 
 Tolerances, max |h| over the pairs (measured on the tiny model, 4-70 token responses, 4 and 6 pairs, three
@@ -25,9 +25,9 @@ import pytest
 import torch
 
 from dlma_ray.methods.base import float_column, pair_logprobs
-from dlma_ray.models import load_causal_lm
-from dlma_ray.prompts import BUILTIN_PAIRS, ContrastiveRenderer
-from dlma_ray.score import PairScorer
+from dlma_ray.model.loading import load_causal_lm
+from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
+from dlma_ray.workers.scoring import PairScorer
 
 TOLERANCE = {"float32": 3e-4, "bfloat16": 3e-3}
 
@@ -75,8 +75,8 @@ def test_scorer_and_training_run_on_the_fused_attention_kernel(tiny_model_dir, t
     without (causal ones) are both scored."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from dlma_ray.logprobs import pad_id
-    from dlma_ray.packing import score_packed
+    from dlma_ray.model.logprobs import pad_id
+    from dlma_ray.model.packing import score_packed
 
     model = load_causal_lm(tiny_model_dir, "bfloat16")
     rows = pair_rows(tokenizer, 2)

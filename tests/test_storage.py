@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dlma_ray import storage
+from dlma_ray.core import storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def test_text_files_and_folders_on_s3(s3_env, tmp_path):
 
 
 def test_run_state_resumes_from_s3(s3_env):
-    from dlma_ray.config import load_config
-    from dlma_ray.state import ConfigMismatchError, RunState
+    from dlma_ray.config.tree import load_config
+    from dlma_ray.run.state import ConfigMismatchError, RunState
 
     cfg = load_config().to_dict()
     state = RunState.open("s3://runs/state-test", cfg)
@@ -82,7 +82,7 @@ def test_a_remote_policy_is_copied_once_verified_and_refreshed(s3_env, tmp_path,
     """The local cache of a policy on an object store: reused while it matches the remote files, downloaded
     again when it is damaged or the remote folder changed (a policy redone under the same URI); a large
     file goes up and down whole (Arrow uploads it in parts)."""
-    from dlma_ray.models import resolve_model_path
+    from dlma_ray.model.loading import resolve_model_path
 
     monkeypatch.setenv("DLMA_RAY_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "policy"
@@ -113,8 +113,8 @@ def test_one_writer_per_run_directory_on_s3(s3_env, caplog):
 
     import boto3
 
-    from dlma_ray.objectlock import ObjectLease
-    from dlma_ray.runlock import RunLocked, run_lock
+    from dlma_ray.run.objectlock import ObjectLease
+    from dlma_ray.run.lock import RunLocked, run_lock
 
     run_dir = "s3://runs/locked/run"
     first = ObjectLease(run_dir, {"host": "node-a", "pid": 11, "started": "then"}, seconds=1.5)

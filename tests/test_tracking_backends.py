@@ -9,8 +9,8 @@ import os
 import pytest
 from test_storage import s3_env  # noqa: F401 - the moto S3 server fixture
 
-from dlma_ray import tracking
-from dlma_ray.config import ConfigError, load_config
+from dlma_ray.run import tracking
+from dlma_ray.config.tree import ConfigError, load_config
 from tracking_readback import CONFIG, STEP, jsonl, scalars
 
 
@@ -133,7 +133,7 @@ def test_config_field_and_validation():
 
 
 def test_changing_trackers_does_not_block_a_resume(tmp_path):
-    from dlma_ray.state import RunState
+    from dlma_ray.run.state import RunState
 
     cfg = load_config(None, ["run.trackers=[console]"]).to_dict()
     state = RunState.open(str(tmp_path), cfg)
@@ -142,7 +142,7 @@ def test_changing_trackers_does_not_block_a_resume(tmp_path):
 
 
 def test_remote_run_dir_uploads_at_close(s3_env, tmp_path):  # noqa: F811
-    from dlma_ray import storage
+    from dlma_ray.core import storage
 
     run = "s3://runs/tracked"
     for step in (1, 2):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from dlma_ray import trainlog
-from dlma_ray.config import load_config
-from dlma_ray.losses import dlma_loss, grouped_dpo_loss
+from dlma_ray.workers import trainlog
+from dlma_ray.config.tree import load_config
+from dlma_ray.core.losses import dlma_loss, grouped_dpo_loss
 from tracking_readback import CONFIG, jsonl, scalars
 
 
@@ -65,7 +65,7 @@ def test_trl_step_metrics_names_and_rates():
 def test_step_logger_counts_tokens_and_continues_steps(tmp_path, tiny_model):
     from types import SimpleNamespace
 
-    from dlma_ray.logprobs import collate, sequence_logprobs
+    from dlma_ray.model.logprobs import collate, sequence_logprobs
 
     # What the logger reads of a DeepSpeed engine: the module it wraps, its device, its gradient norm.
     engine = SimpleNamespace(module=tiny_model, device="cpu", get_global_grad_norm=lambda: torch.tensor(3.0))
@@ -153,7 +153,7 @@ def test_round_metrics():
 
 
 def test_log_finished_round_reads_eval_and_state(tmp_path):
-    from dlma_ray.state import RunState
+    from dlma_ray.run.state import RunState
 
     cfg = load_config(None, [f"run.dir={tmp_path}", "run.trackers=[tensorboard, jsonl]"])
     (tmp_path / "round_1").mkdir()

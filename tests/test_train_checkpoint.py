@@ -8,7 +8,7 @@ give the same arithmetic). For ZeRO-0..3, fp32 and bf16, full weights and LoRA (
 state matters), one and two ranks. The learning rate (1e-6, AdamW: steps of ~1e-6 on weights ~0.02,
 whose bf16 half-ulp is ~6e-5) keeps most updates below what a bf16 weight can hold, so only the fp32
 masters carry the training: a checkpoint that rebuilds them from the bf16 weights restarts from near the
-round's start. The save/restore is dlma_ray.zerostate's, the one the train worker calls.
+round's start. The save/restore is dlma_ray.model.zerostate's, the one the train worker calls.
 
 Accumulation: in bf16, a micro-batch gradient below half a bf16 ulp of the running sum must still count.
 """
@@ -27,7 +27,7 @@ N, K = 4, 2  # optimizer steps in all, and the step the checkpoint is taken afte
 MICRO, ACCUM = 2, 2  # micro-batch size and micro-batches per optimizer step on each rank
 LORA_T = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1, "lora_target_modules": "q_proj,v_proj"}
 ALL = [("resume", s, p, lora, False) for s in (0, 1, 2, 3) for p in ("fp32", "bf16") for lora in (False, True)
-       if (s, p) != (0, "bf16")]  # ZeRO-0 in bf16 is refused: dlma_ray.train.deepspeed_config
+       if (s, p) != (0, "bf16")]  # ZeRO-0 in bf16 is refused: dlma_ray.workers.training.deepspeed_config
 # the fast subset: every optimizer DeepSpeed picks in bf16, LoRA under ZeRO-3, an old-format checkpoint each way
 FAST = [("resume", 1, "bf16", True, False), ("resume", 2, "bf16", False, False), ("resume", 3, "bf16", False, False),
         ("resume", 3, "bf16", True, False), ("resume", 2, "fp32", False, True), ("resume", 2, "bf16", False, True),
@@ -57,21 +57,21 @@ def train_config(stage: int, precision: str, lora: bool, world: int, **over) -> 
 
 
 def load_model(path: str, t: dict, world: int):
-    """The model as the train worker loads it (dlma_ray.models)."""
-    from dlma_ray.models import load_for_training
-    from dlma_ray.train import deepspeed_config
+    """The model as the train worker loads it (dlma_ray.model.loading)."""
+    from dlma_ray.model.loading import load_for_training
+    from dlma_ray.workers.training import deepspeed_config
 
     # in the training precision, ZeRO-3 partitioned at load
     return load_for_training(path, t["precision"], deepspeed_config(t, world))
 
 
 def build(t: dict, weights: str, start: str, world: int):
-    """An engine as dlma_ray.train builds one: the checkpoint's weights, or with LoRA the start wrapped with the
+    """An engine as dlma_ray.workers.training builds one: the checkpoint's weights, or with LoRA the start wrapped with the
     checkpoint's adapter (`weights` = start for a fresh round)."""
     import deepspeed
 
-    from dlma_ray import lora
-    from dlma_ray.train import deepspeed_config, lr_lambda, make_optimizer
+    from dlma_ray.model import lora
+    from dlma_ray.workers.training import deepspeed_config, lr_lambda, make_optimizer
 
     torch.manual_seed(0)
     model = load_model(start if lora.enabled(t) else weights, t, world)
@@ -117,8 +117,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 def write_legacy(engine, folder: str, rank: int) -> None:
     """The checkpoint as dlma-ray wrote it before: the torch optimizer's state_dict alone."""
-    from dlma_ray.checkpoint import save_state
-    from dlma_ray.zerostate import state_name
+    from dlma_ray.model.checkpoint import save_state
+    from dlma_ray.model.zerostate import state_name
 
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     save_state(inner.state_dict(), folder, f"optimizer_rank{rank}")
@@ -130,7 +130,7 @@ def resume_case(stage: int, precision: str, lora: bool, legacy: bool, rank: int,
     """Uninterrupted N steps (checkpointing at K on the way, as the train loop does) vs resumed from step K."""
     import torch.distributed as dist
 
-    from dlma_ray.zerostate import restore_training_state, save_training_state, zero_state
+    from dlma_ray.model.zerostate import restore_training_state, save_training_state, zero_state
 
     t = train_config(stage, precision, lora, world)
     start = os.path.join(base, "start")
@@ -179,7 +179,7 @@ def accum_case(stage: int, rank: int, world: int) -> dict:
     import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from dlma_ray.train import deepspeed_config, make_optimizer
+    from dlma_ray.workers.training import deepspeed_config, make_optimizer
 
     t = dict(global_batch_size=8 * world, micro_batch_size=1, zero_stage=stage, precision="bf16", grad_clip=0.0,
              optimizer="sgd", lr=1.0, weight_decay=0.0)
@@ -257,7 +257,7 @@ def check(results: dict) -> None:
 
 
 def test_deepspeed_config_accumulates_bf16_in_fp32():
-    from dlma_ray.train import deepspeed_config
+    from dlma_ray.workers.training import deepspeed_config
 
     t = train_config(3, "bf16", False, 1)
     for stage in (1, 2, 3):

@@ -1,6 +1,6 @@
 """Train ranks load the model in the training precision, under ZeRO-3 already partitioned (issue 22, defect 3):
 two DeepSpeed ranks (gloo) load the real SmolLM2-135M stored in bf16, as 7B checkpoints are, through
-bench/bench_train_load.py (dlma_ray.models.load_for_training, then deepspeed.initialize with the pipeline's
+bench/bench_train_load.py (dlma_ray.model.loading.load_for_training, then deepspeed.initialize with the pipeline's
 config). Each rank's memory while loading stays well below the whole model in float32 (what every rank
 allocated before: 4 bytes a parameter); the weights built under zero.Init are the file's, bit for bit; and LoRA
 on such a model trains and saves its policy (the adapters' float32 masters merged onto the stored start)."""
@@ -23,7 +23,7 @@ RANK = 4  # bench_train_load: lora_alpha = 2 x rank, targets q_proj, v_proj
 
 @pytest.fixture(scope="module")
 def bf16_smol(tmp_path_factory, smol_dir) -> str:
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
     out = str(tmp_path_factory.mktemp("smol-bf16"))
     load_causal_lm(smol_dir).to(torch.bfloat16).save_pretrained(out, safe_serialization=True)

@@ -1,7 +1,7 @@
 """Issue 22's "done when" for train checkpoints: a train stage with ZeRO-3, two train workers and a
 checkpoint every step finishes; the same stage with a train worker SIGKILLed after a registered checkpoint
 is retried by Ray Train, resumes from that checkpoint and ends with the uninterrupted stage's weights, bit
-for bit (each rank's fp32 masters, moments, lr, RNG and step counters are restored: dlma_ray.zerostate).
+for bit (each rank's fp32 masters, moments, lr, RNG and step counters are restored: dlma_ray.model.zerostate).
 
 Both runs train the same 24 pairs (of the committed old run's round-0 table: 3 optimizer steps) on the tiny
 model through Ray Train (tests/test_scale.py's TRAIN_ONLY). In fp32: a bf16 forward and backward of the tiny

@@ -1,6 +1,6 @@
 """Checking a config: each value against its field's type, choices and bounds, then the rules between fields.
 
-`dlma_ray.config` builds its tree with ``build_dataclass`` and adds ``cross_field_errors``; every problem is
+`dlma_ray.config.tree` builds its tree with ``build_dataclass`` and adds ``cross_field_errors``; every problem is
 collected and reported at once as one ``ConfigError``, each naming its key path and what is allowed. This
 module does not import the tree: it reads the dataclasses it is given.
 """
@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from typing import Any, Literal
 
-from dlma_ray.prompts import BUILTIN_PAIRS
+from dlma_ray.core.prompts import BUILTIN_PAIRS
 
 
 class ConfigError(ValueError):
@@ -171,7 +171,7 @@ def cross_field_errors(cfg: Any) -> list[str]:
     if t.global_batch_size % t.micro_batch_size:
         errors.append(f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
                       f"train.micro_batch_size ({t.micro_batch_size})")
-    from dlma_ray.tracking import TRACKERS  # late import: tracking imports nothing from here
+    from dlma_ray.run.tracking import TRACKERS  # late import: tracking imports nothing from here
 
     unknown = [n for n in cfg.run.trackers if n not in TRACKERS]
     if unknown:

@@ -38,4 +38,4 @@ class TrainLoopConfig(TypedDict):
     threads: int
     use_gpu: bool
     trust_remote_code: bool
-    tracking: dict[str, Any]  # dlma_ray.trainlog.train_spec: the trackers train rank 0 logs to ({}: none)
+    tracking: dict[str, Any]  # dlma_ray.workers.trainlog.train_spec: the trackers train rank 0 logs to ({}: none)

@@ -3,7 +3,7 @@
 Every field has a one-line doc (``doc=`` in its metadata) and a default that runs the embedded
 model on a CPU laptop. ``load_config(path, ["train.beta=0.2"])`` returns a validated ``Config``;
 any unknown key or bad value raises one ``ConfigError`` naming each key path and what is allowed.
-The checks live in ``dlma_ray.configcheck``; ``python -m dlma_ray.configdoc`` prints the reference of every field.
+The checks live in ``dlma_ray.config.checks``; ``python -m dlma_ray.views.config_reference`` prints the reference of every field.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
-from dlma_ray.configcheck import ConfigError, build_dataclass, cross_field_errors
-from dlma_ray.prompts import ContrastiveRenderer, PromptPair, pair_from_config
+from dlma_ray.config.checks import ConfigError, build_dataclass, cross_field_errors
+from dlma_ray.core.prompts import ContrastiveRenderer, PromptPair, pair_from_config
 
 
 def _f(default: Any, doc: str, **extra: Any) -> Any:
@@ -241,7 +241,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------- loading (checks: dlma_ray.configcheck)
+# ---------------------------------------------------------------- loading (checks: dlma_ray.config.checks)
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     errors: list[str] = []

@@ -11,12 +11,12 @@ rejected from human pairs and `self_contrast` takes chosen = the SFT target y* a
 negative (k rows per prompt): for both, the responses were not sampled under pos/neg_context, which are the
 pair's renderings kept for judging (evaluation's held-out R).
 
-Every stored log-prob can be recomputed from its row alone: tokenise the context (`dlma_ray.prompts.context_ids`:
+Every stored log-prob can be recomputed from its row alone: tokenise the context (`dlma_ray.core.prompts.context_ids`:
 no special tokens, then the tokenizer's BOS in front if it adds one and the text lacks it; the ids the engine was
 given, derived rather than stored, so older tables read the same way); take the response's
 `*_token_ids`, followed by the tokens of `end_of_turn` when `*_finished` is true (a response cut at
 max_new_tokens gets none); concatenate; sum the log-probs of the response tokens
-(`dlma_ray.logprobs.response_ids`).
+(`dlma_ray.model.logprobs.response_ids`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Preference rows in TRL's conversational format, brought to the shapes dlma_ray.data checks.
+"""Preference rows in TRL's conversational format, brought to the shapes dlma_ray.data.records checks.
 
 TRL's preference datasets (https://huggingface.co/docs/trl/dataset_formats) hold, per row:
 
@@ -6,17 +6,17 @@ TRL's preference datasets (https://huggingface.co/docs/trl/dataset_formats) hold
     implicit prompt   {"chosen": [messages], "rejected": [messages]}   (full dialogues; the prompt is what
                                                                       they share before the last assistant turn)
 
-with messages `{"role": ..., "content": ...}`; `dlma_ray.export` writes the explicit kind. A completion
+with messages `{"role": ..., "content": ...}`; `dlma_ray.views.export` writes the explicit kind. A completion
 here is one assistant message (a string is taken too, as in TRL's mixed rows). Message contents given as
 text parts (`[{"type": "text", "text": ...}]`) are joined; any other part (an image) makes the row unusable.
-The roles, their order and empty texts are checked by dlma_ray.data.pair_from_row like every other row.
+The roles, their order and empty texts are checked by dlma_ray.data.records.pair_from_row like every other row.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dlma_ray.sources import RowError
+from dlma_ray.data.sources import RowError
 
 
 def _is_messages(value: Any) -> bool:

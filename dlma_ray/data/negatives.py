@@ -103,7 +103,7 @@ def expand_groups(tokenizer, rows: dict) -> tuple[list[list[int]], list[float], 
     object arrays of arrays or as a 2-D array (equal k), so both are read the same way. The ids are
     `logprobs.response_ids`: end-of-turn tokens only after a finished negative.
     """
-    from dlma_ray.logprobs import response_ids
+    from dlma_ray.model.logprobs import response_ids
 
     rejected, ref, group = [], [], []
     ids_col, fin_col = rows.get("rejected_token_ids"), rows.get("rejected_finished")

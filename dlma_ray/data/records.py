@@ -21,7 +21,7 @@ Bad rows are skipped and counted by reason in a ``LoadReport``, never raised; an
 
 Preference pairs (``load_preference_pairs``) are rows of two hh dialogues ``{"chosen", "rejected"}`` that
 share every turn but the last assistant turn, rows of explicit ``{"prompt", "chosen", "rejected"}``, or
-TRL's conversational rows (dlma_ray.preference_formats), such as a round exported by dlma_ray.export.
+TRL's conversational rows (dlma_ray.data.formats), such as a round exported by dlma_ray.views.export.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
-from dlma_ray.config import DataConfig
-from dlma_ray.preference_formats import conversational_parts, is_conversational_pair
-from dlma_ray.sources import RowError, read_rows, sample
+from dlma_ray.config.tree import DataConfig
+from dlma_ray.data.formats import conversational_parts, is_conversational_pair
+from dlma_ray.data.sources import RowError, read_rows, sample
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def record_from_row(row: Any, prompt_field: str = "prompt") -> PromptRecord:
 
 def pair_from_row(row: Any) -> PreferencePair:
     """A ``{chosen, rejected}`` hh row, a ``{prompt, chosen, rejected}`` row, or a row in TRL's conversational
-    preference format (dlma_ray.preference_formats) as a PreferencePair."""
+    preference format (dlma_ray.data.formats) as a PreferencePair."""
     row = _as_object(row)
     if row.get("chosen") is None or row.get("rejected") is None:
         raise RowError("missing field", "chosen/rejected")

@@ -2,7 +2,7 @@
 (a hub name, or a folder written by `save_to_disk`, with or without `hf:`).
 
 Rows come out raw (dicts, strings); a row that cannot even be decoded comes out as a `RowError` naming its
-source and line, for the loader (dlma_ray.data) to skip and count. An unreadable source raises.
+source and line, for the loader (dlma_ray.data.records) to skip and count. An unreadable source raises.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # dlma_ray/assets: package data
 BUILTIN_SOURCES = {"builtin:demo": "demo_prompts.jsonl", "builtin:demo-eval": "demo_eval_prompts.jsonl",
                    "builtin:heldout": "heldout_prompts.jsonl"}
 T = TypeVar("T")

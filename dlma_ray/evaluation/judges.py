@@ -5,8 +5,8 @@
     openai_margins         an OpenAI-compatible endpoint's preference between two answers
     check_judge            fail fast when the configured answer judge cannot be used
 
-The per-pair measures (accuracy by |R| range, implicit rewards) are dlma_ray.measures; the refusal rule
-is dlma_ray.refusal.
+The per-pair measures (accuracy by |R| range, implicit rewards) are dlma_ray.evaluation.measures; the refusal rule
+is dlma_ray.evaluation.refusal.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import urllib.request
 
 import torch
 
-from dlma_ray.evalstats import ratio
-from dlma_ray.logprobs import forward_logits, position_ids_from_mask
-from dlma_ray.prompts import context_ids
+from dlma_ray.core.stats import ratio
+from dlma_ray.model.logprobs import forward_logits, position_ids_from_mask
+from dlma_ray.core.prompts import context_ids
 
 
 class JudgeError(RuntimeError):

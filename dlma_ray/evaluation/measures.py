@@ -1,7 +1,7 @@
 """The evaluation's measures, named once: what each shows, its judge, and what it cannot show.
 
 eval.json keeps every measure under `measures.<name>` as a summary with its sample count and a 95%
-interval (dlma_ray.evalstats): rates carry `rate` (Wilson interval), means carry `mean` (bootstrap).
+interval (dlma_ray.core.stats): rates carry `rate` (Wilson interval), means carry `mean` (bootstrap).
 The report, the comparison table and docs/EVALUATION.md all read this list, so a measure is described
 in one place. `initial` names the same measure taken on pi_0's own answers (the baseline of a claim).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from dlma_ray.evalstats import ratio
+from dlma_ray.core.stats import ratio
 
 R_BIN_EDGES = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 40.0, math.inf)
 
@@ -41,7 +41,7 @@ MEASURES: tuple[Measure, ...] = (
             "(eval.judge: C under pi_0 by default; a reward model or an endpoint when configured); identical "
             "answers tie and ties count as non-wins."),
     Measure("refusal_harmful", "refusal rate, harmful prompts", "higher",
-            "Fraction of answers to held-out harmful prompts that refuse (dlma_ray/refusal.py: a phrase rule with "
+            "Fraction of answers to held-out harmful prompts that refuse (dlma_ray/evaluation/refusal.py: a phrase rule with "
             "none of the prompt pairs' words; its agreement with human labels is measured on a shipped labelled set).",
             initial="refusal_harmful_initial"),
     Measure("over_refusal", "refusal rate, borderline safe prompts", "lower",
@@ -118,14 +118,14 @@ def _exp_summary(summary: dict) -> dict:
 
 
 def _perplexity(nll: list[float], count: list[int], seed: int) -> dict:
-    from dlma_ray.evalstats import mean_summary
+    from dlma_ray.core.stats import mean_summary
 
     per_token = [s / c for s, c in zip(nll, count) if c]
     return {**_exp_summary(mean_summary(per_token, seed=seed)), "tokens": int(sum(count))}
 
 
 def _answer_summary(rows: list[dict]) -> dict:
-    from dlma_ray.evalstats import mean_summary, rate_summary
+    from dlma_ray.core.stats import mean_summary, rate_summary
 
     return {"tokens": mean_summary([r["tokens"] for r in rows]),
             "finished": rate_summary(sum(bool(r["finished"]) for r in rows), len(rows))}
@@ -137,9 +137,9 @@ def assemble_measures(answers: list[dict], baseline: list[dict], initial: dict, 
 
     ``initial`` / ``scores``: the outputs of eval_tasks.initial_model_scores / policy_scores;
     ``judge_margins``: per prompt, new answer vs pi_0's under an external judge (None: C under pi_0);
-    ``refusal_rates``: dlma_ray.refusal.refusal_rates (handed in: this module stays free of the rule).
+    ``refusal_rates``: dlma_ray.evaluation.refusal.refusal_rates (handed in: this module stays free of the rule).
     """
-    from dlma_ray.evalstats import mean_summary, paired_gain, rate_summary
+    from dlma_ray.core.stats import mean_summary, paired_gain, rate_summary
 
     cp, cb = initial["contrast_policy"], initial["contrast_baseline"]
     tp, tb = initial["tokens_policy"], initial["tokens_baseline"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 
-from dlma_ray.evalstats import rate_summary
+from dlma_ray.core.stats import rate_summary
 
 OPENING_CHARS = 200
 
@@ -94,7 +94,7 @@ def is_refusal(text: str) -> bool:
 def refusal_rates(answers: list[str], kinds: list[str]) -> dict:
     """Refusal rate overall (``all``) and per prompt kind ('' -> ``unlabelled``).
 
-    Each value is :func:`dlma_ray.evalstats.rate_summary`: ``{"n", "count", "rate", "ci95"}`` (Wilson).
+    Each value is :func:`dlma_ray.core.stats.rate_summary`: ``{"n", "count", "rate", "ci95"}`` (Wilson).
     """
     if len(answers) != len(kinds):
         raise ValueError(f"{len(answers)} answers but {len(kinds)} kinds")

@@ -7,7 +7,7 @@ in its folder, so a decorated class (`@register`) is all a new method needs (REA
     context_distillation  generate (y+, y-) -> no model, length check only             -> SFT on y+
     self_contrast         N samples -> similarity filter -> reference                  -> grouped DPO
 
-Every method writes the same generations and pairs tables (dlma_ray.schema), with NaN where it computes
+Every method writes the same generations and pairs tables (dlma_ray.core.schema), with NaN where it computes
 nothing, so evaluation, the report and the comparison read any run alike.
 """
 

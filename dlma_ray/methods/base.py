@@ -14,10 +14,10 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from dlma_ray.config import Config, ConfigError
-from dlma_ray.interfaces import Batch, StageResult
-from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
-from dlma_ray.losses import dlma_loss
+from dlma_ray.config.tree import Config, ConfigError
+from dlma_ray.config.interfaces import Batch, StageResult
+from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.core.losses import dlma_loss
 from dlma_ray.stages import generate, score
 from dlma_ray.stages import train as train_stage
 from dlma_ray.stages.common import Round
@@ -29,7 +29,7 @@ _REGISTRY: dict[str, "Method"] = {}
 class Method:
     name: ClassVar[str]
     unit: ClassVar[str] = "pairs"  # what a training row is
-    scoring: ClassVar[str] = "reference"  # the score stage's mode (dlma_ray.score): contrastive, reference, none
+    scoring: ClassVar[str] = "reference"  # the score stage's mode (dlma_ray.workers.scoring): contrastive, reference, none
     summary: ClassVar[str] = ""  # one line for the docs and --help
     order: ClassVar[int] = 100  # where it is listed (docs, comparison): lower first
     generates_on_engines: ClassVar[bool] = True  # its generate stage samples pi_k on vLLM engines (engine_pool)
@@ -48,7 +48,7 @@ class Method:
         return train_stage.fit(r, self)
 
     def evaluate(self, r: Round) -> StageResult:
-        from dlma_ray.evaluate import run_round  # the evaluation stage also serves jobs/evaluate.py
+        from dlma_ray.stages.evaluate import run_round  # the evaluation stage also serves jobs/evaluate.py
 
         return run_round(r)
 

@@ -3,8 +3,8 @@ context. No reference model: the score stage only checks lengths."""
 
 from __future__ import annotations
 
-from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
-from dlma_ray.losses import sft_loss
+from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.core.losses import sft_loss
 from dlma_ray.methods.base import Method, float_column, register
 
 

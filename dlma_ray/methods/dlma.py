@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dlma_ray.losses import dlma_loss
+from dlma_ray.core.losses import dlma_loss
 from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import logging
 
-from dlma_ray.config import Config
-from dlma_ray.interfaces import StageResult
+from dlma_ray.config.tree import Config
+from dlma_ray.config.interfaces import StageResult
 from dlma_ray.methods.base import Method, register
-from dlma_ray.prompts import context_ids
+from dlma_ray.core.prompts import context_ids
 from dlma_ray.stages import generate
 from dlma_ray.stages.common import Round, renderer_for, split_of
 
@@ -24,8 +24,8 @@ def human_pair_rows(cfg: Config, k: int) -> list[dict]:
     reference; pos/neg with the prompt pair only so that evaluation can judge held-out pairs by R (the
     responses were not sampled under them).
     """
-    from dlma_ray.data import load_preference_pairs
-    from dlma_ray.sources import sample
+    from dlma_ray.data.records import load_preference_pairs
+    from dlma_ray.data.sources import sample
 
     tok, renderer = renderer_for(cfg)
     pairs, report = load_preference_pairs(cfg.data.source, split=cfg.data.split)

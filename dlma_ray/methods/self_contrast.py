@@ -1,16 +1,16 @@
 """Self-Contrast (arXiv 2404.00604): the target y* against k of the policy's own samples least similar to it
-(the filter and the grouping: dlma_ray.negatives)."""
+(the filter and the grouping: dlma_ray.data.negatives)."""
 
 from __future__ import annotations
 
 import logging
 
-from dlma_ray.interfaces import StageResult
-from dlma_ray.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
-from dlma_ray.losses import grouped_dpo_loss
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.core.losses import grouped_dpo_loss
 from dlma_ray.methods.base import Method, float_column, register
-from dlma_ray.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
-from dlma_ray.schema import GENERATION_SCHEMA
+from dlma_ray.data.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
+from dlma_ray.core.schema import GENERATION_SCHEMA
 from dlma_ray.stages import score
 from dlma_ray.stages.common import ActorPool, Round, engine_pool, map_actors, prompt_rows, write_table
 
@@ -37,7 +37,7 @@ class SelfContrast(Method):
         """N seeded samples per prompt with a target, under the plain context -> round_k/generations/."""
         import ray.data
 
-        from dlma_ray.generate import SampleEngine
+        from dlma_ray.workers.generation import SampleEngine
 
         n = r.cfg.self_contrast.num_samples
         # A batch of B prompts is B*N requests in one engine call.
@@ -49,7 +49,7 @@ class SelfContrast(Method):
         """Similarity to y*, the per-prompt filter, then reference log-probs -> round_k/pairs/ (k rows a prompt)."""
         import ray.data
 
-        from dlma_ray.embedding import SimilarityActor
+        from dlma_ray.workers.embedding import SimilarityActor
 
         sc, res = r.cfg.self_contrast, r.cfg.resources
         generations = ray.data.read_parquet(r.paths.generations)

@@ -2,13 +2,13 @@
 goes into a safetensors file, everything else into a JSON skeleton that points at them. Loading builds the
 same nesting back; nothing from a run folder is ever unpickled.
 
-A train checkpoint (dlma_ray.train) is a folder:
+A train checkpoint (dlma_ray.workers.training) is a folder:
     config.json, model.safetensors, tokenizer files   the policy at that step (an HF folder: rank 0; with LoRA
                                                        adapter_config.json + adapter_model.safetensors only)
     progress.json                                      step, epoch, micro-batches done in that epoch, world size
     zero_rank<r>.safetensors / .json                   rank r's whole DeepSpeed optimizer state: fp32 master
                                                        partition, moments, loss scaler, step counters, RNG
-                                                       (dlma_ray.zerostate; optimizer_rank<r>: the older format)
+                                                       (dlma_ray.model.zerostate; optimizer_rank<r>: the older format)
     scheduler.safetensors / .json                      the lr schedule
     train_metrics.jsonl                                the steps logged so far
 """

@@ -147,7 +147,7 @@ def _local_copy(uri: str) -> str:
     damaged copy, or a policy redone under the same URI)."""
     import hashlib
 
-    from dlma_ray import storage
+    from dlma_ray.core import storage
 
     target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     target.parent.mkdir(parents=True, exist_ok=True)

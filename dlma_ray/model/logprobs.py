@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dlma_ray.packing import score_packed
-from dlma_ray.prompts import context_ids, end_of_turn_ids
+from dlma_ray.model.packing import score_packed
+from dlma_ray.core.prompts import context_ids, end_of_turn_ids
 
 
 @dataclass
@@ -167,7 +167,7 @@ def sequence_logprobs(model, batch: TokenizedResponses) -> torch.Tensor:
     return summed_response_logprobs(forward_logits(model, batch), batch)
 
 
-PACK_TOKENS = 2048  # tree tokens per packed row (dlma_ray.packing), one row per forward; 0 = padded sequences
+PACK_TOKENS = 2048  # tree tokens per packed row (dlma_ray.model.packing), one row per forward; 0 = padded sequences
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ def score_encoded(model, encoded: list[tuple[list[int], list[int]]], pad: int, b
                   padding_side: str = "right", pack_tokens: int | None = None) -> list[float]:
     """Summed response log-probs of encoded (context ids, response ids).
 
-    By default the sequences are packed as prefix trees (``dlma_ray.packing``: a shared prefix such as a
+    By default the sequences are packed as prefix trees (``dlma_ray.model.packing``: a shared prefix such as a
     context scored with two responses is computed once, and logits are taken only where a response token
     is predicted), one row of about ``pack_tokens`` tokens per forward (measured fastest on CPU: bench/RESULTS.md;
     ``batch_size`` is then unused). ``pack_tokens=0``: ``batch_size`` sequences per forward, sorted by length and

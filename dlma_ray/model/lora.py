@@ -130,7 +130,7 @@ def rebuild(base_path: str, t: dict, state: dict, trust_remote_code: bool = Fals
     """A CPU copy of the trained wrapped model: the base from `base_path`, the adapters from `state` (parameter
     names of the wrapped model; any other entry, e.g. the frozen weights a ZeRO-3 gather holds in the training
     precision, is ignored: the base stays the stored one)."""
-    from dlma_ray.models import load_causal_lm
+    from dlma_ray.model.loading import load_causal_lm
 
     peft_model = wrap(load_causal_lm(base_path, dtype, trust_remote_code), {**t, "gradient_checkpointing": False})
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]

@@ -101,11 +101,11 @@ def shape_from_params(params: float) -> ModelShape:
 
 def find_shape(model_ref: str, model_config: str | None = None, params: float | None = None,
                revision: str = "") -> ModelShape:
-    """The shape of ``model_ref``: a config file given, a builtin (dlma_ray.models converts it once), a local
+    """The shape of ``model_ref``: a config file given, a builtin (dlma_ray.model.loading converts it once), a local
     folder, a hub name in the HF cache or in KNOWN_SHAPES, else from ``params``; ValueError says what to give."""
     if model_config:
         return shape_from_config(json.loads(Path(model_config).read_text()), model_config)
-    from dlma_ray.models import BUILTIN_PREFIX, resolve_model_path
+    from dlma_ray.model.loading import BUILTIN_PREFIX, resolve_model_path
 
     folder = None
     if model_ref.startswith(BUILTIN_PREFIX) or Path(model_ref).is_dir():
@@ -122,12 +122,12 @@ def find_shape(model_ref: str, model_config: str | None = None, params: float | 
         return shape_from_config(json.loads((Path(folder) / "config.json").read_text()),
                                  f"{Path(folder) / 'config.json'}")
     if model_ref.lower() in KNOWN_SHAPES:
-        return shape_from_config(KNOWN_SHAPES[model_ref.lower()], "dlma_ray.sizing.KNOWN_SHAPES (its config.json "
+        return shape_from_config(KNOWN_SHAPES[model_ref.lower()], "dlma_ray.model.sizing.KNOWN_SHAPES (its config.json "
                                  "on the Hub)")
     if params:
         return shape_from_params(params)
     raise ValueError(f"model.path {model_ref!r}: its shape is unknown here (not a builtin, not a local folder, not "
-                     "in the Hugging Face cache, not in dlma_ray.sizing.KNOWN_SHAPES); give --model-config "
+                     "in the Hugging Face cache, not in dlma_ray.model.sizing.KNOWN_SHAPES); give --model-config "
                      "PATH/config.json (hidden_size, num_hidden_layers, vocab_size, num_attention_heads, "
                      "num_key_value_heads, intermediate_size) or --params N (billions of parameters)")
 

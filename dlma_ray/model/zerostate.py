@@ -1,5 +1,5 @@
 """A DeepSpeed engine's whole training state as plain data, and back: what a train checkpoint
-(dlma_ray.train) must hold for a resumed round to be the round it resumed.
+(dlma_ray.workers.training) must hold for a resumed round to be the round it resumed.
 
 The state is the optimizer object DeepSpeed chose, through its own `state_dict()` / `load_state_dict()`:
 ZeRO-1/2 (`DeepSpeedZeroOptimizer`: this rank's fp32 master partition `single_partition_of_fp32_groups`
@@ -50,7 +50,7 @@ def _build_scaler(plain: dict):
 
 def zero_state(engine) -> dict[str, Any]:
     """This rank's optimizer state (fp32 masters, moments, loss scaler), step counters and RNG: plain data
-    (tensors, dicts, lists, numbers, strings) that dlma_ray.checkpoint.save_state writes without pickle."""
+    (tensors, dicts, lists, numbers, strings) that dlma_ray.model.checkpoint.save_state writes without pickle."""
     import torch
 
     opt = engine.optimizer
@@ -100,7 +100,7 @@ def restore_zero_state(engine, state: dict[str, Any]) -> None:
 def save_training_state(engine, scheduler, folder: str, rank: int, adapter_only: bool) -> None:
     """Call on every rank: this rank's zero_state into <folder>/zero_rank<r>.*; rank 0 also the weights (the
     adapter only with LoRA: the frozen base is the round's start) and the lr schedule."""
-    from dlma_ray.checkpoint import save_state
+    from dlma_ray.model.checkpoint import save_state
 
     save_state(zero_state(engine), folder, state_name(rank))
     weights = None
@@ -120,7 +120,7 @@ def restore_training_state(engine, scheduler, folder: str, rank: int, round_k: i
     A checkpoint of dlma-ray before this module holds the torch optimizer's state alone (optimizer_rank<r>):
     in fp32 without ZeRO-3 that is everything (the fp32 weights are the masters) and it resumes; in
     bf16/fp16 its masters are gone, so it is refused rather than resumed as a different round."""
-    from dlma_ray.checkpoint import load_state
+    from dlma_ray.model.checkpoint import load_state
 
     if os.path.exists(os.path.join(folder, state_name(rank) + ".json")):
         restore_zero_state(engine, load_state(folder, state_name(rank), str(engine.device)))
@@ -135,7 +135,7 @@ LEGACY_NAME = "optimizer_rank{rank}"  # the torch optimizer's state only, as che
 
 
 def _restore_legacy(engine, folder: str, rank: int, round_k) -> None:
-    from dlma_ray.checkpoint import load_state
+    from dlma_ray.model.checkpoint import load_state
 
     why = None
     if engine.zero_optimization_stage() == 3:

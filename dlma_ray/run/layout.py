@@ -1,7 +1,7 @@
 """Every path of a run directory, spelled once. A run directory may be local or a URI (`s3://...`).
 
-    <run>/state.json                 which stages finished (dlma_ray.state)
-    <run>/.lock                      the one writer (dlma_ray.runlock)
+    <run>/state.json                 which stages finished (dlma_ray.run.state)
+    <run>/.lock                      the one writer (dlma_ray.run.lock)
     <run>/baseline_answers.jsonl     pi_0's answers to the held-out prompts (evaluation, once per run)
     <run>/baseline_scores.json       pi_0's scores of the fixed evaluation items (once per run)
     <run>/report.md, <run>/report/   the run's report and its figures
@@ -11,7 +11,7 @@
     <run>/round_<k>/policy/          pi_{k+1}: HF folder (safetensors, tokenizer, train_metrics.jsonl)
     <run>/round_<k>/eval.json        the evaluation of pi_{k+1}; answers.jsonl beside it
     <run>/round_<k>/.ray_train/      Ray Train's scratch space while the round trains
-    <run>/tracking/                  the experiment trackers' files (dlma_ray.tracking: tensorboard/, metrics.jsonl,
+    <run>/tracking/                  the experiment trackers' files (dlma_ray.run.tracking: tensorboard/, metrics.jsonl,
                                      mlruns/, wandb/)
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlma_ray import storage
+from dlma_ray.core import storage
 
 ROUND_PREFIX = "round_"
 TRAIN_METRICS_FILE = "train_metrics.jsonl"

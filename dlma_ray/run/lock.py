@@ -18,7 +18,7 @@ import socket
 import time
 from contextlib import contextmanager
 
-from dlma_ray import storage
+from dlma_ray.core import storage
 
 log = logging.getLogger("dlma_ray")
 LOCK_FILE = ".lock"
@@ -63,7 +63,7 @@ def _holder_text(run_dir: str, holder: dict, where: str) -> str:
 def run_lock(run_dir: str):
     """Hold ``run_dir`` for this process while the block runs."""
     if run_dir.startswith("s3://"):
-        from dlma_ray.objectlock import ObjectLease
+        from dlma_ray.run.objectlock import ObjectLease
 
         lease = ObjectLease(run_dir, _me())
         holder = lease.acquire()

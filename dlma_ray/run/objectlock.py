@@ -19,7 +19,7 @@ import os
 import threading
 from email.utils import parsedate_to_datetime
 
-from dlma_ray.storage import REMOTE_ATTEMPTS
+from dlma_ray.core.storage import REMOTE_ATTEMPTS
 
 log = logging.getLogger("dlma_ray")
 LEASE_SECONDS = float(os.environ.get("DLMA_LOCK_LEASE_S", "120"))

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlma_ray import storage
-from dlma_ray.config import config_diff
+from dlma_ray.core import storage
+from dlma_ray.config.tree import config_diff
 
 log = logging.getLogger("dlma_ray")
 # Keys that may change between invocations of one run without making a finished stage's output stale: where

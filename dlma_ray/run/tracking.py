@@ -7,7 +7,7 @@
     wandb        Weights & Biases, offline (WANDB_MODE=offline) unless WANDB_MODE is set; files in <run>/tracking/wandb
 
 Each backend imports its library only when opened; a missing one raises `TrackerUnavailable` naming the pip
-extra. Train rank 0 and the driver open trackers (dlma_ray.trainlog). A remote run dir (`s3://...`): files are
+extra. Train rank 0 and the driver open trackers (dlma_ray.workers.trainlog). A remote run dir (`s3://...`): files are
 written locally and copied under <run>/tracking/ at close (jsonl appended); mlflow needs MLFLOW_TRACKING_URI.
 """
 
@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dlma_ray import storage
-from dlma_ray.layout import RunLayout
+from dlma_ray.core import storage
+from dlma_ray.run.layout import RunLayout
 
 log = logging.getLogger("dlma_ray")
 _LIBRARIES = {"tensorboard": ("tensorboard", "the `cpu` / `gpu` extras, or pip install tensorboard"),

@@ -4,7 +4,7 @@
     generate  vLLM engine actors -> round_k/generations/ (contrastive pairs, or rows handed in)
     score     scorer actors      -> round_k/pairs/
     train     Ray Train + DeepSpeed with the method's loss -> round_k/policy/
-    (evaluate lives in dlma_ray.evaluate: it also serves jobs/evaluate.py on any policy folder)
+    (evaluate lives in dlma_ray.stages.evaluate: it also serves jobs/evaluate.py on any policy folder)
 
 Every stage returns a `StageResult`; the methods (dlma_ray.methods) choose which stage does what.
 """

@@ -14,13 +14,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from dlma_ray import storage
-from dlma_ray.config import Config
-from dlma_ray.engines import ENGINE_RUNTIME_ENV, KeptEngines
-from dlma_ray.interfaces import StageResult
-from dlma_ray.layout import RoundLayout, RunLayout
-from dlma_ray.prompts import context_ids
-from dlma_ray.schema import PAIR_SCHEMA, conform
+from dlma_ray.core import storage
+from dlma_ray.config.tree import Config
+from dlma_ray.workers.engines import ENGINE_RUNTIME_ENV, KeptEngines
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.run.layout import RoundLayout, RunLayout
+from dlma_ray.core.prompts import context_ids
+from dlma_ray.core.schema import PAIR_SCHEMA, conform
 
 log = logging.getLogger("dlma_ray")
 
@@ -32,7 +32,7 @@ class Round:
     cfg: Config
     run: RunLayout
     k: int
-    # vLLM engines the pipeline keeps from evaluate(k-1) for this round's generate (dlma_ray.engines); None: none
+    # vLLM engines the pipeline keeps from evaluate(k-1) for this round's generate (dlma_ray.workers.engines); None: none
     engines: KeptEngines | None = None
 
     @property
@@ -63,7 +63,7 @@ def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
 
 def renderer_for(cfg: Config):
     """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
-    from dlma_ray.models import load_tokenizer
+    from dlma_ray.model.loading import load_tokenizer
 
     tok = load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code)
     return tok, cfg.pair.renderer(tok)
@@ -72,7 +72,7 @@ def renderer_for(cfg: Config):
 def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]:
     """Prompt rows (PROMPT_SCHEMA) for round k; ``require_target`` keeps only prompts with an SFT target and
     adds it as a `target` column (Self-Contrast's y*)."""
-    from dlma_ray.data import load_prompts
+    from dlma_ray.data.records import load_prompts
 
     tok, renderer = renderer_for(cfg)
 
@@ -183,7 +183,7 @@ def custom_resources(needs: Mapping[str, float]) -> dict:
 
 
 def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) -> ActorPool:
-    """vLLM engine actors (dlma_ray.generate) loading pi_k, with the run's prompt pair and sampling settings.
+    """vLLM engine actors (dlma_ray.workers.generation) loading pi_k, with the run's prompt pair and sampling settings.
     With engines kept for pi_k (``r.engines``) the actors drive those instead: each reserves the CPU its engine
     works on, as an engine actor would, while the GPUs stay with the kept engines."""
     res, cfg = r.cfg.resources, r.cfg
@@ -202,8 +202,8 @@ def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) 
 
 
 def scorer_pool(r: Round, mode: str) -> ActorPool:
-    """Scorer actors (dlma_ray.score.PairScorer) of round k: pi_k for R, the round's reference for ref_logp_*."""
-    from dlma_ray.score import PairScorer
+    """Scorer actors (dlma_ray.workers.scoring.PairScorer) of round k: pi_k for R, the round's reference for ref_logp_*."""
+    from dlma_ray.workers.scoring import PairScorer
 
     cfg, res = r.cfg, r.cfg.resources
     kwargs = dict(policy_path=r.policy, reference_path=r.reference, dtype=cfg.scoring.dtype,
@@ -241,7 +241,7 @@ def model_for_actor(ref: str) -> str:
 
 def initial_model(cfg: Config) -> str:
     """pi_0 for every loader (engines, scorers, trainers, judges): `model.path`, pinned to `model.revision`."""
-    from dlma_ray.models import pinned
+    from dlma_ray.model.loading import pinned
 
     return model_for_actor(pinned(cfg.model.path, cfg.model.revision))
 
@@ -255,7 +255,7 @@ def init_ray(cfg: Config) -> None:
     # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     info = ray.init(address=address)
-    from dlma_ray.nodes import check_cluster
+    from dlma_ray.workers.nodes import check_cluster
 
     check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
     context = ray.data.DataContext.get_current()

@@ -3,7 +3,7 @@
     run_round(r)                           after round k's train stage: pi_{k+1} = round_k/policy
     evaluate_policy(cfg, policy, out_dir)  any policy folder alone (jobs/evaluate.py)
 
-Model work runs in Ray tasks with max_calls=1 (dlma_ray.eval_tasks): the worker process exits when the
+Model work runs in Ray tasks with max_calls=1 (dlma_ray.workers.eval_tasks): the worker process exits when the
 task returns, so vLLM's and torch's memory and the task's CPUs/GPUs go back to the cluster.
   answers   vLLM: the policy's answers to the held-out prompts (eval.prompts, never trained on); pi_0's
             answers once, cached in <run>/baseline_answers.jsonl
@@ -12,7 +12,7 @@ task returns, so vLLM's and torch's memory and the task's CPUs/GPUs go back to t
   pi_k      the same log-probs under the policy, R on human and held-out generated pairs, RLAIF judge
 
 eval.json: round, policy, reference, round0_model, pair, seconds, eval_config, and
-  measures   name -> summary with n and ci95 (dlma_ray.measures documents each; dlma_ray.evalstats makes them)
+  measures   name -> summary with n and ci95 (dlma_ray.evaluation.measures documents each; dlma_ray.core.stats makes them)
   details    refusal by kind, R accuracy by |R| range, the RLAIF judge's summary, answer lengths, the
              refusal rule's agreement with human labels, the sources and their sizes
 """
@@ -25,17 +25,19 @@ import math
 import time
 from pathlib import Path
 
-from dlma_ray import engines, eval_tasks, storage
-from dlma_ray.config import Config, DataConfig
-from dlma_ray.judges import api_key, check_judge, openai_margins
-from dlma_ray.interfaces import StageResult
-from dlma_ray.layout import BASELINE_SCORES_FILE, RunLayout
-from dlma_ray.prompts import context_ids
-from dlma_ray.refusal import judge_agreement, refusal_rates
+from dlma_ray.workers import engines
+from dlma_ray.workers import eval_tasks
+from dlma_ray.core import storage
+from dlma_ray.config.tree import Config, DataConfig
+from dlma_ray.evaluation.judges import api_key, check_judge, openai_margins
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.run.layout import BASELINE_SCORES_FILE, RunLayout
+from dlma_ray.core.prompts import context_ids
+from dlma_ray.evaluation.refusal import judge_agreement, refusal_rates
 from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
 
-log = logging.getLogger("dlma_ray.evaluate")
-ASSETS = Path(__file__).resolve().parent / "assets"
+log = logging.getLogger("dlma_ray.stages.evaluate")
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # dlma_ray/assets: package data
 BUILTIN_PAIR_SOURCES = {"builtin:demo-pairs": ASSETS / "demo_pairs.jsonl"}
 BUILTIN_TEXT_SOURCES = {"builtin:neutral-text": ASSETS / "neutral_text.jsonl"}
 REFUSAL_LABELS = ASSETS / "refusal_labels.jsonl"
@@ -74,8 +76,8 @@ def load_neutral_text(cfg: Config) -> list[dict]:
 
 def load_eval_pairs(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
     """Human-labelled pairs whose plain context fits data.max_prompt_tokens, then a seeded sample."""
-    from dlma_ray.data import load_preference_pairs
-    from dlma_ray.sources import sample
+    from dlma_ray.data.records import load_preference_pairs
+    from dlma_ray.data.sources import sample
 
     pairs, report = load_preference_pairs(pairs_source_path(cfg.eval.preference_pairs))
     renderer = cfg.pair.renderer(tokenizer)
@@ -88,7 +90,7 @@ def load_eval_pairs(cfg: Config, tokenizer) -> tuple[list[dict], dict]:
 
 
 def load_eval_prompts(cfg: Config, tokenizer) -> list[dict]:
-    from dlma_ray.data import load_prompts
+    from dlma_ray.data.records import load_prompts
 
     src = cfg.eval.prompts
     # Built-in files use `prompt`; an hf: source is read from its test split (never the training one).
@@ -210,8 +212,8 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     """
     import ray
 
-    from dlma_ray.measures import assemble_measures
-    from dlma_ray.models import load_tokenizer
+    from dlma_ray.evaluation.measures import assemble_measures
+    from dlma_ray.model.loading import load_tokenizer
     start = time.time()
     check_judge(cfg)  # before any model loads: a broken judge should cost seconds, not a stage
     tok = load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code)
@@ -272,7 +274,7 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
         "measures": measures, "details": details, "seconds": round(time.time() - start, 2),
     }
     storage.write_text_atomic(storage.join(out_dir, "eval.json"), json.dumps(_clean(result), indent=2))
-    from dlma_ray.measures import format_summary
+    from dlma_ray.evaluation.measures import format_summary
 
     log.info("eval of %s: distillation gain vs pi_0 %s; refusal harmful %s, borderline %s; KL to pi_0 %s",
              policy, format_summary(measures.get("distillation_gain")),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dlma_ray.interfaces import StageResult
-from dlma_ray.schema import GENERATION_SCHEMA
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.core.schema import GENERATION_SCHEMA
 from dlma_ray.stages.common import Round, engine_pool, map_actors, prompt_rows, write_table
 
 
@@ -11,7 +11,7 @@ def contrastive(r: Round) -> StageResult:
     """Each prompt answered once under the positive prompt (y+) and once under the negative one (y-)."""
     import ray.data
 
-    from dlma_ray.generate import GenerationEngine
+    from dlma_ray.workers.generation import GenerationEngine
 
     ds = map_actors(ray.data.from_items(prompt_rows(r.cfg, r.k)), engine_pool(r, GenerationEngine))
     return StageResult(r.paths.generations, write_table(ds, GENERATION_SCHEMA, r.paths.generations))

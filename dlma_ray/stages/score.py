@@ -1,8 +1,8 @@
-"""Score stage: round_k/generations/ -> scorer actors (dlma_ray.score.PairScorer) -> round_k/pairs/."""
+"""Score stage: round_k/generations/ -> scorer actors (dlma_ray.workers.scoring.PairScorer) -> round_k/pairs/."""
 
 from __future__ import annotations
 
-from dlma_ray.interfaces import StageResult
+from dlma_ray.config.interfaces import StageResult
 from dlma_ray.stages.common import Round, map_actors, scorer_pool, write_scored
 
 

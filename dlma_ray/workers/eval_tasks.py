@@ -1,4 +1,4 @@
-"""The model work of the evaluate stage, run inside Ray tasks (dlma_ray.evaluate starts them).
+"""The model work of the evaluate stage, run inside Ray tasks (dlma_ray.stages.evaluate starts them).
 
     generate_answers       vLLM: a model's sampled answers to the held-out prompts, plain chat format, on an
                            engine of its own (answer_prompts: on any engine, e.g. one kept across stages)
@@ -11,19 +11,19 @@
 
 Answers are scored as token ids (`logprobs.response_ids`): the sampled ids, with the end-of-turn tokens
 only after an answer that finished. Each function returns plain lists; the numbers with their intervals
-are made by the driver (dlma_ray.evaluate), so a task never decides what a measure means.
+are made by the driver (dlma_ray.stages.evaluate), so a task never decides what a measure means.
 """
 
 from __future__ import annotations
 
 import gc
 
-from dlma_ray.config import Config
+from dlma_ray.config.tree import Config
 
 
 def device() -> str:
-    """The GPU Ray assigned to this task, or "cpu" (dlma_ray.devices)."""
-    from dlma_ray.devices import ray_device
+    """The GPU Ray assigned to this task, or "cpu" (dlma_ray.workers.devices)."""
+    from dlma_ray.workers.devices import ray_device
 
     return ray_device()
 
@@ -40,7 +40,7 @@ def free_memory() -> None:
 def load(ref: str, cfg: Config):
     import torch
 
-    from dlma_ray.models import load_causal_lm, load_tokenizer
+    from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
     torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
     model = load_causal_lm(ref, cfg.scoring.dtype, cfg.model.trust_remote_code).to(device())
@@ -48,14 +48,14 @@ def load(ref: str, cfg: Config):
 
 
 def answer_ids(tokenizer, rows: list[dict], end_of_turn: str) -> list[list[int]]:
-    from dlma_ray.logprobs import response_ids
+    from dlma_ray.model.logprobs import response_ids
 
     return [response_ids(tokenizer, a["answer"], a.get("token_ids"), a["finished"], end_of_turn) for a in rows]
 
 
 def pair_ids(tokenizer, pairs: list[dict], end_of_turn: str) -> tuple[list[list[int]], list[list[int]]]:
     """Human-written (given) y+ and y-: whole answers, so each is followed by the end-of-turn tokens."""
-    from dlma_ray.logprobs import response_ids
+    from dlma_ray.model.logprobs import response_ids
 
     return ([response_ids(tokenizer, p["chosen"], None, True, end_of_turn) for p in pairs],
             [response_ids(tokenizer, p["rejected"], None, True, end_of_turn) for p in pairs])
@@ -64,8 +64,8 @@ def pair_ids(tokenizer, pairs: list[dict], end_of_turn: str) -> tuple[list[list[
 def contrastive_rewards(model, tokenizer, pos: list[str], neg: list[str], y_plus: list[list[int]],
                         y_minus: list[list[int]], batch_size: int) -> list[float]:
     """R = [l+(y+) - l-(y+)] - [l+(y-) - l-(y-)] per pair, in one sorted scoring pass over token ids."""
-    from dlma_ray.logprobs import score_ids
-    from dlma_ray.losses import self_reward
+    from dlma_ray.model.logprobs import score_ids
+    from dlma_ray.core.losses import self_reward
 
     n = len(pos)
     lp = score_ids(model, tokenizer, pos + pos + neg + neg, y_plus + y_minus + y_plus + y_minus, batch_size)
@@ -74,7 +74,7 @@ def contrastive_rewards(model, tokenizer, pos: list[str], neg: list[str], y_plus
 
 def contrast(model, tokenizer, r, rows: list[dict], ids: list[list[int]], batch_size: int) -> list[float]:
     """C(y) = log p(y | positive) - log p(y | negative) of each answer under ``model``."""
-    from dlma_ray.logprobs import score_ids
+    from dlma_ray.model.logprobs import score_ids
 
     chats = [a["messages"] for a in rows]
     lp = score_ids(model, tokenizer, [r.positive(c) for c in chats] + [r.negative(c) for c in chats], ids + ids,
@@ -83,14 +83,14 @@ def contrast(model, tokenizer, r, rows: list[dict], ids: list[list[int]], batch_
 
 
 def plain_logps(model, tokenizer, r, chats: list, ids: list[list[int]], batch_size: int) -> list[float]:
-    from dlma_ray.logprobs import score_ids
+    from dlma_ray.model.logprobs import score_ids
 
     return score_ids(model, tokenizer, [r.plain(c) for c in chats], ids, batch_size)
 
 
 def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple[list[float], list[int]]:
     """Summed NLL and token count of each neutral text after its question (no end-of-turn: text only)."""
-    from dlma_ray.logprobs import answer_nll
+    from dlma_ray.model.logprobs import answer_nll
 
     return answer_nll(model, tokenizer, [r.plain([{"role": "user", "content": d["prompt"]}]) for d in docs],
                       [d["text"] for d in docs], batch_size)
@@ -98,7 +98,7 @@ def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple
 
 def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
     """The model's sampled answer to each prompt under the plain chat format, on an engine of its own."""
-    from dlma_ray.engines import start_engine, stop_engine
+    from dlma_ray.workers.engines import start_engine, stop_engine
 
     llm = start_engine(model_ref, dict(vars(cfg.generation), seed=cfg.eval.seed), cfg.resources.tensor_parallel_size,
                        cfg.model.trust_remote_code, cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
@@ -109,9 +109,9 @@ def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[d
 
 
 def answer_prompts(llm, model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
-    """Answers from ``llm``, a `vllm.LLM` or an engine kept across stages (dlma_ray.engines), seeded per prompt."""
-    from dlma_ray.generate import request_seed, sampled_ids, sampling_params, stop_token_ids
-    from dlma_ray.prompts import engine_prompt
+    """Answers from ``llm``, a `vllm.LLM` or an engine kept across stages (dlma_ray.workers.engines), seeded per prompt."""
+    from dlma_ray.workers.generation import request_seed, sampled_ids, sampling_params, stop_token_ids
+    from dlma_ray.core.prompts import engine_prompt
 
     gen = dict(vars(cfg.generation), seed=cfg.eval.seed)
     r = cfg.pair.renderer(llm.get_tokenizer())
@@ -166,7 +166,7 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
     if cfg.eval.judge == "reward_model":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from dlma_ray.judges import reward_model_scores
+        from dlma_ray.evaluation.judges import reward_model_scores
 
         model = None
         free_memory()
@@ -189,8 +189,8 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
 def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list[dict], heldout: list[dict],
                   neutral: list[dict]) -> dict:
     """Everything the evaluated policy pi_k computes: see the module docstring."""
-    from dlma_ray.judges import rlaif_judge
-    from dlma_ray.logprobs import side_ids
+    from dlma_ray.evaluation.judges import rlaif_judge
+    from dlma_ray.model.logprobs import side_ids
 
     model, tok = load(policy_ref, cfg)
     r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size

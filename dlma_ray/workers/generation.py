@@ -1,7 +1,7 @@
 """Generate stage: Ray Data `map_batches` over vLLM engine actors.
 
 Each actor owns one vLLM engine loaded from the round's policy folder (or drives one the evaluation kept:
-dlma_ray.engines) and answers every prompt of a batch twice in one engine call: under the positive and under the negative prompt of the pair.
+dlma_ray.workers.engines) and answers every prompt of a batch twice in one engine call: under the positive and under the negative prompt of the pair.
 Each request carries its own seed derived from (run seed, round, prompt id, side), so a row's
 samples do not depend on how Ray Data batched the rows. `SampleEngine` (Self-Contrast) instead samples
 N responses per prompt under the plain context, seeded per (prompt, sample index). Engines get each context as
@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from dlma_ray import telemetry
-from dlma_ray.engines import HostedEngine, start_engine, stop_engine
-from dlma_ray.prompts import ContrastiveRenderer, PromptPair, end_of_turn_ids, engine_prompt
+from dlma_ray.workers import telemetry
+from dlma_ray.workers.engines import HostedEngine, start_engine, stop_engine
+from dlma_ray.core.prompts import ContrastiveRenderer, PromptPair, end_of_turn_ids, engine_prompt
 
 
 def request_seed(base_seed: int, round_index: int, prompt_id: str, side: str) -> int:
@@ -62,7 +62,7 @@ class GenerationEngine:
     def __init__(self, model_path: str, pair: PromptPair, style: str, gen: dict, round_index: int,
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, torch_threads: int = 1,
                  engine_hosts: list | None = None):
-        # engine_hosts: engines kept from the evaluation (dlma_ray.engines.KeptEngines) instead of a new one
+        # engine_hosts: engines kept from the evaluation (dlma_ray.workers.engines.KeptEngines) instead of a new one
         self.llm = (HostedEngine.claim(engine_hosts, model_path, trust_remote_code) if engine_hosts else
                     start_engine(model_path, gen, tensor_parallel_size, trust_remote_code, torch_threads))
         self.renderer = ContrastiveRenderer(self.llm.get_tokenizer(), pair, style)

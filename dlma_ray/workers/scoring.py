@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 
-from dlma_ray import telemetry
-from dlma_ray.logprobs import score_ids, side_ids, text_ids
-from dlma_ray.losses import self_reward
-from dlma_ray.prompts import context_ids
+from dlma_ray.workers import telemetry
+from dlma_ray.model.logprobs import score_ids, side_ids, text_ids
+from dlma_ray.core.losses import self_reward
+from dlma_ray.core.prompts import context_ids
 
 SCORING_MODES = ("contrastive", "reference", "none")
 SCORE_COLUMNS = ("logp_pos_chosen", "logp_neg_chosen", "logp_pos_rejected", "logp_neg_rejected", "self_reward",
@@ -74,8 +74,8 @@ class PairScorer:
                  pack_tokens: int | None = None):
         import torch
 
-        from dlma_ray.devices import ray_device
-        from dlma_ray.models import load_causal_lm, load_tokenizer
+        from dlma_ray.workers.devices import ray_device
+        from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring mode {mode!r}: expected one of {SCORING_MODES}")

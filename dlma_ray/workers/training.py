@@ -16,11 +16,12 @@ import tempfile
 
 import numpy as np
 
-from dlma_ray import lora, telemetry
-from dlma_ray.interfaces import TrainLoopConfig
-from dlma_ray.layout import TRAIN_METRICS_FILE
-from dlma_ray.sharding import worker_micro_batches
-from dlma_ray.trainlog import StepLogger
+from dlma_ray.model import lora
+from dlma_ray.workers import telemetry
+from dlma_ray.config.interfaces import TrainLoopConfig
+from dlma_ray.run.layout import TRAIN_METRICS_FILE
+from dlma_ray.workers.sharding import worker_micro_batches
+from dlma_ray.workers.trainlog import StepLogger
 
 
 def deepspeed_config(t: dict, num_workers: int) -> dict:
@@ -97,16 +98,16 @@ def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
 def train_loop_per_worker(config: TrainLoopConfig) -> None:
     """Runs on every Ray Train worker: one DeepSpeed engine over this worker's shard of pairs.
 
-    Every `train.checkpoint_every` optimizer steps the workers report a checkpoint (dlma_ray.checkpoint);
+    Every `train.checkpoint_every` optimizer steps the workers report a checkpoint (dlma_ray.model.checkpoint);
     a retry after a worker failure, or a resubmitted job, starts from the latest one, not from step 0."""
-    from dlma_ray.devices import use_deepspeed_accelerator
+    from dlma_ray.workers.devices import use_deepspeed_accelerator
 
     use_deepspeed_accelerator(config["use_gpu"])  # before DeepSpeed looks for a GPU this worker was not given
     import deepspeed
     import ray.train
     import torch
 
-    from dlma_ray.models import load_for_training, load_tokenizer
+    from dlma_ray.model.loading import load_for_training, load_tokenizer
 
     t = config["train"]
     torch.set_num_threads(config["threads"])
@@ -121,7 +122,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     start = resume["dir"] if resume and not use_lora else config["policy_path"]
 
     tokenizer = load_tokenizer(start, config["trust_remote_code"])
-    # in the training precision; under ZeRO-3 built already partitioned (dlma_ray.models.load_for_training)
+    # in the training precision; under ZeRO-3 built already partitioned (dlma_ray.model.loading.load_for_training)
     model = load_for_training(start, t["precision"], deepspeed_config(t, world), config["trust_remote_code"])
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
@@ -141,7 +142,7 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     if resume:
         step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path, config["round"])
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
-    # tracking (dlma_ray.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
+    # tracking (dlma_ray.workers.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
     steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path,
                          total_steps)  # and the training progress bar
     for epoch in range(start_epoch, t["epochs"]):
@@ -192,7 +193,7 @@ def _resume_point(checkpoint, world: int) -> dict | None:
     """The progress of the checkpoint a retry starts from, with its local folder; None to start fresh."""
     if checkpoint is None:
         return None
-    from dlma_ray.checkpoint import read_progress
+    from dlma_ray.model.checkpoint import read_progress
 
     folder = checkpoint.to_directory()  # a local copy, also when the run directory is on an object store
     progress = read_progress(folder)
@@ -210,7 +211,7 @@ def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str, roun
     epoch, micro-batches to skip)."""
     import shutil
 
-    from dlma_ray.zerostate import restore_training_state
+    from dlma_ray.model.zerostate import restore_training_state
 
     folder = resume["dir"]
     restore_training_state(engine, scheduler, folder, rank, "<k>" if round_k is None else round_k)
@@ -222,15 +223,15 @@ def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str, roun
 
 def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: int, metrics_path: str,
                        report: dict, progress: dict) -> None:
-    """Every rank writes its whole optimizer state (dlma_ray.zerostate: fp32 masters, moments, counters, RNG);
+    """Every rank writes its whole optimizer state (dlma_ray.model.zerostate: fp32 masters, moments, counters, RNG);
     rank 0 the weights (the adapter only with LoRA), the schedule, the progress and the metrics."""
     import shutil
 
     import ray.train
     from ray.train import Checkpoint
 
-    from dlma_ray.checkpoint import write_progress
-    from dlma_ray.zerostate import save_training_state
+    from dlma_ray.model.checkpoint import write_progress
+    from dlma_ray.model.zerostate import save_training_state
 
     out = tempfile.mkdtemp(prefix="dlma-ckpt-")
     save_training_state(engine, scheduler, out, rank, adapter_only=lora.enabled(t))  # a collective under ZeRO-3
@@ -260,7 +261,7 @@ def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final
 def write_policy(engine, tokenizer, t: dict, rank: int, policy_path: str, trust_remote_code: bool = False):
     """The trained policy as an HF folder, on rank 0 (its path; None on the others). Collective: every rank
     calls it (ZeRO-3 gathers). With LoRA only the adapters are gathered (their float32 masters) and merged on
-    rank 0 onto the round's stored starting policy `policy_path`, in float32 (dlma_ray.lora says why)."""
+    rank 0 onto the round's stored starting policy `policy_path`, in float32 (dlma_ray.model.lora says why)."""
     use_lora = lora.enabled(t)
     adapters = lora.trained_adapters(engine.module) if use_lora else None
     state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 and not use_lora else None

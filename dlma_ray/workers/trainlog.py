@@ -17,12 +17,13 @@ import logging
 import os
 import time
 
-from dlma_ray import storage, tracking
-from dlma_ray.layout import RunLayout
+from dlma_ray.core import storage
+from dlma_ray.run import tracking
+from dlma_ray.run.layout import RunLayout
 
 log = logging.getLogger("dlma_ray")
 
-# The train loop's report keys (dlma_ray.losses, dlma_ray.train) -> the names TRL's DPOTrainer logs.
+# The train loop's report keys (dlma_ray.core.losses, dlma_ray.workers.training) -> the names TRL's DPOTrainer logs.
 TRL_NAMES = {
     "loss": "loss",
     "rewards_chosen": "rewards/chosen",
@@ -170,7 +171,7 @@ def _sum_across_workers(value: float, device) -> float:
 
 def round_metrics(measures: dict, stages: list[dict]) -> dict[str, float]:
     """eval/<name> (value), /low, /high, /n for every measure; stage/<stage>/rows and /seconds."""
-    from dlma_ray.measures import value
+    from dlma_ray.evaluation.measures import value
 
     out: dict[str, float] = {}
     for name, summary in measures.items():

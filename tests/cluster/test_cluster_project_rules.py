@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlma_ray.config import load_config
+from dlma_ray.config.tree import load_config
 
 from kuberay_hardening import EPHEMERAL
 from kuberay_manifests import (

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dlma_ray.config import ConfigError, load_config
+from dlma_ray.config.tree import ConfigError, load_config
 
 
 def test_control_tokens_and_overlong_prompts_are_skipped(tmp_path, tiny_model_dir, caplog):

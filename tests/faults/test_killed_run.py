@@ -25,8 +25,8 @@ import pytest
 import torch
 
 from conftest import checkpoint_registered, direct_logprob, eot_ids
-from dlma_ray.models import load_causal_lm
-from dlma_ray.schema import PAIR_SCHEMA
+from dlma_ray.model.loading import load_causal_lm
+from dlma_ray.core.schema import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -139,7 +139,7 @@ def test_resume_finished_every_stage_once(finished_run):
     assert stages(run_dir) == [(k, s) for k in (0, 1) for s in ("generate", "score", "train", "evaluate")]
     rows = {(s["round"], s["stage"]): s["rows"] for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert rows[(0, "generate")] == rows[(0, "score")] == rows[(1, "generate")] == 24
-    # evaluate(0)'s engine, loaded with round 0's policy, also served generate(1) (dlma_ray.engines)
+    # evaluate(0)'s engine, loaded with round 0's policy, also served generate(1) (dlma_ray.workers.engines)
     metrics = {(s["round"], s["stage"]): s.get("metrics", {}) for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert metrics[(0, "evaluate")]["kept_engines"] == metrics[(1, "generate")]["kept_engines"] == 1
     assert "kept_engines" not in metrics[(0, "generate")] and "kept_engines" not in metrics[(1, "evaluate")]

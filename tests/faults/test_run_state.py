@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from dlma_ray.config import ConfigError, load_config
-from dlma_ray.state import ConfigMismatchError, RunState, StateFileError
+from dlma_ray.config.tree import ConfigError, load_config
+from dlma_ray.run.state import ConfigMismatchError, RunState, StateFileError
 
 
 def test_a_run_with_nothing_finished_takes_a_changed_config(tmp_path):
@@ -46,7 +46,7 @@ def test_plain_uris_pass():
 
 
 def test_metrics_mean_on_one_process_needs_no_group():
-    from dlma_ray.train import mean_across_workers
+    from dlma_ray.workers.training import mean_across_workers
 
     assert mean_across_workers({"loss": 0.5}, "cpu") == {"loss": 0.5}
 
@@ -56,9 +56,9 @@ def test_one_writer_per_run_directory(tmp_path, caplog):
     import subprocess
     import sys
 
-    from dlma_ray.runlock import LOCK_FILE, RunLocked, run_lock
+    from dlma_ray.run.lock import LOCK_FILE, RunLocked, run_lock
 
-    code = ("import sys; from dlma_ray.runlock import run_lock\n"
+    code = ("import sys; from dlma_ray.run.lock import run_lock\n"
             "with run_lock(sys.argv[1]): pass")
     with run_lock(str(tmp_path)):
         holder = json.loads((tmp_path / LOCK_FILE).read_text())
@@ -83,7 +83,7 @@ def test_a_stage_whose_output_does_not_match_its_record_is_redone(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from dlma_ray.layout import RunLayout
+    from dlma_ray.run.layout import RunLayout
     from dlma_ray.pipeline import output_intact
 
     gen, pairs = tmp_path / "round_0/generations", tmp_path / "round_0/pairs"
@@ -100,7 +100,7 @@ def test_a_stage_whose_output_does_not_match_its_record_is_redone(tmp_path):
 
 
 def test_stage_line_says_rows_in_kept_dropped_by_reason_and_seconds():
-    from dlma_ray.interfaces import StageResult
+    from dlma_ray.config.interfaces import StageResult
     from dlma_ray.pipeline import stage_line
 
     scored = StageResult("/r/round_0/pairs", 60, {"rows_in": 64, "dropped": {"too_long": 3, "nonfinite": 1}})
@@ -131,7 +131,7 @@ def test_a_stale_change_is_refused_with_the_restart_point_it_needs(tmp_path, ove
 
 
 def test_restart_from_forgets_that_stage_and_every_later_one_and_records_why(tmp_path):
-    from dlma_ray.state import parse_stage
+    from dlma_ray.run.state import parse_stage
 
     _two_finished_rounds(tmp_path, load_config(None, []).to_dict())
     changed = load_config(None, ["train.beta=0.5"]).to_dict()
@@ -150,7 +150,7 @@ def test_restart_from_forgets_that_stage_and_every_later_one_and_records_why(tmp
 
 @pytest.mark.parametrize("text", ["round_1", "round_x/train", "1/train", "round_0/sample", ""])
 def test_a_bad_restart_point_names_the_accepted_form(text):
-    from dlma_ray.state import parse_stage
+    from dlma_ray.run.state import parse_stage
 
     with pytest.raises(ValueError, match="round_K/STAGE"):
         parse_stage(text)
@@ -160,7 +160,7 @@ def test_a_bad_restart_point_names_the_accepted_form(text):
 def test_plan_after_a_restart_drops_the_old_training_checkpoints(tmp_path):
     import os
 
-    from dlma_ray.layout import RunLayout
+    from dlma_ray.run.layout import RunLayout
     from dlma_ray.pipeline import plan
 
     cfg = load_config(None, [f"run.dir={tmp_path}", "rounds.count=2"])
