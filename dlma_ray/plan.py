@@ -19,7 +19,7 @@ from dlma_ray.model.sizing import GIB, ModelShape
 ACCELERATOR_GB = {"H100": 80, "H200": 141, "B200": 180, "A100-80G": 80, "A100-40G": 40, "A100": 40, "L40S": 48,
                   "L4": 24, "A10G": 24, "V100": 16}
 RUNTIME_HOST_GIB = {"engine": 3.0, "scorer": 2.0, "train": 3.0}  # Python, torch, CUDA context on the host
-SAVING = "policy saved (rank 0 only)"  # the 16-bit state dict rank 0 writes: once a node, not once a rank
+SAVING = "policy saved (rank 0 only)"  # what rank 0 builds to write the policy: once a node, not once a rank
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,9 @@ def _trainers(plan: Plan, cfg: Config) -> None:
     seqs = t.micro_batch_size * (cfg.self_contrast.num_negatives + 1 if t.method == "self_contrast" else 2)
     act = sizing.train_activation_bytes(sh, seqs, t.max_length, w, t.gradient_checkpointing)
     load = sh.params * w / (n if t.zero_stage == 3 else 1)
-    host = {"load": load, SAVING: 2 * sh.params, "runtime": RUNTIME_HOST_GIB["train"] * GIB}
+    # the 16-bit state dict; with LoRA a float32 merge onto the stored start (model.lora: a bf16 merge drops updates)
+    saving = (4 if t.lora_rank else 2) * sh.params
+    host = {"load": load, SAVING: saving, "runtime": RUNTIME_HOST_GIB["train"] * GIB}
     a = Actors("train", "DeepSpeed rank", n, n, r.cpus_per_train_worker, 1.0 if gpu else 0.0,
                note=f"ZeRO-{t.zero_stage}, {t.precision}, {t.optimizer}, micro-batch {seqs} sequences of "
                     f"{t.max_length} tokens{', gradient checkpointing' if t.gradient_checkpointing else ''}"

@@ -175,3 +175,14 @@ def test_shipped_configs_on_a_ray_cluster_with_logical_gpus(logical_gpu_cluster,
     assert rc == 0, out
     cfg = load_config(str(path))
     assert re.search(rf"train: {cfg.resources.num_train_workers} x DeepSpeed rank", out), out
+
+
+@pytest.mark.parametrize("lora_rank, bytes_per_param", [(0, 2), (16, 4)])
+def test_rank_0_saving_the_policy_by_hand(lora_rank, bytes_per_param):
+    """Rank 0 writes the policy from a 16-bit state dict; with LoRA it merges in float32 onto the stored start."""
+    from dlma_ray.plan import SAVING, Cluster, make_plan
+
+    cfg = load_config(str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), [f"train.lora_rank={lora_rank}"])
+    plan = make_plan(cfg, Cluster(gpus=8, gpu_memory_gb=GB, nodes=1, cpus=64), LLAMA2_7B)
+    train = next(a for a in plan.actors if a.stage == "train")
+    assert train.host[SAVING] == bytes_per_param * LLAMA2_7B.params
