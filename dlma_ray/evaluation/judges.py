@@ -3,6 +3,7 @@
     rlaif_judge            the model judges "A or B?" in text, both orders averaged (position bias cancels)
     reward_model_scores    an HF sequence-classification reward model's score of (dialogue, answer)
     openai_margins         an OpenAI-compatible endpoint's preference between two answers
+    openai_picks           the same endpoint's pick (A / B / tie) in both answer orders, for head-to-head tables
     check_judge            fail fast when the configured answer judge cannot be used
 
 The per-pair measures (accuracy by |R| range, implicit rewards) are dlma_ray.evaluation.measures; the refusal rule
@@ -141,7 +142,10 @@ def reward_model_scores(model, tokenizer, chats, answers: list[str], batch_size:
     """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # HF's classification heads pool the last token that is not the config's pad id, at positions counted from
+    # the first column: only right padding with the tokenizer's own pad id gives each row its unpadded score.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
     texts = []
     for chat, answer in zip(chats, answers):
         full = list(chat) + [{"role": "assistant", "content": answer}]
@@ -188,6 +192,17 @@ def openai_margins(url: str, model: str, key: str, chats, new_answers, base_answ
         second = openai_choice(url, model, key, judge_text(chat, base, new), timeout)  # new answer as B
         margins.append({"A": 1, "B": -1}.get(first, 0) + {"B": 1, "A": -1}.get(second, 0))
     return margins
+
+
+def openai_picks(url: str, model: str, key: str, chats, answers_a, answers_b,
+                 timeout: float = 60.0) -> tuple[list[str], list[str]]:
+    """The endpoint's pick per prompt in both orders: (A's answer shown first, B's answer shown first); a pick
+    is "A" / "B" (the position chosen) or "tie" when the reply names neither (dlma_ray.evaluation.headtohead)."""
+    first, second = [], []
+    for chat, a, b in zip(chats, answers_a, answers_b):
+        first.append({"?": "tie"}.get(c := openai_choice(url, model, key, judge_text(chat, a, b), timeout), c))
+        second.append({"?": "tie"}.get(c := openai_choice(url, model, key, judge_text(chat, b, a), timeout), c))
+    return first, second
 
 
 def api_key(env_name: str) -> str:
