@@ -66,13 +66,16 @@ def sections_help() -> str:
 
 
 def _config_arguments(p: argparse.ArgumentParser, overrides: bool = True) -> None:
-    p.add_argument("--config", help="YAML config file (default: the embedded demo defaults)")
+    p.add_argument("--config", action="append", help="YAML config file (default: the embedded demo defaults); "
+                   "given twice or more, each file's keys go over the earlier ones' (a preset, then an overlay "
+                   "such as jobs/configs/embedded-overlay.yaml)")
     if overrides:
         p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
 
 def _run_dir_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file whose run.dir to use when no RUN_DIR is given")
+    p.add_argument("--config", action="append", help="YAML config file(s) whose run.dir to use when no RUN_DIR "
+                   "is given")
     p.add_argument("target", nargs="*", metavar="RUN_DIR | section.key=value",
                    help="the run directory, or overrides that name it (run.dir=...)")
 
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(parser: argparse.ArgumentParser, path: str | None, overrides: list[str]) -> Config:
+def _load(parser: argparse.ArgumentParser, path: list[str] | str | None, overrides: list[str]) -> Config:
     from dlma_ray import methods  # late: importing it imports torch (setup_environment comes first)
 
     try:
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from dlma_ray.planview import plan_command
 
-            return plan_command(cfg, args, args.config or "the default config")
+            return plan_command(cfg, args, " + ".join(args.config or ["the default config"]))
         commands.setup_logging(cfg)
         if args.command == "run":
             return commands.run_job(cfg, args.restart_from)

@@ -101,7 +101,8 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
                 break
 
 
-def method_configs(config_path: str | None, overrides: list[str], methods: list[str]) -> tuple[Config, dict]:
+def method_configs(config_path: str | list[str] | None, overrides: list[str],
+                   methods: list[str]) -> tuple[Config, dict]:
     """The base config and one per method (`train.method`, `run.dir=<run.dir>/<method>`); ConfigError if any
     is invalid, so that every method's config is checked before any work starts."""
     from dlma_ray.core import storage

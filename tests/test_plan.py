@@ -65,7 +65,7 @@ def test_every_shipped_config_is_planned_and_fits_its_cluster(path):
 
 
 def test_a_7b_full_fine_tune_on_one_gpu_is_refused_naming_the_stage_and_the_number():
-    rc, out = run_plan("--config", str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), "--gpus", "1",
+    rc, out = run_plan("--config", str(REPO / "jobs/configs/dlma-iterative-7b-pku-8gpu.yaml"), "--gpus", "1",
                        "--gpu-memory", "80", "--cpus", "16", "model.path=meta-llama/Llama-2-70b-chat-hf",
                        "resources.num_train_workers=1", "resources.num_engines=1", "resources.num_scorers=1")
     assert rc == 1 and "DOES NOT FIT" in out
@@ -137,13 +137,13 @@ def test_unknown_hub_model_says_what_is_needed(monkeypatch, tmp_path):
 
 
 def test_a_shard_wider_than_a_node_is_refused():
-    rc, out = run_plan("--config", str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), "--gpus", "16", "--nodes",
+    rc, out = run_plan("--config", str(REPO / "jobs/configs/dlma-iterative-7b-pku-8gpu.yaml"), "--gpus", "16", "--nodes",
                        "2", "--gpu-memory", "80", "resources.gpus_per_engine=16", "resources.tensor_parallel_size=16")
     assert rc == 1 and "generate: an engine shards over 16 GPUs (resources.tensor_parallel_size), a node has 8" in out
 
 
 def test_host_memory_and_an_unfilled_kv_cache_are_named():
-    rc, out = run_plan("--config", str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), "--gpus", "8", "--gpu-memory",
+    rc, out = run_plan("--config", str(REPO / "jobs/configs/dlma-iterative-7b-pku-8gpu.yaml"), "--gpus", "8", "--gpu-memory",
                        "80", "--host-memory", "64", "generation.batch_size=64")
     assert rc == 1
     # 8 scorers on the node, each loading the 13.5 GB of bf16 weights on the host first, + 2 GiB of runtime
@@ -182,7 +182,7 @@ def test_rank_0_saving_the_policy_by_hand(lora_rank, bytes_per_param):
     """Rank 0 writes the policy from a 16-bit state dict; with LoRA it merges in float32 onto the stored start."""
     from dlma_ray.plan import SAVING, Cluster, make_plan
 
-    cfg = load_config(str(REPO / "jobs/configs/paper-7b-pku-8gpu.yaml"), [f"train.lora_rank={lora_rank}"])
+    cfg = load_config(str(REPO / "jobs/configs/dlma-iterative-7b-pku-8gpu.yaml"), [f"train.lora_rank={lora_rank}"])
     plan = make_plan(cfg, Cluster(gpus=8, gpu_memory_gb=GB, nodes=1, cpus=64), LLAMA2_7B)
     train = next(a for a in plan.actors if a.stage == "train")
     assert train.host[SAVING] == bytes_per_param * LLAMA2_7B.params

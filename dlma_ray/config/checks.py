@@ -11,6 +11,8 @@ import dataclasses
 import typing
 from typing import Any, Literal
 
+import yaml
+
 from dlma_ray.core.prompts import BUILTIN_PAIRS
 
 
@@ -181,6 +183,11 @@ def cross_field_errors(cfg: Any) -> list[str]:
         errors.append("train.lora_target_modules: empty; name the linear layers that get LoRA adapters")
     if t.lora_rank and t.lora_dropout >= 1.0:
         errors.append(f"train.lora_dropout: {t.lora_dropout} drops every input; expected below 1")
+    d = cfg.data
+    for key in ("data_dir", "revision"):
+        if getattr(d, key) and not d.source.startswith("hf:"):
+            errors.append(f"data.{key}: {getattr(d, key)!r} applies to an `hf:` data.source only (got "
+                          f"{d.source!r}); empty it, or read the dataset as hf:<name or folder>")
     p = cfg.pair
     if bool(p.positive) != bool(p.negative):
         errors.append("pair.positive / pair.negative: give both system messages of your own pair, or neither")
@@ -189,3 +196,35 @@ def cross_field_errors(cfg: Any) -> list[str]:
             errors.append(f"pair.name: {p.name!r} is not a built-in pair; allowed: {', '.join(BUILTIN_PAIRS)}, "
                           "or set pair.positive and pair.negative for a pair of your own")
     return errors
+
+
+# ---------------------------------------------------------------- dotted overrides and differences of config dicts
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings to a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected the form section.key=value, e.g. train.beta=0.2")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "", common_only: bool = False) -> list[str]:
+    """Key paths whose values differ between two config dicts (``common_only``: keys in both)."""
+    keys = sorted(set(a) & set(b) if common_only else set(a) | set(b))
+    out = []
+    for k in keys:
+        path = f"{prefix}.{k}" if prefix else k
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, path, common_only)
+        elif va != vb:
+            out.append(f"{path}: {va!r} -> {vb!r}")
+    return out

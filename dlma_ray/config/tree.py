@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
-from dlma_ray.config.checks import ConfigError, build_dataclass, cross_field_errors
+from dlma_ray.config.checks import (  # noqa: F401 - apply_overrides, config_diff: re-exported
+    ConfigError, apply_overrides, build_dataclass, config_diff, cross_field_errors)
 from dlma_ray.core.prompts import ContrastiveRenderer, PromptPair, pair_from_config
 
 
@@ -39,12 +40,19 @@ class DataConfig:
                      "prompts (dpo: preference pairs, hh-rlhf or TRL's format): `builtin:demo`, a local "
                      ".jsonl/.json/.parquet file (.gz ok), a `save_to_disk` folder, or `hf:<dataset name or folder>`")
     split: str = _f("train", "split to read when `source` is an HF dataset")
+    data_dir: str = _f("", "folder inside an `hf:` dataset repo to read, e.g. `harmless-base` of Anthropic/hh-rlhf "
+                       "(load_dataset's data_dir); empty = the whole dataset")
+    revision: str = _f("", "commit, tag or branch of an `hf:` hub dataset to read: pins the rows a run sees; "
+                       "empty = the default branch")
     prompt_field: str = _f("prompt",
                            "column holding each prompt: plain text, an hh-rlhf dialogue, or a list of chat messages")
     max_prompts: int = _f(64, "keep at most this many prompts after filtering (seeded sample); 0 = all", min=0)
     max_prompt_tokens: int = _f(256, "drop (and count) prompts whose longest rendering (plain, positive or negative "
                                 "context) exceeds this many tokens", min=1)
-    dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one")
+    max_prompt_words: int = _f(0, "drop (and count) prompts of more than this many whitespace-separated words, all "
+                               "turns together (released DLMA: 600 on hh-rlhf); 0 = no word limit", min=0)
+    dedup: bool = _f(True, "drop prompts whose message list repeats an earlier one (off: each repeat gets its own "
+                     "pair, sampled with its own seeds, as the released DLMA code did)")
     heldout_fraction: float = _f(0.05, "fraction of each round's pairs held out of training for evaluation",
                                  min=0.0, max=0.5)
 
@@ -253,47 +261,21 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` strings to a nested dict; values are parsed as YAML scalars."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected the form section.key=value, e.g. train.beta=0.2")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return data
-
-
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+def load_config(path: str | list[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply dotted overrides. A list of paths is
+    read in order, each file's keys over the earlier ones' (a preset, then e.g. jobs/configs/embedded-overlay.yaml)."""
     data: dict[str, Any] = {}
-    if path:
+    for one in [path] if isinstance(path, str) else path or []:
         try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
+            with open(one, encoding="utf-8") as fh:
+                layer = yaml.safe_load(fh) or {}
         except OSError as exc:
-            raise ConfigError(f"config file {path!r} cannot be read: {exc.strerror}") from None
+            raise ConfigError(f"config file {one!r} cannot be read: {exc.strerror}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path!r}: expected a mapping of sections at the top")
+            raise ConfigError(f"config file {one!r} is not valid YAML: {exc}") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"config file {one!r}: expected a mapping of sections at the top")
+        for section, keys in layer.items():  # a section of a later file updates, not replaces, the earlier one's
+            both = isinstance(keys, dict) and isinstance(data.get(section), dict)
+            data[section] = {**data[section], **keys} if both else keys
     return config_from_dict(apply_overrides(data, list(overrides or [])))
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "", common_only: bool = False) -> list[str]:
-    """Key paths whose values differ between two config dicts (``common_only``: keys in both)."""
-    keys = sorted(set(a) & set(b) if common_only else set(a) | set(b))
-    out = []
-    for k in keys:
-        path = f"{prefix}.{k}" if prefix else k
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, path, common_only)
-        elif va != vb:
-            out.append(f"{path}: {va!r} -> {vb!r}")
-    return out

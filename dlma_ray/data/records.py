@@ -6,8 +6,8 @@ Sources (``data.source``):
   path.jsonl, path.jsonl.gz          one JSON object a line
   path.json, path.json.gz            a top-level list of objects, or of plain strings (each one a prompt)
   path.parquet                       read with pyarrow
-  hf:<name or folder>                a folder written by ``save_to_disk`` (``data.split`` picks from a
-                                     DatasetDict), else ``datasets.load_dataset(name, split=data.split)``
+  hf:<name or folder>                a ``save_to_disk`` folder (``data.split`` picks from a DatasetDict), else
+                                     ``load_dataset(name, split, data_dir=data.data_dir, revision=data.revision)``
 
 The prompt column (``data.prompt_field``) holds one of:
   plain text                         "How do I bake bread?" -> one user message
@@ -18,7 +18,6 @@ A dialogue that ends with an assistant turn loses that turn, which becomes the r
 
 Bad rows are skipped and counted by reason in a ``LoadReport``, never raised; an unreadable source
 (missing file, unknown format, broken JSON document) is a config error and raises with its name.
-
 Preference pairs (``load_preference_pairs``) are rows of two hh dialogues ``{"chosen", "rejected"}`` that
 share every turn but the last assistant turn, rows of explicit ``{"prompt", "chosen", "rejected"}``, or
 TRL's conversational rows (dlma_ray.data.formats), such as a round exported by dlma_ray.views.export.
@@ -257,8 +256,7 @@ def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T]
         if key is not None and key(item) in seen:
             report.duplicates += 1
             continue
-        if key is not None:
-            seen.add(key(item))
+        seen.add(key(item) if key is not None else None)
         if fits is not None and not fits(item):
             report.too_long += 1
             continue
@@ -271,13 +269,15 @@ def _collect(rows: Iterator[Any], convert: Callable[[Any], T], key: Callable[[T]
 
 def load_prompts(cfg: DataConfig, seed: int, count_tokens: Callable[[Chat], int] | None = None,
                  require_target: bool = False) -> tuple[list[PromptRecord], LoadReport]:
-    """Read, validate, de-duplicate, length-filter and sample the prompts of ``cfg.source``.
-
+    """Read, validate, de-duplicate, length-filter (words, then tokens) and sample the prompts of ``cfg.source``.
     ``require_target`` (Self-Contrast) skips prompts without an SFT target, counted as "no target", before
-    the ``max_prompts`` sample, so the sample holds only usable prompts.
-    """
+    the ``max_prompts`` sample, so the sample holds only usable prompts."""
     report = LoadReport(source=cfg.source)
-    fits = None if count_tokens is None else (lambda r: count_tokens(r.as_chat()) <= cfg.max_prompt_tokens)
+
+    def fits(r: PromptRecord) -> bool:  # words first (cheap; the released hh-rlhf filter), then tokens
+        if cfg.max_prompt_words and sum(len(m.content.split()) for m in r.messages) > cfg.max_prompt_words:
+            return False
+        return count_tokens is None or count_tokens(r.as_chat()) <= cfg.max_prompt_tokens
 
     def convert(row: Any) -> PromptRecord:
         record = record_from_row(row, cfg.prompt_field)
@@ -285,7 +285,7 @@ def load_prompts(cfg: DataConfig, seed: int, count_tokens: Callable[[Chat], int]
             raise RowError("no target", "the prompt has no final assistant turn nor a target/response column")
         return record
 
-    records = _collect(read_rows(cfg.source, cfg.split, cfg.prompt_field), convert,
+    records = _collect(read_rows(cfg.source, cfg.split, cfg.prompt_field, cfg.data_dir, cfg.revision), convert,
                        (lambda r: r.prompt_id) if cfg.dedup else None, fits, cfg.max_prompts, seed, report)
     return records, report
 

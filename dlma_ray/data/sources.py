@@ -65,12 +65,15 @@ def _read_document(path: Path, source: str, prompt_field: str) -> Iterator[Any]:
     return iter({prompt_field: item} if isinstance(item, str) else item for item in data)
 
 
-def _read_hf(name: str, split: str, source: str) -> Iterator[Any]:
+def _read_hf(name: str, split: str, source: str, data_dir: str = "", revision: str = "") -> Iterator[Any]:
     import datasets  # heavy: only when an hf: source is asked for
 
     folder = Path(name).expanduser()
+    saved = folder.is_dir() and any((folder / f).exists() for f in ("dataset_dict.json", "dataset_info.json"))
     try:
-        ds = datasets.load_from_disk(str(folder)) if folder.is_dir() else datasets.load_dataset(name, split=split)
+        # A folder of data files (e.g. a local copy of Anthropic/hh-rlhf with data_dir) goes to load_dataset too.
+        ds = datasets.load_from_disk(str(folder)) if saved or folder.is_dir() and not data_dir else \
+            datasets.load_dataset(name, split=split, data_dir=data_dir or None, revision=revision or None)
     except Exception as exc:  # datasets raises many types; all mean the same config error here
         raise ValueError(f"data source {source!r} cannot be loaded: {exc}") from exc
     if isinstance(ds, datasets.DatasetDict):
@@ -80,8 +83,10 @@ def _read_hf(name: str, split: str, source: str) -> Iterator[Any]:
     return iter(ds)
 
 
-def read_rows(source: str, split: str = "train", prompt_field: str = "prompt") -> Iterator[Any]:
-    """Raw rows of a source; rows that cannot be decoded come as RowError instances to be counted."""
+def read_rows(source: str, split: str = "train", prompt_field: str = "prompt", data_dir: str = "",
+              revision: str = "") -> Iterator[Any]:
+    """Raw rows of a source; rows that cannot be decoded come as RowError instances to be counted. ``data_dir``
+    and ``revision`` (a folder of, and a pinned commit of, an `hf:` dataset) apply to `hf:` sources only."""
     if source.startswith("builtin:"):
         if source not in BUILTIN_SOURCES:
             raise ValueError(f"data source {source!r} is not a built-in; built-ins: {', '.join(BUILTIN_SOURCES)}")
@@ -89,7 +94,7 @@ def read_rows(source: str, split: str = "train", prompt_field: str = "prompt") -
     if source.startswith("hf:"):
         if not source[3:]:
             raise ValueError(f"data source {source!r}: give a dataset name or folder after 'hf:'")
-        return _read_hf(source[3:], split, source)
+        return _read_hf(source[3:], split, source, data_dir, revision)
     path = Path(source).expanduser()
     if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "dataset_info.json")):
         return _read_hf(str(path), split, source)  # a folder written by save_to_disk

@@ -86,9 +86,22 @@ def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]
         raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}"
                          + ("; self_contrast needs prompts with targets (an hh dialogue ending with an assistant "
                             "turn, or a target/response column)" if require_target else ""))
-    return [{"prompt_id": r.prompt_id, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
+    return [{"prompt_id": pid, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
              "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
-             "round": k, **({"target": r.target} if require_target else {})} for r in records]
+             "round": k, **({"target": r.target} if require_target else {})}
+            for r, pid in zip(records, numbered_repeats([r.prompt_id for r in records]))]
+
+
+def numbered_repeats(ids: list[str]) -> list[str]:
+    """Row ids for prompt ids that may repeat (data.dedup off): the n-th repeat of an id is `<id>~n`, so each
+    row samples with seeds of its own and gets its own pair (the released DLMA code sampled every row); the
+    split stays that of the prompt, so no text is both trained on and held out."""
+    seen: dict[str, int] = {}
+    out = []
+    for pid in ids:
+        n = seen[pid] = seen.get(pid, -1) + 1
+        out.append(f"{pid}~{n}" if n else pid)
+    return out
 
 
 def without_control_tokens(records: list, tokenizer, source: str) -> list:
@@ -193,7 +206,8 @@ def engine_pool(r: Round, engine: type, batch_size: int | None = None, **extra) 
                   trust_remote_code=cfg.model.trust_remote_code, torch_threads=res.threads_for(res.cpus_per_engine),
                   **({"engine_hosts": kept.hosts} if kept else {}), **extra)
     if kept:
-        log.info("round %d: generate on the %d vLLM engine(s) kept from the evaluation", r.k, len(kept.hosts))
+        log.info("round %d: generate on the %d vLLM engine(s) kept %s", r.k, len(kept.hosts),
+                 "for pi_0's evaluation answers" if r.k == 0 else "from the evaluation")
         return ActorPool("engines", engine, kwargs, len(kept.hosts), res.cpus_per_engine, 0.0,
                          batch_size or cfg.generation.batch_size, res.max_actor_restarts)
     return ActorPool("engines", engine, kwargs, res.num_engines, res.cpus_per_engine, res.gpus_per_engine,

@@ -228,7 +228,7 @@ def test_entrypoint_config_fits_the_cluster():
 
 
 def test_multinode_config_needs_four_worker_replicas():
-    cfg = load_config(str(REPO / "jobs" / "configs" / "paper-7b-pku-multinode.yaml"))
+    cfg = load_config(str(REPO / "jobs" / "configs" / "dlma-iterative-7b-pku-multinode.yaml"))
     cspec = rayjob_copy()["spec"]["rayClusterSpec"]
     assert _unfit_stages(cfg, cspec), "32 GPUs of work should not fit one 8-GPU worker"
     for field in ("replicas", "minReplicas", "maxReplicas"):
@@ -247,7 +247,7 @@ def test_job_config_validates(path):
 
 
 def test_paper_configs_hold_the_paper_settings():
-    for name, workers in (("paper-7b-pku-8gpu.yaml", 8), ("paper-7b-pku-multinode.yaml", 32)):
+    for name, workers in (("dlma-iterative-7b-pku-8gpu.yaml", 8), ("dlma-iterative-7b-pku-multinode.yaml", 32)):
         cfg = load_config(str(REPO / "jobs" / "configs" / name))
         t, g = cfg.train, cfg.generation
         assert (t.method, t.beta, t.gamma, t.clip_low, t.clip_high) == ("dlma", 0.1, 0.2, -40.0, 40.0)

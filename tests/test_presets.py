@@ -1,0 +1,110 @@
+"""The presets of jobs/configs (the papers as their authors ran them, and ours) load, and load with the
+embedded-model overlay; the data fields they need (an hf: dataset's folder and revision, a word limit, no
+de-duplication) do what their docs say. The presets' end-to-end runs ride existing tests: tests/test_methods.py
+(rlcd, context distillation, self-contrast) and tests/test_lora_round.py (the three DLMA presets)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlma_ray import methods
+from dlma_ray.config.tree import ConfigError, DataConfig, load_config
+from dlma_ray.data.records import load_prompts
+from dlma_ray.stages.common import numbered_repeats
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
+OVERLAY = str(REPO / "jobs" / "configs" / "embedded-overlay.yaml")
+PAPERS = [p for p in CONFIGS if "-paper-" in p.name]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_loads_alone_and_with_the_embedded_overlay(path):
+    for files in ([str(path)], [str(path), OVERLAY]):
+        cfg = load_config(files)
+        methods.check(cfg)
+    # The overlay keeps what makes the preset that preset, and makes the rest local and small.
+    alone = load_config(str(path))
+    assert (cfg.train.method, cfg.pair.name, cfg.pair.style, cfg.train.beta, cfg.train.gamma, cfg.data.dedup) == (
+        alone.train.method, alone.pair.name, alone.pair.style, alone.train.beta, alone.train.gamma, alone.data.dedup)
+    assert cfg.model.path.startswith("builtin:") and cfg.data.source == "builtin:demo" and not cfg.data.revision
+    assert cfg.resources.gpus_per_engine == 0 and not cfg.resources.use_gpu_for_training
+    assert cfg.train.precision == "fp32" and cfg.generation.dtype == "float32"
+
+
+@pytest.mark.parametrize("path", PAPERS, ids=[p.name for p in PAPERS])
+def test_paper_presets_pin_their_data_and_say_what_they_match(path):
+    cfg = load_config(str(path))
+    text = path.read_text()
+    assert "MATCHES" in text and "DEPARTS" in text or "NOT VERIFIED" in text
+    assert cfg.rounds.count == 1 and cfg.train.beta == 0.1 and cfg.model.path != "meta-llama/Llama-2-7b-chat-hf"
+    if path.name.startswith(("dlma-", "rlcd-", "context-")):
+        assert cfg.data.revision and cfg.model.revision and cfg.pair.style == "raw" and not cfg.data.dedup
+        assert (cfg.train.clip_low, cfg.train.clip_high, cfg.train.lr, cfg.train.warmup_steps) == (-40, 40, 5e-7, 150)
+        assert (cfg.train.optimizer, cfg.train.global_batch_size, cfg.train.max_length) == ("rmsprop", 64, 512)
+        assert (cfg.generation.top_k, cfg.generation.max_new_tokens, cfg.data.heldout_fraction) == (50, 200, 0.05)
+    if "hh-" in path.name and path.name.startswith("dlma-"):
+        kind = "helpful" if "helpful" in path.name else "harmless"
+        # The release scored helpful data with the harmless pair: here the data's own pair scores it.
+        assert cfg.data.data_dir == f"{kind}-base" and cfg.pair.name == kind and cfg.data.max_prompt_words == 600
+    if path.name.startswith("self-contrast-"):
+        sc = cfg.self_contrast
+        assert (sc.num_samples, sc.keep_fraction, sc.embedding_model) == (32, 0.75, "WhereIsAI/UAE-Large-V1")
+        assert (cfg.generation.top_k, cfg.generation.seed, cfg.train.global_batch_size) == (-1, 42, 128)
+        assert (cfg.train.optimizer, cfg.train.lr_schedule, cfg.train.lr) == ("adamw", "cosine", 5e-7)
+
+
+def test_later_config_files_go_over_earlier_ones_key_by_key(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(yaml.safe_dump({"train": {"beta": 0.3, "gamma": 0.5}, "data": {"max_prompts": 7}}))
+    b.write_text(yaml.safe_dump({"train": {"beta": 0.2}}))
+    cfg = load_config([str(a), str(b)], ["data.max_prompts=9"])
+    assert (cfg.train.beta, cfg.train.gamma, cfg.data.max_prompts) == (0.2, 0.5, 9)
+    assert load_config(str(a)).train.beta == 0.3  # one path as before
+
+
+def test_dataset_folder_and_revision_only_with_an_hf_source():
+    assert (DataConfig().data_dir, DataConfig().revision, DataConfig().max_prompt_words) == ("", "", 0)
+    for key in ("data_dir", "revision"):
+        with pytest.raises(ConfigError, match=f"data.{key}: 'x' applies to an `hf:` data.source only"):
+            load_config(None, [f"data.{key}=x"])
+    with pytest.raises(ConfigError, match="data.max_prompt_words: -1 is out of range"):
+        load_config(None, ["data.max_prompt_words=-1"])
+    assert load_config(None, ["data.source=hf:Anthropic/hh-rlhf", "data.data_dir=harmless-base"]).data.data_dir
+
+
+def _hh_repo(root: Path) -> Path:
+    """A local folder laid out as Anthropic/hh-rlhf: one gzipped jsonl per subset folder."""
+    for sub, words in (("harmless-base", ["stop"] * 3), ("helpful-base", ["help"] * 2)):
+        (root / sub).mkdir(parents=True)
+        rows = [{"chosen": f"\n\nHuman: {w} {i} " + "word " * (i * 5) + f"\n\nAssistant: ok {i}",
+                 "rejected": f"\n\nHuman: {w} {i} " + "word " * (i * 5) + "\n\nAssistant: no"}
+                for i, w in enumerate(words)]
+        with gzip.open(root / sub / "train.jsonl.gz", "wt") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return root
+
+
+def test_an_hf_folder_reads_only_its_data_dir_and_words_are_limited(tmp_path):
+    repo = _hh_repo(tmp_path / "hh")
+    cfg = DataConfig(source=f"hf:{repo}", data_dir="harmless-base", prompt_field="chosen", max_prompts=0)
+    records, report = load_prompts(cfg, 0)
+    assert [r.prompt.split()[0] for r in records] == ["stop"] * 3 and records[0].target == "ok 0"
+    # Words of every turn together: "stop i" + 5i words -> 2, 7, 12 words; a limit of 7 keeps two, counted.
+    records, report = load_prompts(DataConfig(**{**vars(cfg), "max_prompt_words": 7}), 0)
+    assert len(records) == 2 and report.too_long == 1
+
+
+def test_without_dedup_each_repeat_is_a_row_of_its_own(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("a", "b", "a", "a")))
+    records, report = load_prompts(DataConfig(source=str(src), dedup=False, max_prompts=0), 0)
+    ids = [r.prompt_id for r in records]
+    assert len(records) == 4 and report.duplicates == 0
+    rows = numbered_repeats(ids)
+    assert rows == [ids[0], ids[1], f"{ids[0]}~1", f"{ids[0]}~2"] and len(set(rows)) == 4
