@@ -43,10 +43,10 @@ KNOWN_SHAPES = {
 KNOWN_SHAPES["meta-llama/llama-2-7b-hf"] = KNOWN_SHAPES["meta-llama/llama-2-7b-chat-hf"]
 KNOWN_SHAPES["meta-llama/llama-2-70b-hf"] = KNOWN_SHAPES["meta-llama/llama-2-70b-chat-hf"]
 # The papers' policies (jobs/configs/*-paper-*.yaml): safe-rlhf's SFT of Llama-2-7B adds a <pad> token (id 32000);
-# HuggingFaceH4's SFT of Mistral-7B-v0.1 keeps Mistral's shape.
+# alignment-handbook's SFT of Mistral-7B-v0.1 (Self-Contrast's UltraChat policy) keeps Mistral's shape.
 KNOWN_SHAPES["pku-alignment/alpaca-7b-reproduced-llama-2"] = {**KNOWN_SHAPES["meta-llama/llama-2-7b-chat-hf"],
                                                              "vocab_size": 32001}
-KNOWN_SHAPES["huggingfaceh4/mistral-7b-sft-beta"] = KNOWN_SHAPES["mistralai/mistral-7b-instruct-v0.2"]
+KNOWN_SHAPES["alignment-handbook/zephyr-7b-sft-full"] = KNOWN_SHAPES["mistralai/mistral-7b-instruct-v0.2"]
 
 
 @dataclass(frozen=True)
