@@ -1,9 +1,10 @@
-"""The `dlma-ray` command: run, eval, compare, report, config, export, card, plan.
+"""The `dlma-ray` command: run, eval, compare, judge, report, config, export, card, plan.
 
     dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py);
                  [--restart-from round_K/STAGE]                 redo the run from a stage on with a changed config
     dlma-ray eval [--config FILE] [--policy DIR] [--round K]    evaluate a policy (= jobs/evaluate.py)
     dlma-ray compare [--config FILE] [--methods a,b]            methods side by side (= jobs/compare.py)
+    dlma-ray judge A B [--judge J] [--judge-model M]            A's answers against B's: win / tie / lose
     dlma-ray report [RUN_DIR]                                   re-render <run>/report.md
     dlma-ray config [--config FILE] [overrides] [--reference]   the resolved config as YAML / the field reference
     dlma-ray export [RUN_DIR] --round K --out DIR               a round's pairs in TRL's preference format
@@ -112,6 +113,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, of {', '.join(methods.names())} (default: {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--judge", choices=("openai", "reward_model", "cost_model", "distillation"),
+                   help="head-to-head judge of every pair of methods (default: eval.judge; self_reward = distillation)")
+    p = sub.add_parser("judge", help="policy A's answers against policy B's: win / tie / lose, both orders",
+                       description="Judge A's answers against B's on the same held-out prompts, each prompt in both "
+                                   "answer orders (a split verdict is a tie): win / tie / lose with 95%% intervals, "
+                                   "and the judge's agreement with eval.preference_pairs' human labels. A and B: run "
+                                   "dirs (their stored evaluation answers are reused when both answered the same "
+                                   "prompts with the same sampling and seed), policy folders, or answer files such "
+                                   "as <run>/baseline_answers.jsonl (pi_0).")
+    p.add_argument("a", metavar="A")
+    p.add_argument("b", metavar="B")
+    _config_arguments(p)
+    p.add_argument("--judge", default="distillation", choices=("openai", "reward_model", "cost_model", "distillation"),
+                   help="openai: an OpenAI-compatible endpoint (--judge-url, key from eval.judge_api_key_env); "
+                        "reward_model / cost_model: a folder (safe-rlhf score model or sequence classifier; a cost "
+                        "model prefers the lower score); distillation: C under pi_0 (default)")
+    p.add_argument("--judge-model", default="", help="the endpoint's model name, or the reward/cost model's folder "
+                                                     "(default: eval.judge_model)")
+    p.add_argument("--judge-url", default="", help="the endpoint's base URL, e.g. http://localhost:8000/v1 "
+                                                   "(default: eval.judge_url)")
+    p.add_argument("--out", help="folder of the result JSON (default: <A>/headtohead for a run dir, else "
+                                 "<run.dir>/headtohead)")
     p = sub.add_parser("report", help="write <run>/report.md and its figures from what the run has",
                        description="Re-render a run's report (report.md, report/*.png).")
     _run_dir_arguments(p)
@@ -198,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             sub.exit(2, f"error: {exc}\n")
         commands.setup_logging(base_cfg)
-        return commands.compare_job(base_cfg, configs)
+        return commands.compare_job(base_cfg, configs, args.judge)
+    if args.command == "judge":
+        extra = [f"eval.judge_url={args.judge_url}"] if args.judge_url else []
+        cfg = _load(sub, args.config, [*args.overrides, *extra])
+        commands.setup_logging(cfg)
+        return commands.judge_job(cfg, args.a, args.b, args.judge, args.judge_model, args.out)
     run_dir = _run_dir(sub, args)
     if args.command == "report":
         from dlma_ray.views.report import write_report

@@ -3,6 +3,7 @@
     run_job(cfg)                                   jobs/iterate.py: every round, resumable
     evaluate_job(cfg, policy, round_k, out)        jobs/evaluate.py: a round's policy, or any policy folder
     method_configs, compare_job                    jobs/compare.py: several methods from the same start
+    judge_job                                      `dlma-ray judge A B`: head to head
 
 Argument parsing lives in dlma_ray.cli; these take parsed values and return the exit status.
 """
@@ -115,9 +116,29 @@ def method_configs(config_path: str | list[str] | None, overrides: list[str],
     return base_cfg, configs
 
 
-def compare_job(base_cfg: Config, configs: dict[str, Config]) -> int:
-    """Run each method's config in turn (a failure is reported and the others still run), then the comparison
-    table; 1 if a method failed."""
+def judge_job(cfg: Config, a: str, b: str, judge: str, judge_model: str = "", out: str | None = None) -> int:
+    """`dlma-ray judge A B`: the head-to-head result JSON (dlma_ray.stages.judging) and its table on stdout."""
+    from dlma_ray.core import storage
+    from dlma_ray.evaluation.headtohead import TABLE_HEADER, table_rows
+    from dlma_ray.run.layout import RunLayout
+    from dlma_ray.stages.judging import head_to_head
+    from dlma_ray.views.runview import md_table
+
+    run_a = RunLayout(storage.absolute(a.rstrip("/")))
+    out = out or storage.join(run_a.root if storage.exists(run_a.state) else storage.absolute(cfg.run.dir),
+                              "headtohead")
+    try:
+        doc = head_to_head(cfg, a, b, judge, judge_model, out)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
+    print("\n".join(md_table(TABLE_HEADER, table_rows([doc]))))
+    print(f"answers {doc['answers_detail']}\nwrote {doc['path']}")
+    return 0
+
+
+def compare_job(base_cfg: Config, configs: dict[str, Config], judge: str | None = None) -> int:
+    """Run each method's config in turn (a failure is reported and the others still run), then every pair of
+    methods head to head (``judge``; default from eval.judge) and the comparison table; 1 if a method failed."""
     from dlma_ray.core import storage
     from dlma_ray.views.compare import write_comparison
     from dlma_ray.pipeline import run
@@ -134,5 +155,8 @@ def compare_job(base_cfg: Config, configs: dict[str, Config]) -> int:
         except Exception as exc:  # one method's failure must not cost the others their run
             log.exception("method %s failed; continuing with the others", m)
             failures[m] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    from dlma_ray.stages.judging import judge_every_pair
+
+    judge_every_pair(base_cfg, str(base), done, judge)
     print(write_comparison(str(base), list(configs), failures))
     return 1 if failures else 0

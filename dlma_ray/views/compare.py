@@ -62,6 +62,39 @@ def initial_column(runs: dict[str, dict]) -> dict | None:
     return next((r["eval"]["measures"] for r in runs.values() if r["eval"] and r["eval"].get("measures")), None)
 
 
+def headtohead_results(folder: str, names: set[str] | None = None) -> list[dict]:
+    """The head-to-head results (dlma_ray.stages.judging) in ``folder``, those naming one of ``names`` if given."""
+    import glob
+    import json
+
+    if storage.is_uri(folder):
+        return []  # written by `dlma-ray judge` / compare to a local folder only
+    docs = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "result" in doc and (names is None or {doc.get("a"), doc.get("b")} & names):
+            docs.append(doc)
+    return docs
+
+
+def headtohead_section(results: list[dict]) -> list[str]:
+    """Markdown: win / tie / lose of A against B per pair and judge, with 95% intervals; [] when none."""
+    from dlma_ray.evaluation.headtohead import TABLE_HEADER, table_rows
+
+    if not results:
+        return []
+    return ["## Head to head", "", "Each prompt judged in both answer orders: A wins when the judge prefers A's "
+            "answer in both, B wins when it prefers B's in both, anything else (a split verdict, an equal score) is "
+            "a tie. Rates with their 95% Wilson interval; the last column is the same judge's accuracy on the "
+            "human-labelled pairs (eval.preference_pairs). `answers`: reused from the runs' evaluations, or "
+            "generated for the comparison. Written by `dlma-ray judge` / `dlma-ray compare`.", "",
+            *md_table(TABLE_HEADER, table_rows(results)), ""]
+
+
 def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
     from dlma_ray.evaluation.measures import MEASURES, format_summary, is_rate
 
@@ -94,6 +127,7 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
         md += ["## Notes", ""] + notes + [""]
     if any(runs[m]["eval"] for m in methods):
         md += ["![comparison](comparison.png)", ""]
+    md += headtohead_section(headtohead_results(os.path.join(base_dir, "headtohead")))
     return "\n".join(md) + "\n"
 
 

@@ -168,8 +168,20 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
     figure("Evaluation across rounds", FIGURES[3], [
         "Every number: value [95% interval] (n). Rates: Wilson intervals; means: bootstrap. What each measure "
         "shows and cannot show: docs/EVALUATION.md.", ""] + eval_table(evals))
+    md += headtohead_md(run_dir)
     md += ["## Example answers", ""] + _examples(run)
     return "\n".join(md) + "\n"
+
+
+def headtohead_md(run_dir: str) -> list[str]:
+    """Head-to-head results of this run: its own headtohead/ folder (`dlma-ray judge`), and those naming it in
+    a comparison's <base>/headtohead/ (`dlma-ray compare`, the run being <base>/<method>)."""
+    from dlma_ray.views.compare import headtohead_results, headtohead_section
+
+    own = headtohead_results(os.path.join(run_dir, "headtohead"))
+    shared = headtohead_results(os.path.join(os.path.dirname(run_dir.rstrip("/")), "headtohead"),
+                                {os.path.basename(run_dir.rstrip("/"))})
+    return headtohead_section(own + shared)
 
 
 def write_report(run_dir: str) -> str:

@@ -1,0 +1,215 @@
+"""Head to head: policy A's answers against policy B's on the same held-out prompts -> <out>/<a>_vs_<b>.<judge>.json.
+
+    read_side         a run dir (its last evaluated round's answers.jsonl and policy), an answers .jsonl
+                      file (e.g. <run>/baseline_answers.jsonl: pi_0's), or a policy folder / model name
+    matched_answers   the two stored answer sets when they answered the same prompts with the same
+                      sampling settings and seed (reused), else None
+    head_to_head      answers (reused or generated), the judge in both orders, win / tie / lose with
+                      intervals, and the judge's agreement with the human labels of eval.preference_pairs
+
+Judges (`judge`): "openai" (an OpenAI-compatible endpoint, asked here in the driver: no model loads),
+"reward_model" / "cost_model" (a folder: safe-rlhf score model or HF classification head; a cost model
+prefers the LOWER score) and "distillation" (C under pi_0 with the run's prompt pair, as the evaluation's
+own judge). Model work runs in Ray tasks with max_calls=1, like the evaluate stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+from dlma_ray.config.tree import Config
+from dlma_ray.core import storage
+from dlma_ray.evaluation import headtohead as h2h
+from dlma_ray.run.layout import RunLayout
+
+log = logging.getLogger("dlma_ray.stages.judging")
+JUDGES = ("openai", "reward_model", "cost_model", "distillation")
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
+
+
+def _rows(path: str) -> list[dict]:
+    return [json.loads(x) for x in storage.read_text(path).splitlines() if x.strip()]
+
+
+def read_side(ref: str) -> dict:
+    """{name, policy, answers, source} for one side; ``answers`` None when nothing is stored to reuse."""
+    ref = ref.rstrip("/")
+    if ref.endswith(".jsonl"):  # an answer file alone: pi_0's baseline_answers.jsonl is the common case
+        rows = _rows(ref)
+        name = "pi_0" if Path(ref).name == "baseline_answers.jsonl" else Path(ref).stem
+        return {"name": name, "policy": rows[0].get("model") if rows else None, "answers": rows, "source": ref}
+    run = RunLayout(storage.absolute(ref))
+    if storage.exists(run.state):
+        for k in sorted(run.rounds(), reverse=True):
+            paths = run.round(k)
+            if storage.exists(paths.answers):
+                return {"name": Path(ref).name, "policy": paths.policy, "answers": _rows(paths.answers),
+                        "source": paths.answers}
+        policy = run.round(run.latest_policy()).policy if run.latest_policy() is not None else None
+        return {"name": Path(ref).name, "policy": policy, "answers": None, "source": None}
+    return {"name": Path(ref).name.replace(":", "_"), "policy": ref, "answers": None, "source": None}
+
+
+def matched_answers(a: list[dict] | None, b: list[dict] | None) -> tuple[list[dict], list[dict]] | None:
+    """Both sets by prompt id when they hold the same prompts, sampled with the same settings and seed."""
+    if not a or not b:
+        return None
+    by_a, by_b = {r["prompt_id"]: r for r in a}, {r["prompt_id"]: r for r in b}
+    if set(by_a) != set(by_b):
+        return None
+    settings = {tuple(r.get(k) for k in SAMPLING_KEYS) for r in a + b}
+    if len(settings) != 1:
+        return None
+    ids = sorted(by_a)
+    return [by_a[i] for i in ids], [by_b[i] for i in ids]
+
+
+def _remote(fn, cfg: Config, engine: bool = False):
+    import ray
+
+    from dlma_ray.workers import engines
+
+    r = cfg.resources
+    if engine:
+        return ray.remote(num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine, max_calls=1,
+                          runtime_env=engines.ENGINE_RUNTIME_ENV,
+                          **({"resources": r.engine_resources} if r.engine_resources else {}))(fn)
+    return ray.remote(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, max_calls=1,
+                      **({"resources": r.scorer_resources} if r.scorer_resources else {}))(fn)
+
+
+def generate_both(cfg: Config, policies: tuple[str, str]) -> tuple[list[dict], list[dict]]:
+    """Both policies answer the config's held-out prompts with the evaluation's seeds (eval_tasks)."""
+    import ray
+
+    from dlma_ray.model.loading import load_tokenizer
+    from dlma_ray.stages.common import init_ray, initial_model, model_for_actor
+    from dlma_ray.stages.evaluate import load_eval_prompts
+    from dlma_ray.workers import eval_tasks
+
+    prompts = load_eval_prompts(cfg, load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code))
+    init_ray(cfg)
+    gen = _remote(eval_tasks.generate_answers, cfg, engine=True)
+    a, b = ray.get([gen.remote(model_for_actor(p), prompts, cfg) for p in policies])
+    return a, b
+
+
+def score_sets(cfg: Config, judge: str, judge_model: str, sets: list[list[dict]]) -> list[list[float]]:
+    import ray
+
+    from dlma_ray.stages.common import init_ray, initial_model
+    from dlma_ray.workers.judge_tasks import answer_set_scores
+
+    ref = initial_model(cfg) if judge == "distillation" else judge_model
+    init_ray(cfg)
+    return ray.get(_remote(answer_set_scores, cfg).remote(cfg, judge, ref, sets))
+
+
+def human_rows(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """eval.preference_pairs as two answer sets: the human-chosen answers (A) and the rejected ones (B)."""
+    from dlma_ray.model.loading import load_tokenizer
+    from dlma_ray.stages.common import initial_model
+    from dlma_ray.stages.evaluate import load_eval_pairs
+
+    if cfg.eval.max_pairs < 0 or not cfg.eval.preference_pairs:
+        return [], []
+    pairs, _ = load_eval_pairs(cfg, load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code))
+    side = lambda key: [{"prompt_id": p["prompt_id"], "messages": p["messages"], "answer": p[key], "finished": True}
+                        for p in pairs]
+    return side("chosen"), side("rejected")
+
+
+def verdicts(cfg: Config, judge: str, judge_model: str, a: list[dict], b: list[dict],
+             human: tuple[list[dict], list[dict]]) -> tuple[list[dict], list[dict]]:
+    """(A vs B verdicts, chosen vs rejected verdicts) under one judge."""
+    ids, hids = [r["prompt_id"] for r in a], [r["prompt_id"] for r in human[0]]
+    if judge == "openai":
+        from dlma_ray.evaluation.judges import api_key, openai_picks
+
+        key = api_key(cfg.eval.judge_api_key_env)
+        out = []
+        for x, y, pid in ((a, b, ids), (human[0], human[1], hids)):
+            first, second = openai_picks(cfg.eval.judge_url, judge_model, key, [r["messages"] for r in x],
+                                         [r["answer"] for r in x], [r["answer"] for r in y])
+            out.append(h2h.pick_verdicts(pid, first, second))
+        return out[0], out[1]
+    sa, sb, hc, hr = score_sets(cfg, judge, judge_model, [a, b, human[0], human[1]])
+    low = judge == "cost_model"
+    return h2h.score_verdicts(ids, sa, sb, low), h2h.score_verdicts(hids, hc, hr, low)
+
+
+def check_judge_model(judge: str, judge_model: str) -> None:
+    """A reward/cost model's folder must say what it scores when it can: a cost model read as a reward (or the
+    reverse) would turn every verdict around."""
+    if judge not in ("reward_model", "cost_model"):
+        return
+    if not judge_model or not os.path.isfile(os.path.join(os.path.expanduser(judge_model), "config.json")):
+        raise ValueError(f"--judge {judge} needs --judge-model: a local folder with config.json")
+    from dlma_ray.model.scoremodel import score_type
+
+    kind = score_type(judge_model)
+    if kind in ("reward", "cost") and kind != judge.split("_")[0]:
+        raise ValueError(f"{judge_model} is a safe-rlhf {kind} model (config score_type); use --judge {kind}_model")
+
+
+def head_to_head(cfg: Config, ref_a: str, ref_b: str, judge: str, judge_model: str = "",
+                 out_dir: str | None = None) -> dict:
+    """Judge A against B; writes and returns the result document (see the module docstring)."""
+    if judge not in JUDGES:
+        raise ValueError(f"judge {judge!r}: expected one of {', '.join(JUDGES)}")
+    judge_model = judge_model or (cfg.eval.judge_model if judge in ("openai", "reward_model", "cost_model") else "")
+    check_judge_model(judge, judge_model)
+    start = time.time()
+    side_a, side_b = read_side(ref_a), read_side(ref_b)
+    matched = matched_answers(side_a["answers"], side_b["answers"])
+    if matched is not None:
+        a, b = matched
+        answers = f"reused: {side_a['source']} and {side_b['source']} (same prompts, sampling and seed)"
+    else:
+        if not side_a["policy"] or not side_b["policy"]:
+            raise ValueError("the stored answers differ in prompts or sampling and a side has no policy to answer "
+                             "again with")
+        a, b = generate_both(cfg, (side_a["policy"], side_b["policy"]))
+        answers = (f"generated: {len(a)} eval.prompts answered by both policies with eval.seed={cfg.eval.seed} "
+                   "(stored answers were missing or differed in prompts or sampling)")
+    human = human_rows(cfg)
+    v, hv = verdicts(cfg, judge, judge_model, a, b, human)
+    doc = {"a": side_a["name"], "b": side_b["name"], "a_ref": ref_a, "b_ref": ref_b, "judge": judge,
+           "judge_model": judge_model, "judge_url": cfg.eval.judge_url if judge == "openai" else "",
+           "answers": answers.split(":")[0], "answers_detail": answers, "result": h2h.tally(v),
+           "human": {**h2h.human_agreement(hv), "source": cfg.eval.preference_pairs} if hv else None,
+           "verdicts": v, "human_verdicts": hv, "seconds": round(time.time() - start, 2)}
+    if out_dir:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{doc['a']}_vs_{doc['b']}.{judge}.json")
+        storage.write_text_atomic(storage.join(out_dir, name), json.dumps(doc, indent=1))
+        doc["path"] = storage.join(out_dir, name)
+    return doc
+
+
+def default_judge(cfg: Config) -> str:
+    """The head-to-head judge the config implies: its eval.judge, the evaluation's distillation score by default."""
+    return {"openai": "openai", "reward_model": "reward_model"}.get(cfg.eval.judge, "distillation")
+
+
+def judge_every_pair(cfg: Config, base: str, methods: list[str], judge: str | None = None) -> list[dict]:
+    """Each pair of methods under ``base`` (and each method against pi_0), into <base>/headtohead/; a pair that
+    fails is logged and left out (the comparison table says which pairs it has)."""
+    judge = judge or default_judge(cfg)
+    out_dir, done = storage.join(base, "headtohead"), []
+    runs = [m for m in methods if storage.exists(RunLayout(storage.join(base, m)).state)]
+    pairs = [(storage.join(base, a), storage.join(base, b)) for i, a in enumerate(runs) for b in runs[i + 1:]]
+    for m in runs:
+        baseline = RunLayout(storage.join(base, m)).baseline_answers
+        if storage.exists(baseline):
+            pairs.append((storage.join(base, m), baseline))
+    for a, b in pairs:
+        try:
+            done.append(head_to_head(cfg, a, b, judge, out_dir=out_dir))
+        except Exception as exc:  # one pair's failure must not cost the others
+            log.warning("head to head %s vs %s (%s) failed: %s", a, b, judge, exc)
+    return done
