@@ -5,7 +5,8 @@
 Every method runs with the same config (model, prompts, rounds, batch sizes, seeds) but `train.method`,
 into `<run.dir>/<method>/`, each an ordinary resumable run (rerun the command to resume; finished methods
 are skipped). Then `<run.dir>/comparison.md` and `comparison.png` (dlma_ray/views/compare.py, which also runs alone
-on existing run dirs), with the untouched pi_0 as the first column. The default methods are the three that
+on existing run dirs), with the untouched pi_0 as the first column, and every pair of methods (and each
+against pi_0) judged head to head, win / tie / lose in both answer orders (`--judge`; dlma_ray/stages/judging.py). The default methods are the three that
 run on any prompts (dlma, rlcd, context_distillation). dpo needs preference pairs and self_contrast prompts with
 targets in data.source: an hh-rlhf file with `data.prompt_field=chosen` serves all five. A method that fails is
 reported and the others still run; the exit status is then 1.

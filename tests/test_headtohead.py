@@ -208,3 +208,24 @@ def test_comparison_shows_head_to_head(tmp_path):
     md = open(write_comparison(str(tmp_path), methods=[])).read()
     assert "## Head to head" in md
     assert "| `dlma` vs `rlcd` | openai | reused | 4 | 50% [15%, 85%] | 25% [5%, 70%] | 25% [5%, 70%] | – |" in md
+
+
+def test_head_to_head_with_score_judges_in_process(tmp_path, score_model_dirs, tiny_model_dir):
+    """The whole judgement on stored answers: the worker's scoring function run in this process (the command
+    runs the same function in a Ray task), a cost model and the distillation score under a tiny pi_0."""
+    from dlma_ray.config.tree import load_config
+    from dlma_ray.stages.judging import head_to_head
+    from dlma_ray.workers.judge_tasks import answer_set_scores
+
+    a, b = fake_run(tmp_path, "dlma", [1, 2, 3]), fake_run(tmp_path, "rlcd", [1, 2, 3])
+    cfg = load_config(None, ["eval.max_pairs=4", f"model.path={tiny_model_dir}", "eval.batch_size=4"])
+    doc = head_to_head(cfg, a, b, "cost_model", score_model_dirs[0]["cost"], str(tmp_path / "out"),
+                       scorer=answer_set_scores)
+    t = doc["result"]
+    assert doc["answers"] == "reused" and t["n"] == 3 == len(doc["verdicts"])
+    assert t["win"]["count"] + t["tie"]["count"] + t["lose"]["count"] == 3
+    assert all(v["score_a"] != v["score_b"] and outcome(v) == ("win" if v["score_a"] < v["score_b"] else "lose")
+               for v in doc["verdicts"])  # the lower cost wins
+    assert doc["human"]["n"] == 4 and (tmp_path / "out" / "dlma_vs_rlcd.cost_model.json").exists()
+    d = head_to_head(cfg, a, b, "distillation", scorer=answer_set_scores)
+    assert d["result"]["n"] == 3 and d["human"]["n"] == 4 and d["judge_model"] == ""

@@ -125,8 +125,9 @@ def human_rows(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 
 def verdicts(cfg: Config, judge: str, judge_model: str, a: list[dict], b: list[dict],
-             human: tuple[list[dict], list[dict]]) -> tuple[list[dict], list[dict]]:
-    """(A vs B verdicts, chosen vs rejected verdicts) under one judge."""
+             human: tuple[list[dict], list[dict]], scorer=None) -> tuple[list[dict], list[dict]]:
+    """(A vs B verdicts, chosen vs rejected verdicts) under one judge. ``scorer(cfg, judge, model_ref, sets)``:
+    where a score judge's model work runs (default: a Ray task, ``score_sets``)."""
     ids, hids = [r["prompt_id"] for r in a], [r["prompt_id"] for r in human[0]]
     if judge == "openai":
         from dlma_ray.evaluation.judges import api_key, openai_picks
@@ -138,7 +139,13 @@ def verdicts(cfg: Config, judge: str, judge_model: str, a: list[dict], b: list[d
                                          [r["answer"] for r in x], [r["answer"] for r in y])
             out.append(h2h.pick_verdicts(pid, first, second))
         return out[0], out[1]
-    sa, sb, hc, hr = score_sets(cfg, judge, judge_model, [a, b, human[0], human[1]])
+    if scorer is None:
+        sa, sb, hc, hr = score_sets(cfg, judge, judge_model, [a, b, human[0], human[1]])
+    else:
+        from dlma_ray.stages.common import initial_model
+
+        ref = initial_model(cfg) if judge == "distillation" else judge_model
+        sa, sb, hc, hr = scorer(cfg, judge, ref, [a, b, human[0], human[1]])
     low = judge == "cost_model"
     return h2h.score_verdicts(ids, sa, sb, low), h2h.score_verdicts(hids, hc, hr, low)
 
@@ -158,8 +165,9 @@ def check_judge_model(judge: str, judge_model: str) -> None:
 
 
 def head_to_head(cfg: Config, ref_a: str, ref_b: str, judge: str, judge_model: str = "",
-                 out_dir: str | None = None) -> dict:
-    """Judge A against B; writes and returns the result document (see the module docstring)."""
+                 out_dir: str | None = None, scorer=None) -> dict:
+    """Judge A against B; writes and returns the result document (see the module docstring). ``scorer``: see
+    ``verdicts`` (the tests run the worker's function in this process)."""
     if judge not in JUDGES:
         raise ValueError(f"judge {judge!r}: expected one of {', '.join(JUDGES)}")
     judge_model = judge_model or (cfg.eval.judge_model if judge in ("openai", "reward_model", "cost_model") else "")
@@ -178,7 +186,7 @@ def head_to_head(cfg: Config, ref_a: str, ref_b: str, judge: str, judge_model: s
         answers = (f"generated: {len(a)} eval.prompts answered by both policies with eval.seed={cfg.eval.seed} "
                    "(stored answers were missing or differed in prompts or sampling)")
     human = human_rows(cfg)
-    v, hv = verdicts(cfg, judge, judge_model, a, b, human)
+    v, hv = verdicts(cfg, judge, judge_model, a, b, human, scorer)
     doc = {"a": side_a["name"], "b": side_b["name"], "a_ref": ref_a, "b_ref": ref_b, "judge": judge,
            "judge_model": judge_model, "judge_url": cfg.eval.judge_url if judge == "openai" else "",
            "answers": answers.split(":")[0], "answers_detail": answers, "result": h2h.tally(v),
