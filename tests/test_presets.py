@@ -108,3 +108,14 @@ def test_without_dedup_each_repeat_is_a_row_of_its_own(tmp_path):
     assert len(records) == 4 and report.duplicates == 0
     rows = numbered_repeats(ids)
     assert rows == [ids[0], ids[1], f"{ids[0]}~1", f"{ids[0]}~2"] and len(set(rows)) == 4
+
+
+def test_the_command_line_takes_config_twice(capsys):
+    from dlma_ray.cli import main
+
+    preset = str(REPO / "jobs" / "configs" / "dlma-paper-hh-helpful-7b.yaml")
+    assert main(["config", "--config", preset, "--config", OVERLAY, "train.lr=1e-3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert (cfg["pair"]["name"], cfg["pair"]["style"], cfg["model"]["path"]) == ("helpful", "raw",
+                                                                                "builtin:smollm2-135m-instruct")
+    assert (cfg["train"]["optimizer"], cfg["train"]["lr"], cfg["data"]["max_prompt_words"]) == ("rmsprop", 1e-3, 600)
