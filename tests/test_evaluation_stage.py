@@ -173,36 +173,43 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     assert report.exists() and (run / "report" / "eval_metrics.png").stat().st_size > 5000
 
 
-def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, tokenizer):
-    """With eval.judge=reward_model, the round's generated pairs are judged by the reward model and R's sign
-    is scored against it by |R| range; the margins are the reward model's own scores, computed directly."""
-    from transformers import AutoConfig, LlamaForSequenceClassification
-
-    from dlma_ray.workers.eval_tasks import initial_model_scores
-    from dlma_ray.evaluation.judges import reward_model_scores
+def _tiny_reward_model(folder: Path, tiny_model_dir: str, tokenizer):
+    """A one-label sequence-classification head on the tiny Llama, saved as safetensors with the tokenizer."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     config.num_labels = 1
     torch.manual_seed(1)
-    rm = LlamaForSequenceClassification(config).eval()
-    rm.save_pretrained(tmp_path / "rm", safe_serialization=True)
-    tokenizer.save_pretrained(tmp_path / "rm")
+    rm = AutoModelForSequenceClassification.from_config(config).eval()
+    rm.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return rm
+
+
+def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, tiny_model, tokenizer):
+    """With eval.judge=reward_model, the round's generated pairs are judged by the reward model and R's sign
+    is scored against it by |R| range; the margins are the reward model's own scores, computed directly."""
+    from dlma_ray.workers.eval_tasks import initial_model_scores
+    from dlma_ray.evaluation.judges import reward_model_scores, rlaif_judge
+    from dlma_ray.evaluation.score_analysis import score_analysis
+
+    rm = _tiny_reward_model(tmp_path / "rm", tiny_model_dir, tokenizer)
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.judge=reward_model", f"eval.judge_model={tmp_path / 'rm'}"])
     msgs = [{"role": "user", "content": "Say something."}]
     answers = [{"messages": msgs, "answer": "Hi.", "prompt_id": "a", "token_ids": None, "finished": True,
                 "kind": "", "tokens": 2}]
     judged = [{"messages": msgs, "chosen": f"A fine answer {i}.", "rejected": f"No {i}", "self_reward": r}
               for i, r in enumerate([3.0, -0.5, 12.0, 0.2])]
-    out = initial_model_scores(cfg, tiny_model_dir, answers, answers, [], [], judged)
+    out = initial_model_scores(cfg, tiny_model_dir, answers, answers, [], [], judged, None, True)
+    # pi_0 (here the model whose R the pairs carry) also judged them in text, as rlaif_judge does directly
+    _, direct = rlaif_judge(tiny_model, tokenizer, [(msgs, p["chosen"], p["rejected"]) for p in judged])
+    assert out["judged_pair_rlaif"] == pytest.approx(direct, abs=1e-4)
     plus = reward_model_scores(rm, tokenizer, [msgs] * 4, [p["chosen"] for p in judged])
     minus = reward_model_scores(rm, tokenizer, [msgs] * 4, [p["rejected"] for p in judged])
     assert out["judge_pair_margins"] == pytest.approx([a - b for a, b in zip(plus, minus)], abs=1e-4)
-    initial = {**out, "judged_pair_rewards": [p["self_reward"] for p in judged]}
-    scores = {"logp_policy_answers": [0.0], "pairs_chosen": [], "pairs_rejected": [], "neutral": ([], []),
-              "heldout_r": [], "rlaif": None}
-    m, d = assemble_measures(answers, answers, initial, scores, out["margins"], beta=0.1, seed=0,
-                             refusal_rates=refusal_rates)
-    agree = sum((r > 0) == (j > 0) for r, j in zip(initial["judged_pair_rewards"], out["judge_pair_margins"]))
+    rewards = [p["self_reward"] for p in judged]
+    m, d = score_analysis(rewards, out["judge_pair_margins"])
+    agree = sum((r > 0) == (j > 0) for r, j in zip(rewards, out["judge_pair_margins"]))
     assert m["self_reward_vs_judge"]["n"] == 4 and m["self_reward_vs_judge"]["count"] == agree
     assert sum(b["n"] for b in d["self_reward_vs_judge_bins"]) == 4
 

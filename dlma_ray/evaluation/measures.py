@@ -66,10 +66,16 @@ MEASURES: tuple[Measure, ...] = (
             "(Fig. 4) finds R judges human-written pairs poorly (it is accurate on the model's own contrastive "
             "pairs): read it as a property of the score, not as alignment."),
     Measure("self_reward_vs_judge", "R agrees with the external judge (generated pairs)", "higher",
-            "The paper's headline: on the round's own contrastive pairs, how often the sign of the stored R "
-            "(scored by pi_k) agrees with an external judge's preference between y+ and y- (eval.judge: "
-            "reward_model or openai); by |R| range in details.self_reward_vs_judge_bins (the paper finds "
-            "accuracy rising with |R|). Not computed with the built-in judge."),
+            "The paper's headline (its Fig. 3): on the round's own contrastive pairs, how often the sign of the "
+            "stored R (scored by pi_k) agrees with an external judge's preference between y+ and y- (eval.judge: "
+            "reward_model or openai); pairs the judge cannot tell apart are left out (details."
+            "generated_pairs_judged.judge_ties), R = 0 counts wrong; by |R| range in "
+            "details.self_reward_vs_judge_bins (the paper finds accuracy rising with |R|). Not computed with the "
+            "built-in judge (dlma_ray/evaluation/score_analysis.py)."),
+    Measure("rlaif_vs_judge", "RLAIF text judge agrees with the external judge (generated pairs)", "higher",
+            "The same pairs and the same external judge as above, with pi_k asked in text which answer is better "
+            "(both orders averaged; eval.rlaif_judge): the paper's claim is that R beats this. A preference of "
+            "exactly 0.5 counts wrong; by the pairs' |R| range in details.rlaif_vs_judge_bins."),
     Measure("rlaif_accuracy_human", "RLAIF text judge on human pairs", "",
             "The policy asked in text which answer is better, both orders averaged: the text-judge baseline that "
             "R is compared with."),
@@ -180,13 +186,6 @@ def assemble_measures(answers: list[dict], baseline: list[dict], initial: dict, 
         if j:
             m["rlaif_accuracy_human"] = rate_summary(round((j["accuracy"] or 0) * j["n"]), j["n"])
             details["rlaif_judge"] = j
-    if initial.get("judge_pair_margins"):
-        # +|R| where R's sign agrees with the external judge's preference, -|R| where not (R = 0: wrong).
-        signed = [abs(r) if (r > 0) == (j > 0) and r != 0 else -abs(r)
-                  for r, j in zip(initial["judged_pair_rewards"], initial["judge_pair_margins"])]
-        agree = accuracy_by_range(signed)
-        m["self_reward_vs_judge"] = rate_summary(agree["correct"], agree["n"])
-        details["self_reward_vs_judge_bins"] = [{**b, **rate_summary(b["correct"], b["n"])} for b in agree["bins"]]
     if scores["heldout_r"]:
         m["heldout_pairs_r"] = {**mean_summary(scores["heldout_r"], seed=seed),
                                 "frac_positive": sum(x > 0 for x in scores["heldout_r"]) / len(scores["heldout_r"])}

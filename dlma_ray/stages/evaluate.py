@@ -35,6 +35,8 @@ from dlma_ray.run.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.core.prompts import context_ids
 from dlma_ray.evaluation.refusal import judge_agreement, refusal_rates
 from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
+from dlma_ray.stages.judged_pairs import (JUDGED_FILE, judged_key, judged_measures, read_judged, read_judged_pairs,
+                                         write_judged)
 
 log = logging.getLogger("dlma_ray.stages.evaluate")
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # dlma_ray/assets: package data
@@ -135,18 +137,6 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def read_judged_pairs(pairs_dir: str, limit: int) -> list[dict]:
-    """Up to ``limit`` of a round's generated pairs with a finite R, for an external judge (by prompt id)."""
-    import pyarrow.parquet as pq
-
-    if limit <= 0 or not storage.exists(pairs_dir):
-        return []
-    cols = ["prompt_id", "messages_json", "chosen", "rejected", "self_reward"]
-    rows = [r for r in pq.read_table(pairs_dir, columns=cols).to_pylist()
-            if r["self_reward"] is not None and math.isfinite(r["self_reward"])]
-    return [{**r, "messages": json.loads(r.pop("messages_json"))} for r in sorted(rows, key=lambda r: r["prompt_id"])[:limit]]
-
-
 def _read_baseline(path: str, prompts: list[dict], cfg: Config) -> list[dict] | None:
     """The cached pi_0 answers, or None when missing or made with other prompts / model / sampling."""
     if not storage.exists(path):
@@ -200,15 +190,16 @@ def refusal_judge_agreement() -> dict:
 def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: str | None = None,
                     heldout: list[dict] | None = None, round_index: int | None = None,
                     baseline_path: str | None = None, judged_pairs: list[dict] | None = None,
-                    kept: engines.KeptEngines | None = None) -> dict:
+                    kept: engines.KeptEngines | None = None, r_model: str | None = None) -> dict:
     """Evaluate one policy folder; writes <out_dir>/answers.jsonl and <out_dir>/eval.json; returns eval.json.
 
     ``reference`` is the training's reference (recorded only: every measure compares with pi_0, the fixed
     round-0 model); ``heldout`` rows come from ``read_heldout``; pi_0's answers are cached at
     ``baseline_path`` (default <run.dir>/baseline_answers.jsonl). ``judged_pairs`` (generated pairs with
     their R, from ``read_judged_pairs``) are judged by an external judge when one is configured: R's
-    accuracy against it by |R| range, the paper's headline. ``kept``: engines already loaded with this policy
-    (the pipeline keeps them for the next round's generate stage): the answers come from them.
+    accuracy against it by |R| range, the paper's headline; ``r_model`` (pi_k, whose R they carry) also judges
+    them in text when eval.rlaif_judge is on (dlma_ray.stages.judged_pairs). ``kept``: engines already loaded
+    with this policy (the pipeline keeps them for the next round's generate stage): the answers come from them.
     """
     import ray
 
@@ -239,11 +230,18 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
         baseline = ray.get(baseline_ref)
         storage.write_text_atomic(baseline_path, _jsonl(baseline))
     judged_pairs = judged_pairs if cfg.eval.judge != "self_reward" else []
+    judged_path, judged_id = storage.join(out_dir, JUDGED_FILE), judged_key(cfg, judged_pairs or [], r_model)
+    verdicts = read_judged(judged_path, judged_id) if judged_pairs else None
+    to_judge = judged_pairs if verdicts is None else []  # kept verdicts of a killed evaluation are not asked again
+    text_judge = bool(to_judge) and cfg.eval.rlaif_judge and r_model is not None
     fixed_path = storage.join(storage.dirname(baseline_path), BASELINE_SCORES_FILE)
     key = fixed_scores_key(cfg, baseline, pairs, neutral)
     fixed = read_fixed_scores(fixed_path, key)
     initial_ref = _task(eval_tasks.initial_model_scores, **scorer).remote(cfg, round0, answers, baseline, pairs,
-                                                                           neutral, judged_pairs, fixed)
+                                                                           neutral, to_judge, fixed,
+                                                                           text_judge and r_model == round0)
+    rlaif_ref = (_task(eval_tasks.text_judge_preferences, **scorer).remote(cfg, r_model, to_judge)
+                 if text_judge and r_model != round0 else None)
     policy_ref = _task(eval_tasks.policy_scores, **scorer).remote(cfg, policy, answers, pairs, heldout or [], neutral)
     initial, scores = ray.get(initial_ref), ray.get(policy_ref)
     if fixed is None:
@@ -254,20 +252,24 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
         margins = openai_margins(cfg.eval.judge_url, cfg.eval.judge_model, api_key(cfg.eval.judge_api_key_env),
                                  [a["messages"] for a in answers], [a["answer"] for a in answers],
                                  [b["answer"] for b in baseline])
-        if judged_pairs:
+        if to_judge:
             initial["judge_pair_margins"] = openai_margins(
                 cfg.eval.judge_url, cfg.eval.judge_model, api_key(cfg.eval.judge_api_key_env),
                 [p["messages"] for p in judged_pairs], [p["chosen"] for p in judged_pairs],
                 [p["rejected"] for p in judged_pairs])
-    if judged_pairs:
-        initial["judged_pair_rewards"] = [p["self_reward"] for p in judged_pairs]
+    if to_judge:
+        rlaif = ray.get(rlaif_ref) if rlaif_ref is not None else initial["judged_pair_rlaif"]
+        verdicts = write_judged(judged_path, judged_id, to_judge, initial["judge_pair_margins"], rlaif)
     measures, details = assemble_measures(answers, baseline, initial, scores, margins, beta=cfg.train.beta,
                                           seed=cfg.eval.seed, refusal_rates=refusal_rates)
+    judged_m, judged_d = judged_measures(cfg, judged_pairs or [], verdicts, r_model)
+    measures.update(judged_m)
+    details.update(judged_d)
     details.update(pairs_source=pairs_info, refusal_judge=refusal_judge_agreement(), heldout_prompts=len(prompts),
                    neutral_texts=len(neutral),
                    self_reward_bins_note="accuracy of R > 0 by |R| range on human-written pairs; the paper's headline "
                    "(accuracy rising with |R| against an external judge) needs eval.judge=reward_model or openai"
-                   + ("" if judged_pairs else ": not computed in this evaluation"))
+                   + ("" if verdicts else ": not computed in this evaluation"))
     result = {
         "round": round_index, "policy": policy, "reference": model_for_actor(reference) if reference else initial_model(cfg),
         "round0_model": round0, "pair": cfg.pair.name, "judge": cfg.eval.judge, "eval_config": vars(cfg.eval),
@@ -291,5 +293,6 @@ def run_round(r: Round) -> StageResult:
     result = evaluate_policy(r.cfg, paths.policy, paths.dir, reference=r.reference,
                              heldout=read_heldout(paths.pairs, r.cfg.eval.heldout_pairs), round_index=r.k,
                              baseline_path=r.run.baseline_answers,
-                             judged_pairs=read_judged_pairs(paths.pairs, r.cfg.eval.max_pairs), kept=r.engines)
+                             judged_pairs=read_judged_pairs(paths.pairs, r.cfg.eval.max_pairs), kept=r.engines,
+                             r_model=r.policy)
     return StageResult(paths.eval_json, result["details"]["heldout_prompts"])

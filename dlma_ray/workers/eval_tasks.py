@@ -8,6 +8,8 @@
                            reference) and of the neutral text (perplexity); a reward-model judge's margins
     policy_scores          transformers on pi_k: the same log-probs under the policy, R of human-written
                            and of held-out generated pairs, the RLAIF text judge
+    text_judge_preferences the RLAIF text judge on the round's generated pairs, asked of the model that scored
+                           their R (the paper's R-versus-RLAIF comparison; dlma_ray.evaluation.score_analysis)
 
 Answers are scored as token ids (`logprobs.response_ids`): the sampled ids, with the end-of-turn tokens
 only after an answer that finished. Each function returns plain lists; the numbers with their intervals
@@ -140,17 +142,25 @@ FIXED_SCORES = ("contrast_baseline", "tokens_baseline", "pairs_chosen", "pairs_r
 
 def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], baseline: list[dict],
                          pairs: list[dict], neutral: list[dict], judged_pairs: list[dict] | None = None,
-                         fixed: dict | None = None) -> dict:
+                         fixed: dict | None = None, text_judge_judged: bool = False) -> dict:
     """Everything pi_0 (the fixed judge) computes: see the module docstring. ``fixed`` holds the FIXED_SCORES
-    of an earlier round (they depend on pi_0 and the evaluation items only): they are not computed again."""
+    of an earlier round (they depend on pi_0 and the evaluation items only): they are not computed again.
+    ``text_judge_judged``: pi_0 also judges ``judged_pairs`` in text (round 0, where pi_0 is the model whose R
+    they carry: the RLAIF baseline of the same model, without loading it twice)."""
     model, tok = load(round0_ref, cfg)
     r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size
+    if text_judge_judged and judged_pairs:
+        from dlma_ray.evaluation.judges import rlaif_judge
+
+        _, out_rlaif = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in judged_pairs], bs)
+    else:
+        out_rlaif = None
     new_ids = answer_ids(tok, answers, r.end_of_turn)
     out = {
         "contrast_policy": contrast(model, tok, r, answers, new_ids, bs),
         "tokens_policy": [len(i) for i in new_ids],
         "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers], new_ids, bs),
-        "margins": None,
+        "margins": None, "judged_pair_rlaif": out_rlaif,
     }
     if fixed is not None:
         out.update({k: fixed[k] for k in FIXED_SCORES})
@@ -184,6 +194,17 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
             minus = reward_model_scores(rm, rm_tok, chats, [p["rejected"] for p in judged_pairs], bs)
             out["judge_pair_margins"] = [a - b for a, b in zip(plus, minus)]
     return out
+
+
+def text_judge_preferences(cfg: Config, model_ref: str, judged_pairs: list[dict]) -> list[float]:
+    """The RLAIF text judge's preference for y+ of each generated pair (both orders averaged), asked of the model
+    that scored their R (pi_k of the round; round 0 does this inside initial_model_scores)."""
+    from dlma_ray.evaluation.judges import rlaif_judge
+
+    model, tok = load(model_ref, cfg)
+    _, prefs = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in judged_pairs],
+                           cfg.eval.batch_size)
+    return prefs
 
 
 def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list[dict], heldout: list[dict],
