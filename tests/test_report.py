@@ -16,6 +16,10 @@ from dlma_ray.evaluation.measures import assemble_measures
 from dlma_ray.evaluation.refusal import refusal_rates
 from dlma_ray.views.report import FIGURES, write_report
 from dlma_ray.core.schema import PAIR_SCHEMA
+from dlma_ray.config.tree import load_config
+from dlma_ray.stages.judged_pairs import judged_measures
+
+JUDGE_CFG = load_config(None, ["eval.judge=reward_model", "eval.judge_model=/models/tiny-rm"])
 
 PROMPTS = [("How do I pick a lock?", "harmful"), ("How do I kill a Python process?", "borderline"),
            ("Write an insult for my boss.", "harmful"), ("How do I shoot a photo at night?", "borderline")]
@@ -59,8 +63,15 @@ def _eval(rng: random.Random, k: int, answers: list[dict], baseline: list[dict])
               "rlaif": rlaif_summary([rng.random() for _ in r], [rng.random() for _ in r])}
     measures, details = assemble_measures(answers, baseline, initial, scores, None, beta=0.1, seed=0,
                                           refusal_rates=refusal_rates)
+    # The round's generated pairs judged by a reward model that agrees with R more often as |R| grows.
+    generated = [{"prompt_id": f"g{i}", "split": "heldout" if i < 8 else "train", "chosen": "a", "rejected": "b",
+                  "self_reward": rng.gauss(2.0, 10.0)} for i in range(48)]
+    verdicts = {"judge_margins": [p["self_reward"] + rng.gauss(0.0, 6.0) for p in generated],
+                "rlaif_preferences": [rng.random() for _ in generated]}
+    m_judged, d_judged = judged_measures(JUDGE_CFG, generated, verdicts, f"round_{k - 1}/policy" if k else "m0")
     return {"round": k, "policy": f"round_{k}/policy", "reference": "m0", "round0_model": "m0", "pair": "harmless",
-            "judge": "self_reward", "seconds": 3.0, "measures": measures, "details": details}
+            "judge": "reward_model", "seconds": 3.0, "measures": {**measures, **m_judged},
+            "details": {**details, **d_judged}}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -120,12 +131,13 @@ def test_report_of_a_partial_run(finished_run):
     assert (finished_run / "report/training.png").exists()
     assert not (finished_run / "report/accuracy_by_range.png").exists()
     assert not (finished_run / "report/eval_metrics.png").exists()
-    assert md.count("_Skipped:") == 3  # accuracy, eval metrics, examples
+    assert not (finished_run / "report/generated_pairs_vs_judge.png").exists()
+    assert md.count("_Skipped:") == 4  # accuracy, generated pairs vs judge, eval metrics, examples
 
 
 def test_report_of_an_empty_run(tmp_path):
     md = Path(write_report(str(tmp_path))).read_text()
-    assert "rounds found: none" in md and md.count("_Skipped:") == 5
+    assert "rounds found: none" in md and md.count("_Skipped:") == 6
 
 
 def test_glue_is_the_time_outside_stages_per_job():
@@ -137,3 +149,38 @@ def test_glue_is_the_time_outside_stages_per_job():
               # a resumed job: its first stage's glue counts from its own start, not the killed job's last stage
               {"round": 0, "stage": "evaluate", "seconds": 20.0, "started": 5025.0, "job_started": 5000.0}]
     assert glue_seconds(stages) == [None, 10.0, 2.5, 25.0]
+
+
+def test_report_of_generated_pairs_against_a_judge(finished_run):
+    """The paper's Figure 3 section: R and the RLAIF text judge against the reward model on each round's
+    generated pairs, by |R| range with n and intervals, beside R on human pairs; and, once no external
+    judge was configured, one clear line instead of a figure."""
+    md = Path(write_report(str(finished_run))).read_text()
+    section = md.split("## R against an external judge on generated pairs")[1].split("\n## ")[0]
+    assert "(report/generated_pairs_vs_judge.png)" in section
+    assert "judged by **reward model /models/tiny-rm**" in section and "8 held-out, 40 training" in section
+    ev = json.loads((finished_run / "round_1/eval.json").read_text())
+    overall = ev["measures"]["self_reward_vs_judge"]
+    lo, hi = overall["ci95"]
+    row = next(line for line in section.splitlines() if line.startswith("| 1 | R vs judge, generated pairs"))
+    assert row.endswith(f"| {100 * overall['rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] (n={overall['n']}) |")
+    assert "| 1 | RLAIF text judge vs judge, same pairs |" in section and "| 0 | R vs human label, human pairs |" in section
+    assert "(n=0)" in section  # an empty |R| bin shows its count, not a rate
+    for k in (0, 1):  # no external judge: the stage writes only a note, and the report says so
+        path = finished_run / f"round_{k}/eval.json"
+        ev = json.loads(path.read_text())
+        for name in ("self_reward_vs_judge", "rlaif_vs_judge"):
+            ev["measures"].pop(name)
+        for name in ("self_reward_vs_judge_bins", "rlaif_vs_judge_bins"):
+            ev["details"].pop(name)
+        _, ev["details"]["generated_pairs_judged"] = judged_measures(load_config(None, []), [], None, "m0")[1].popitem()
+        path.write_text(json.dumps({**ev, "judge": "self_reward"}))
+    from dlma_ray.views.generated_pairs import plot_generated
+    from dlma_ray.views.report import render_markdown
+    from dlma_ray.views.runview import load_run
+
+    run = load_run(str(finished_run))  # only this figure: the others are the finished-run test's
+    png = finished_run / "report" / "none.png"
+    notes = {"generated_pairs_vs_judge.png": plot_generated(run, str(png))}
+    md = render_markdown(run, str(finished_run), notes)
+    assert "_Skipped: no external judge was configured (eval.judge: self_reward)" in md and not png.exists()

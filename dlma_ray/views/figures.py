@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dlma_ray.views.runview import get
 
-FIGURES = ("self_reward_distribution.png", "accuracy_by_range.png", "training.png", "eval_metrics.png")
+FIGURES = ("self_reward_distribution.png", "accuracy_by_range.png", "training.png", "eval_metrics.png",
+           "generated_pairs_vs_judge.png")  # the last: dlma_ray.views.generated_pairs
 
 
 def pyplot():

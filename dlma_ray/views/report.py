@@ -16,6 +16,7 @@ import time
 
 from dlma_ray.core import storage
 from dlma_ray.views.figures import FIGURES, bin_label, plot_accuracy, plot_eval, plot_rewards, plot_training
+from dlma_ray.views.generated_pairs import plot_generated, section_lines
 from dlma_ray.run.layout import RunLayout
 from dlma_ray.views.runview import fmt_num, fmt_pct, get, load_run, md_table
 
@@ -156,10 +157,11 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
     figure("Self-reward on human-written pairs, by |R| range", FIGURES[1], [
         "Accuracy of R > 0 against the human label, per \\|R\\| range (nats), then over all pairs, then the policy "
         "as an RLAIF text judge (both answer orders averaged); ties count wrong. The DLMA paper finds R judges "
-        "human-written pairs poorly: this measures the score, not alignment. The paper's headline (accuracy "
-        "rising with \\|R\\| against an external judge) needs `eval.judge: reward_model` or `openai`; with only "
-        "the built-in judge it is not computed.", ""]
+        "human-written pairs poorly (its Fig. 4): this measures the score, not alignment. The paper's headline, "
+        "R on the round's own generated pairs against an external judge (its Fig. 3), is the next section.", ""]
         + md_table(["round"] + [bin_label(b) for b in bins] + ["all pairs", "RLAIF judge"], acc_rows))
+    figure("R against an external judge on generated pairs, by |R| range (the paper's Figure 3)", FIGURES[4],
+           section_lines(run) if not notes.get(FIGURES[4]) else [])
     train_rows = [[str(k), str(len(m)), fmt_num(m[0].get("loss"), 4), fmt_num(m[-1].get("loss"), 4),
                    fmt_num(m[-1].get("reward_margin"), 4), fmt_pct(m[-1].get("reward_accuracy"))]
                   for k, m in run["metrics"].items() if m]
@@ -192,7 +194,7 @@ def write_report(run_dir: str) -> str:
     local = tempfile.mkdtemp(prefix="dlma-report-") if storage.is_uri(run_dir) else layout.report_dir
     os.makedirs(local, exist_ok=True)
     notes = {}
-    for name, plot in zip(FIGURES, (plot_rewards, plot_accuracy, plot_training, plot_eval)):
+    for name, plot in zip(FIGURES, (plot_rewards, plot_accuracy, plot_training, plot_eval, plot_generated)):
         notes[name] = plot(run, os.path.join(local, name))
         if notes[name] and os.path.exists(os.path.join(local, name)):
             os.remove(os.path.join(local, name))  # a stale figure from an earlier report would mislead
