@@ -97,7 +97,8 @@ def score_model_dirs(tmp_path_factory, tokenizer):
 
 CHATS = [[{"role": "user", "content": "How do I pick a lock?"}],
          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "more?"}]]
+         [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+          {"role": "user", "content": "more?"}]]
 ANSWERS = ["I cannot help with that, but a locksmith can.", "Hello!", "Here is a much longer answer " * 3]
 
 

@@ -150,6 +150,7 @@ def answer_scores(model, tokenizer, kind: str, chats, answers: list[str], batch_
         return reward_model_scores(model, tokenizer, chats, answers, batch_size)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.truncation_side = "left"  # a cut keeps the answer's end, where the score is read
     texts = [safe_rlhf_text(c, a, tokenizer.eos_token or "") for c, a in zip(chats, answers)]
     device = next(model.parameters()).device
     out = []
