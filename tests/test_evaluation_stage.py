@@ -189,7 +189,7 @@ def _tiny_reward_model(folder: Path, tiny_model_dir: str, tokenizer):
 def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, tiny_model, tokenizer):
     """With eval.judge=reward_model, the round's generated pairs are judged by the reward model and R's sign
     is scored against it by |R| range; the margins are the reward model's own scores, computed directly."""
-    from dlma_ray.workers.eval_tasks import initial_model_scores
+    from dlma_ray.workers.eval_tasks import initial_model_scores, text_judge_preferences
     from dlma_ray.evaluation.judges import reward_model_scores, rlaif_judge
     from dlma_ray.evaluation.score_analysis import score_analysis
 
@@ -204,6 +204,8 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, tiny
     # pi_0 (here the model whose R the pairs carry) also judged them in text, as rlaif_judge does directly
     _, direct = rlaif_judge(tiny_model, tokenizer, [(msgs, p["chosen"], p["rejected"]) for p in judged])
     assert out["judged_pair_rlaif"] == pytest.approx(direct, abs=1e-4)
+    # from round 1 on, pi_k is not pi_0: a task of its own asks it
+    assert text_judge_preferences(cfg, tiny_model_dir, judged) == pytest.approx(direct, abs=1e-4)
     plus = reward_model_scores(rm, tokenizer, [msgs] * 4, [p["chosen"] for p in judged])
     minus = reward_model_scores(rm, tokenizer, [msgs] * 4, [p["rejected"] for p in judged])
     assert out["judge_pair_margins"] == pytest.approx([a - b for a, b in zip(plus, minus)], abs=1e-4)
