@@ -18,11 +18,12 @@ generate(k+1)).
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from dlma_ray import methods
 from dlma_ray.core import storage
-from dlma_ray.workers import telemetry
+from dlma_ray.workers import phases, telemetry
 from dlma_ray.run import tracking
 from dlma_ray.workers import trainlog
 from dlma_ray.config.tree import Config
@@ -100,6 +101,7 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
     if done:
         log.info("resuming %s at round %d, stage %s (%d stages already done)", run_dir, *pending[0], done)
     tracking.check_available(cfg.run.trackers)  # tracking: a missing library fails now, not after a stage
+    record_phases(run_dir)
     init_ray(cfg)
     kept = None  # engines kept from evaluate(k) for generate(k+1) (dlma_ray.workers.engines)
     try:
@@ -135,14 +137,24 @@ def _run_one(cfg: Config, run: RunLayout, method: methods.Method, state: RunStat
     summary = dict(result.summary)
     if r.engines is not None and stage in ("evaluate", "generate"):
         summary["kept_engines"] = len(r.engines.hosts)
+    spans = phases.collect(os.environ[phases.ENV], start, start + seconds) if os.environ.get(phases.ENV) else None
     state.record(k, stage, result.output, result.rows, seconds, started=round(start, 3), job_started=job_started,
-                 **({"metrics": summary} if summary else {}))
+                 **({"metrics": summary} if summary else {}), **({"phases": spans} if spans else {}))
     log.info(stage_line(k, stage, result, seconds))
     if stage == stages_of(cfg)[-1]:  # the round is finished: its policy gets a model card, the trackers its measures
         from dlma_ray.views.modelcard import write_card_quietly
 
         write_card_quietly(run.root, k)
         trainlog.log_finished_round(cfg, run.root, state, k)
+
+
+def record_phases(run_dir: str) -> None:
+    """Where each stage's time goes (dlma_ray.workers.phases): the processes of a Ray this job starts inherit
+    $DLMA_PHASES_DIR and record their start-up there, under <run>/.phases."""
+    import ray
+
+    if not ray.is_initialized() and not storage.is_uri(run_dir):
+        os.environ[phases.ENV] = os.path.join(run_dir, ".phases")
 
 
 def keeps_engines(cfg: Config, method: methods.Method, k: int, pending: list[tuple[int, str]]) -> bool:

@@ -93,6 +93,15 @@ def kept_note(stage: dict) -> str:
     return f"{n} kept for the next generate" if stage["stage"] == "evaluate" else f"{n} kept from the evaluation"
 
 
+def phase_cells(stage: dict) -> list[str]:
+    """Start-up wall seconds and the seconds of each recorded phase (dlma_ray.workers.phases) of one stage."""
+    p = stage.get("phases") or {}
+    if not p:
+        return ["", ""]
+    return [fmt_num(p.get("startup_wall"), 1),
+            ", ".join(f"{k} {v:.1f}" for k, v in sorted(p.get("seconds", {}).items(), key=lambda kv: -kv[1]))]
+
+
 def glue_seconds(stages: list[dict]) -> list[float | None]:
     """Per recorded stage, the seconds between the end of what came before it in the same job (the job's start
     for its first stage) and its own start; None for stages recorded before start times were kept."""
@@ -123,9 +132,14 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
     stages = run["state"].get("stages") or []
     if stages:
         glue = glue_seconds(stages)
-        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds", "glue before (s)", "vLLM engines"], [
-            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1), fmt_num(g, 1), kept_note(s)]
-            for s, g in zip(stages, glue)]) + [""]
+        md += ["## Stages", ""] + md_table(["round", "stage", "rows", "seconds", "glue before (s)", "vLLM engines",
+                                            "start-up (s)", "by phase (s, over processes)"], [
+            [str(s["round"]), s["stage"], str(s["rows"]), fmt_num(s.get("seconds"), 1), fmt_num(g, 1), kept_note(s),
+             *phase_cells(s)] for s, g in zip(stages, glue)]) + [""]
+        if any(s.get("phases") for s in stages):
+            md += ["Start-up is the wall time during which some process of the stage was starting: its spawn and "
+                   "imports, a vLLM engine's start, a model's load, `deepspeed.initialize` (dlma_ray.workers.phases); "
+                   "the rest of the stage is work, writes and Ray's scheduling.", ""]
         timed = [(s, g) for s, g in zip(stages, glue) if g is not None]
         if timed:
             work, between = sum(s["seconds"] for s, _ in timed), sum(g for _, g in timed)

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlma_ray.workers import phases
+
 log = logging.getLogger("dlma_ray")
 
 # Ray options of every process that holds an engine. Ray kills a worker's child processes when it ends it, which
@@ -61,12 +63,14 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
     import torch
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen["cpu_kvcache_gb"]))
-    from vllm import LLM
+    with phases.phase("import"):
+        from vllm import LLM
 
     from dlma_ray.model.loading import resolve_model_path
 
     torch.set_num_threads(torch_threads)
-    return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
+    with phases.phase("engine_start"):
+        return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
 
 
 def stop_engine(llm) -> None:
@@ -83,6 +87,7 @@ class EngineHost:
 
     def __init__(self, model_ref: str, gen: dict, tensor_parallel_size: int, trust_remote_code: bool,
                  torch_threads: int):
+        phases.process_started()
         t0 = time.perf_counter()
         # Timed apart from the engine's start, as bench/bench_generate.py reports both. `vllm.LLM` is imported
         # lazily: `import vllm` alone leaves about 4 s of the import inside the start.

@@ -44,8 +44,12 @@ def load(ref: str, cfg: Config):
 
     from dlma_ray.model.loading import load_causal_lm, load_tokenizer
 
+    from dlma_ray.workers import phases
+
+    phases.process_started()  # a task of its own process (max_calls=1): each load is one process start
     torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
-    model = load_causal_lm(ref, cfg.scoring.dtype, cfg.model.trust_remote_code).to(device())
+    with phases.phase("model_load"):
+        model = load_causal_lm(ref, cfg.scoring.dtype, cfg.model.trust_remote_code).to(device())
     return model, load_tokenizer(ref, cfg.model.trust_remote_code)
 
 
@@ -100,8 +104,10 @@ def neutral_nll(model, tokenizer, r, docs: list[dict], batch_size: int) -> tuple
 
 def generate_answers(model_ref: str, prompts: list[dict], cfg: Config) -> list[dict]:
     """The model's sampled answer to each prompt under the plain chat format, on an engine of its own."""
+    from dlma_ray.workers import phases
     from dlma_ray.workers.engines import start_engine, stop_engine
 
+    phases.process_started()
     llm = start_engine(model_ref, dict(vars(cfg.generation), seed=cfg.eval.seed), cfg.resources.tensor_parallel_size,
                        cfg.model.trust_remote_code, cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
     try:

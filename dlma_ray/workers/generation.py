@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from dlma_ray.workers import telemetry
+from dlma_ray.workers import phases, telemetry
 from dlma_ray.workers.engines import HostedEngine, start_engine, stop_engine
 from dlma_ray.core.prompts import ContrastiveRenderer, PromptPair, end_of_turn_ids, engine_prompt
 
@@ -63,6 +63,7 @@ class GenerationEngine:
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, torch_threads: int = 1,
                  engine_hosts: list | None = None):
         # engine_hosts: engines kept from the evaluation (dlma_ray.workers.engines.KeptEngines) instead of a new one
+        phases.process_started()
         self.llm = (HostedEngine.claim(engine_hosts, model_path, trust_remote_code) if engine_hosts else
                     start_engine(model_path, gen, tensor_parallel_size, trust_remote_code, torch_threads))
         self.renderer = ContrastiveRenderer(self.llm.get_tokenizer(), pair, style)

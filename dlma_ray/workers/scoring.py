@@ -18,10 +18,11 @@ NaN/inf). The stage counts the reasons and writes only the kept rows.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
-from dlma_ray.workers import telemetry
+from dlma_ray.workers import phases, telemetry
 from dlma_ray.model.logprobs import score_ids, side_ids, text_ids
 from dlma_ray.core.losses import self_reward
 from dlma_ray.core.prompts import context_ids
@@ -79,14 +80,17 @@ class PairScorer:
 
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring mode {mode!r}: expected one of {SCORING_MODES}")
+        phases.process_started()
         torch.set_num_threads(torch_threads)
         self.tokenizer = load_tokenizer(policy_path, trust_remote_code)
         self.policy = self.reference = None
         if mode != "none":
+            load_start = time.time()
             device = ray_device()  # the GPU Ray reserved for this actor, or the CPU: never one it merely sees
             self.policy = load_causal_lm(policy_path, dtype, trust_remote_code).to(device)
             self.reference = self.policy if reference_path == policy_path else \
                 load_causal_lm(reference_path, dtype, trust_remote_code).to(device)
+            phases.record("model_load", load_start, time.time())
         self.opts = dict(batch_size=batch_size, padding_side=padding_side, max_length=max_length,
                          pack_tokens=pack_tokens)  # None: logprobs.PACK_TOKENS
         self.mode, self.unfinished, self.max_length = mode, unfinished, max_length

@@ -17,7 +17,7 @@ import tempfile
 import numpy as np
 
 from dlma_ray.model import lora
-from dlma_ray.workers import telemetry
+from dlma_ray.workers import phases, telemetry
 from dlma_ray.config.interfaces import TrainLoopConfig
 from dlma_ray.run.layout import TRAIN_METRICS_FILE
 from dlma_ray.workers.sharding import worker_micro_batches
@@ -102,8 +102,10 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     a retry after a worker failure, or a resubmitted job, starts from the latest one, not from step 0."""
     from dlma_ray.workers.devices import use_deepspeed_accelerator
 
+    phases.process_started()
     use_deepspeed_accelerator(config["use_gpu"])  # before DeepSpeed looks for a GPU this worker was not given
-    import deepspeed
+    with phases.phase("import"):
+        import deepspeed
     import ray.train
     import torch
 
@@ -123,7 +125,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
 
     tokenizer = load_tokenizer(start, config["trust_remote_code"])
     # in the training precision; under ZeRO-3 built already partitioned (dlma_ray.model.loading.load_for_training)
-    model = load_for_training(start, t["precision"], deepspeed_config(t, world), config["trust_remote_code"])
+    with phases.phase("model_load"):
+        model = load_for_training(start, t["precision"], deepspeed_config(t, world), config["trust_remote_code"])
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     if use_lora:
@@ -132,8 +135,9 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
     total_steps = config["total_steps"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t["warmup_steps"], total_steps,
                                                                        t["lr_schedule"]))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(t, world), dist_init_required=False)
+    with phases.phase("train_setup"):
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(t, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
     shard = ray.train.get_dataset_shard("train")  # the whole ordered table: sharding.worker_micro_batches
     per_epoch = (total_steps // t["epochs"]) * accum  # this worker's micro-batches of one epoch
@@ -186,7 +190,8 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                 else:
                     ray.train.report(report)
     steplog.close()  # tracking
-    _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True}, config)
+    with phases.phase("save"):
+        _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True}, config)
 
 
 def _resume_point(checkpoint, world: int) -> dict | None:
