@@ -131,7 +131,8 @@ def _hand_made_run(run: Path, model_dir: str, tokenizer) -> None:
                      "end_of_turn": r.end_of_turn, "chosen": f"A kind answer {i}.", "rejected": f"A rude answer {i}.",
                      "chosen_tokens": 4, "rejected_tokens": 4, "chosen_finished": True, "rejected_finished": True,
                      "logp_pos_chosen": -1.0, "logp_neg_chosen": -2.0, "logp_pos_rejected": -2.0,
-                     "logp_neg_rejected": -1.0, "self_reward": 2.0, "ref_logp_chosen": -3.0, "ref_logp_rejected": -3.0})
+                     "logp_neg_rejected": -1.0, "self_reward": [2.0, -0.5, 12.0, 0.3, 45.0, 3.0][i],
+                     "ref_logp_chosen": -3.0, "ref_logp_rejected": -3.0})
     (run / "round_0" / "pairs").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA), run / "round_0" / "pairs" / "part-0.parquet")
 
@@ -147,9 +148,11 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
 
     run = tmp_path / "run"
     _hand_made_run(run, tiny_model_dir, tokenizer)
+    rm = _tiny_reward_model(tmp_path / "rm", tiny_model_dir, tokenizer)  # the external judge
     cfg = load_config(None, [f"model.path={tiny_model_dir}", f"run.dir={run}", "eval.max_pairs=8",
                              "eval.max_prompts=4", "eval.max_new_tokens=8", "eval.heldout_pairs=4", "eval.rlaif_judge=true",
-                             "generation.cpu_kvcache_gb=1", "rounds.count=1"])
+                             "generation.cpu_kvcache_gb=1", "rounds.count=1", "eval.judge=reward_model",
+                             f"eval.judge_model={tmp_path / 'rm'}"])
     try:
         result = run_round(Round(cfg, RunLayout(str(run)), 0))
         path, rows = result.output, result.rows
@@ -160,7 +163,7 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     m = ev["measures"]
     assert ev["round"] == 0 and m["self_reward_accuracy_human"]["n"] == 8 and m["rlaif_accuracy_human"]["n"] == 8
     assert m["implicit_reward_accuracy"]["n"] == 8 and m["heldout_pairs_r"]["n"] == 4
-    assert m["win_rate"]["n"] == 4 and ev["judge"] == "self_reward"
+    assert m["win_rate"]["n"] == 4 and ev["judge"] == "reward_model"
     assert m["distillation_gain"]["n"] == 4 and m["distillation_gain"]["mean"] == 0.0  # same weights, same answers
     assert ev["details"]["refusal_judge"]["n"] >= 80
     answers = [json.loads(x) for x in (run / "round_0" / "answers.jsonl").read_text().splitlines()]
@@ -169,8 +172,38 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
     # Same weights, same per-prompt seeds: the round-0 policy (a copy of the model) answers exactly like round 0.
     assert [a["answer"] for a in answers] == [b["answer"] for b in baseline]
     assert m["win_rate"]["ties"] == 4  # identical answers tie by rule, whatever the judge
+    _check_generated_pairs_judged(run, ev, rm, tiny_model_dir, tokenizer)
     report = Path(write_report(str(run)))
     assert report.exists() and (run / "report" / "eval_metrics.png").stat().st_size > 5000
+    md = report.read_text()
+    assert "judged by **reward model" in md and "| 0 | RLAIF text judge vs judge, same pairs |" in md
+    assert (run / "report" / "generated_pairs_vs_judge.png").stat().st_size > 5000
+
+
+def _check_generated_pairs_judged(run: Path, ev: dict, rm, tiny_model_dir: str, tokenizer) -> None:
+    """The paper's Figure 3 on the round's 6 generated pairs (4 held-out first): the reward model was asked
+    about y+ and y- of each, its margins are its own scores computed here, the text judge was pi_0 (the model
+    whose R they carry in round 0), and eval.json's numbers follow from the verdicts kept for a resume."""
+    from dlma_ray.evaluation.judges import reward_model_scores
+    from dlma_ray.evaluation.score_analysis import score_analysis
+
+    info = ev["details"]["generated_pairs_judged"]
+    assert (info["pairs"], info["heldout"], info["train"]) == (6, 4, 2)
+    assert info["judge"] == f"reward model {run.parent / 'rm'}" and info["r_model"] == info["text_judge"] == tiny_model_dir
+    kept = json.loads((run / "round_0" / "judged_pairs.json").read_text())
+    rows = sorted(pq.read_table(run / "round_0" / "pairs").to_pylist(),
+                  key=lambda r: (r["split"] != "heldout", r["prompt_id"]))
+    assert kept["prompt_ids"] == [r["prompt_id"] for r in rows]
+    chats = [json.loads(r["messages_json"]) for r in rows]
+    plus = reward_model_scores(rm, tokenizer, chats, [r["chosen"] for r in rows])
+    minus = reward_model_scores(rm, tokenizer, chats, [r["rejected"] for r in rows])
+    assert kept["judge_margins"] == pytest.approx([a - b for a, b in zip(plus, minus)], abs=1e-4)
+    assert len(kept["rlaif_preferences"]) == 6 and all(0 <= p <= 1 for p in kept["rlaif_preferences"])
+    m, d = score_analysis([r["self_reward"] for r in rows], kept["judge_margins"], kept["rlaif_preferences"])
+    for name in ("self_reward_vs_judge", "rlaif_vs_judge"):
+        got = ev["measures"][name]
+        assert (got["count"], got["n"], got["ci95"]) == (m[name]["count"], info["judged"], m[name]["ci95"])
+    assert [b["n"] for b in ev["details"]["self_reward_vs_judge_bins"]] == [b["n"] for b in d["self_reward_vs_judge_bins"]]
 
 
 def _tiny_reward_model(folder: Path, tiny_model_dir: str, tokenizer):
