@@ -2,7 +2,9 @@
 
 Each method runs once, in a subprocess (this process never starts Ray), as a module-scoped fixture; the
 tests read the finished run dir. RAY_ADDRESS=local gives every run a private Ray instance, so runs of
-other test sessions on the same machine are never joined.
+other test sessions on the same machine are never joined. The rlcd, context-distillation and self-contrast
+runs start from their paper presets (jobs/configs/*-paper-*.yaml) with jobs/configs/embedded-overlay.yaml, so a
+preset that no longer loads or runs fails here; the tests' own overrides come last.
 """
 
 import gzip
@@ -23,6 +25,12 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 HH_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
 K, N = 2, 4
+OVERLAY = REPO / "jobs/configs/embedded-overlay.yaml"
+
+
+def preset(name: str) -> list[str]:
+    """`--config` arguments that start a run from the preset ``name`` of jobs/configs, made tiny by the overlay."""
+    return ["--config", str(REPO / "jobs/configs" / name), "--config", str(OVERLAY)]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,8 @@ def hh_file(tmp_path_factory) -> Path:
     return path
 
 
-def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> Path:
-    args = [f"model.path={tiny_model_dir}", f"run.dir={run_dir}", f"train.method={method}", "rounds.count=1",
+def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str, configs: list[str] = ()) -> Path:
+    args = [*configs, f"model.path={tiny_model_dir}", f"run.dir={run_dir}", f"train.method={method}", "rounds.count=1",
             "eval.enabled=false", "data.max_prompts=8", "data.heldout_fraction=0.2", "generation.max_new_tokens=8",
             "generation.cpu_kvcache_gb=1", "train.micro_batch_size=2", "train.global_batch_size=4", "train.lr=1e-3",
             *extra]
@@ -64,7 +72,8 @@ def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str) -> 
 
 @pytest.fixture(scope="module")
 def rlcd_run(tiny_model_dir, tmp_path_factory):
-    return run_method(tiny_model_dir, tmp_path_factory.mktemp("rlcd") / "run", "rlcd")
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("rlcd") / "run", "rlcd",
+                      configs=preset("rlcd-paper-pku-7b.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +83,15 @@ def dpo_run(tiny_model_dir, tmp_path_factory, hh_file):
 
 @pytest.fixture(scope="module")
 def cd_run(tiny_model_dir, tmp_path_factory):
-    return run_method(tiny_model_dir, tmp_path_factory.mktemp("cd") / "run", "context_distillation")
+    return run_method(tiny_model_dir, tmp_path_factory.mktemp("cd") / "run", "context_distillation",
+                      configs=preset("context-distillation-paper-pku-7b.yaml"))
 
 
 @pytest.fixture(scope="module")
 def sc_run(tiny_model_dir, tmp_path_factory, hh_file):
     return run_method(tiny_model_dir, tmp_path_factory.mktemp("sc") / "run", "self_contrast",
                       f"data.source={hh_file}", "data.prompt_field=chosen", f"self_contrast.num_samples={N}",
-                      f"self_contrast.num_negatives={K}")
+                      f"self_contrast.num_negatives={K}", configs=preset("self-contrast-paper-hh-rlhf-7b.yaml"))
 
 
 def pairs(run_dir: Path) -> list[dict]:
@@ -110,6 +120,9 @@ def test_rlcd_has_no_self_reward_and_trains(rlcd_run, tiny_model_dir):
                                                "logp_pos_rejected", "logp_neg_rejected", "similarity"))
         assert math.isfinite(r["ref_logp_chosen"]) and math.isfinite(r["ref_logp_rejected"])
         assert r["pos_context"] != r["neg_context"] and r["negative_index"] == 0
+        # the preset's raw tags (the released DLMA text), not the embedded defaults' chat template
+        assert r["pos_context"].startswith("USER: ") and r["pos_context"].endswith(
+            "\nASSISTANT(law-abiding, ethical, inoffensive response):\n")
     steps = train_steps(rlcd_run)
     assert steps and all(s["target_margin"] == 0.0 for s in steps), "gamma = 0: no self-reward margin"
     assert weights_changed(tiny_model_dir, rlcd_run)
@@ -155,6 +168,7 @@ def test_context_distillation_learns_the_positive_answers(cd_run, tiny_model_dir
     from dlma_ray.model.loading import load_causal_lm
 
     rows = pairs(cd_run)
+    assert all(r["plain_context"].startswith("USER: ") and r["plain_context"].endswith("\nASSISTANT:\n") for r in rows)
     assert all(math.isnan(r[c]) for r in rows for c in ("ref_logp_chosen", "ref_logp_rejected", "self_reward"))
     steps = train_steps(cd_run)
     assert steps and "reward_margin" not in steps[0] and steps[0]["loss"] > 0
@@ -182,6 +196,9 @@ def test_self_contrast_k_negatives_per_prompt(sc_run, hh_file, tiny_model_dir):
     by_prompt = {}
     for r in rows:
         by_prompt.setdefault(r["prompt_id"], []).append(r)
+    config = json.loads((sc_run / "state.json").read_text())["config"]  # the preset's sampling and optimizer
+    gen = config["generation"]
+    assert (gen["top_k"], gen["seed"], config["train"]["optimizer"]) == (-1, 42, "adamw")
     state = json.loads((sc_run / "state.json").read_text())["stages"][1]
     assert state["metrics"]["kept_prompts"] == len(by_prompt) and state["metrics"]["prompts"] == 8
     assert len(by_prompt) >= 4
