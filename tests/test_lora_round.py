@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from conftest import checkpoint_registered
-from test_methods import REPO, run_method
+from test_methods import REPO, preset, run_method
 
 pytestmark = pytest.mark.slow
 RANK, ALPHA = 4, 8.0
@@ -59,8 +59,9 @@ def check_policy(policy: Path, start_dir: str) -> None:
 
 def test_one_lora_round_zero3_two_workers(tiny_model_dir, tmp_path):
     # ZeRO-2 on one worker is the resume test's run below (its policy passes the same check).
+    # from the DLMA paper's PKU preset (raw tags, RMSprop, clip +-40), made tiny by the embedded overlay
     run = run_method(tiny_model_dir, tmp_path / "run", "dlma", *LORA, "train.zero_stage=3",
-                     "resources.num_train_workers=2")
+                     "resources.num_train_workers=2", configs=preset("dlma-paper-pku-7b.yaml"))
     check_policy(Path(run) / "round_0" / "policy", tiny_model_dir)
 
 
@@ -68,10 +69,11 @@ def test_lora_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
     """A train worker killed after a checkpoint: Ray Train retries, the new worker wraps the round's start
     again and loads the checkpoint's adapter and optimizer shard; every step is logged once."""
     run_dir = tmp_path / "run"
-    args = [f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "rounds.count=1", "eval.enabled=false",
+    args = [*preset("dlma-paper-hh-harmless-7b.yaml"),  # the DLMA paper's hh-rlhf harmless preset, made tiny
+            f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "rounds.count=1", "eval.enabled=false",
             "data.max_prompts=16", "data.heldout_fraction=0.2", "generation.max_new_tokens=8",
             "generation.cpu_kvcache_gb=1", "train.micro_batch_size=2", "train.global_batch_size=2",
-            "train.epochs=4", "train.checkpoint_every=1", *LORA]
+            "train.epochs=4", "train.checkpoint_every=1", "train.lr=1e-3", *LORA]  # 5e-7 in warm-up barely moves B
     log = tmp_path / "job.log"  # a file, not a pipe: an unread pipe fills while the test watches and stalls the job
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO,

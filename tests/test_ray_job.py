@@ -83,7 +83,11 @@ def test_job_submit_with_token_auth_and_dashboard_metrics(tiny_model_dir, tmp_pa
         assert "auth" in (refused.stdout + refused.stderr).lower() or "401" in refused.stdout + refused.stderr
 
         run_dir = tmp_path / "run"
-        args = [f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "data.max_prompts=16", "rounds.count=1",
+        # From the DLMA paper's hh-rlhf helpful preset (the helpful pair scores it), made tiny by the embedded
+        # overlay; relative paths: the job runs in the uploaded working dir.
+        args = ["--config", "jobs/configs/dlma-paper-hh-helpful-7b.yaml",
+                "--config", "jobs/configs/embedded-overlay.yaml",
+                f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "data.max_prompts=16", "rounds.count=1",
                 "generation.max_new_tokens=8", "train.micro_batch_size=4", "train.global_batch_size=4",
                 "eval.enabled=false"]
         excludes = json.dumps({"excludes": [".git", ".venv", "runs", "__pycache__", ".pytest_cache"]})
