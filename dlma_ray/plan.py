@@ -120,12 +120,33 @@ def _check_device(plan: Plan, a: Actors, share: float) -> None:
                              f"{have / GIB:.1f} GiB it may use ({share:g} x {plan.cluster.gpu_memory_gb:g} GB)")
 
 
+def _sequences_per_call(cfg: Config) -> tuple[int, int]:
+    """Sequences one engine call samples, and per prompt: a contrastive pair per prompt (y+, y-), or
+    Self-Contrast's N samples of batch_size // N prompts (methods/self_contrast.py sizes its calls so)."""
+    g = cfg.generation
+    if cfg.train.method == "self_contrast":
+        n = cfg.self_contrast.num_samples
+        return max(1, g.batch_size // n) * n, n
+    return g.batch_size * 2, 2
+
+
+def _call_text(cfg: Config) -> str:
+    per_call, per_prompt = _sequences_per_call(cfg)
+    return (f"{per_call // per_prompt} prompts x {per_prompt} samples a call, from generation.batch_size "
+            f"{cfg.generation.batch_size}")
+
+
+def _batch_size_filling(cfg: Config, fits: int) -> int:
+    _, per_prompt = _sequences_per_call(cfg)
+    return fits if per_prompt > 2 else math.ceil(fits / 2)
+
+
 def _engines(plan: Plan, cfg: Config) -> None:
     r, g, sh, c = cfg.resources, cfg.generation, plan.shape, plan.cluster
     n = _pool(plan, "generate", r.num_engines, r.cpus_per_engine, r.gpus_per_engine, dict(r.engine_resources))
     w = sizing.DTYPE_BYTES[g.dtype]
     seq = cfg.data.max_prompt_tokens + g.max_new_tokens
-    per_call = g.batch_size * 2
+    per_call = _sequences_per_call(cfg)[0]
     a = Actors("generate", "vLLM engine", n, r.num_engines, r.cpus_per_engine, r.gpus_per_engine)
     if r.gpus_per_engine > 0:
         tp = r.tensor_parallel_size
@@ -141,7 +162,7 @@ def _engines(plan: Plan, cfg: Config) -> None:
         a.host = {"runtime": RUNTIME_HOST_GIB["engine"] * GIB}
         fits = min(max_seqs, m.kv_tokens // seq)
         a.note = (f"KV cache {m.kv_tokens:,} tokens: {fits} sequences of {seq} tokens at once; a call brings "
-                  f"{per_call} (generation.batch_size {g.batch_size} x 2)")
+                  f"{per_call} ({_call_text(cfg)})")
         if m.kv_tokens < g.max_model_len:
             plan.problems.append(f"generate: an engine's KV cache holds {m.kv_tokens:,} tokens, less than one "
                                  f"sequence of generation.max_model_len {g.max_model_len} (weights "
@@ -149,7 +170,7 @@ def _engines(plan: Plan, cfg: Config) -> None:
                                  f"gpu_memory_utilization {g.gpu_memory_utilization:g})")
         elif per_call < fits:
             plan.notes.append(f"generate: a call brings {per_call} sequences, the KV cache holds {fits}: raise "
-                              f"generation.batch_size to about {math.ceil(fits / 2)} to fill it")
+                              f"generation.batch_size to about {_batch_size_filling(cfg, fits)} to fill it")
     else:
         kv = g.cpu_kvcache_gb * GIB
         a.host = {"weights": sh.params * w, "KV cache": kv, "runtime": RUNTIME_HOST_GIB["engine"] * GIB}

@@ -186,3 +186,14 @@ def test_rank_0_saving_the_policy_by_hand(lora_rank, bytes_per_param):
     plan = make_plan(cfg, Cluster(gpus=8, gpu_memory_gb=GB, nodes=1, cpus=64), LLAMA2_7B)
     train = next(a for a in plan.actors if a.stage == "train")
     assert train.host[SAVING] == bytes_per_param * LLAMA2_7B.params
+
+
+def test_self_contrast_calls_are_counted_in_samples_not_pairs():
+    """Self-Contrast's engine call is batch_size // N prompts x N samples (methods/self_contrast.py), not the
+    batch_size x 2 of a contrastive pair: 96 with N = 32 is 3 prompts, 96 sequences, less than the cache holds."""
+    path = str(REPO / "jobs" / "configs" / "self-contrast-paper-hh-rlhf-7b.yaml")
+    rc, out = run_plan("--config", path, "--gpus", "8", "--gpu-memory", str(GB), "generation.batch_size=96")
+    kv = re.search(r"(\d+) sequences of \d+ tokens at once; a call brings (\d+) \((\d+) prompts x 32 samples", out)
+    assert rc == 0 and kv, out
+    assert (int(kv[2]), int(kv[3])) == (96, 3), out
+    assert f"raise generation.batch_size to about {kv[1]} to fill it" in out, out
