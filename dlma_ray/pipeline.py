@@ -30,7 +30,7 @@ from dlma_ray.config.tree import Config
 from dlma_ray.config.interfaces import StageResult
 from dlma_ray.run.layout import RunLayout
 from dlma_ray.workers.engines import KeptEngines, room_beside_scorers
-from dlma_ray.stages.common import Round, init_ray, model_for_actor, pool_size
+from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor, pool_size
 from dlma_ray.run.state import STAGES, RunState
 
 log = logging.getLogger("dlma_ray")
@@ -108,6 +108,8 @@ def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
         for k, stage in pending:
             if stage == "evaluate" and keeps_engines(cfg, method, k, pending):
                 kept = KeptEngines.start(cfg, model_for_actor(run.round(k).policy), engine_count(cfg))
+            elif stage == "generate" and kept is None and answers_baseline_on_generate(cfg, method, k, pending):
+                kept = KeptEngines.start(cfg, initial_model(cfg), engine_count(cfg))
             _run_one(cfg, run, method, state, Round(cfg, run, k, kept), stage, job_started)
             if stage == "generate" and kept is not None:
                 kept.release()
@@ -130,11 +132,12 @@ def _run_one(cfg: Config, run: RunLayout, method: methods.Method, state: RunStat
     start = time.time()
     try:
         result = run_stage(method, stage, r)
+        baseline = baseline_from(cfg, run, r) if stage == "generate" else None
     finally:
         telemetry.set_gauge("dlma_stage_running", 0, stage=stage)
     seconds = time.time() - start
     telemetry.set_gauge("dlma_stage_seconds", seconds, round=k, stage=stage)
-    summary = dict(result.summary)
+    summary = dict(result.summary, **({"baseline_answers": baseline} if baseline else {}))
     if r.engines is not None and stage in ("evaluate", "generate"):
         summary["kept_engines"] = len(r.engines.hosts)
     spans = phases.collect(os.environ[phases.ENV], start, start + seconds) if os.environ.get(phases.ENV) else None
@@ -155,6 +158,26 @@ def record_phases(run_dir: str) -> None:
 
     if not ray.is_initialized() and not storage.is_uri(run_dir):
         os.environ[phases.ENV] = os.path.join(run_dir, ".phases")
+
+
+def answers_baseline_on_generate(cfg: Config, method: methods.Method, k: int, pending: list[tuple[int, str]]) -> bool:
+    """Run round 0's generate stage on kept pi_0 engines, so that evaluation's pi_0 answers come from them too
+    (`baseline_from`): one pi_0 engine start a run instead of two, the same answers (per-request seeds)."""
+    return (k == 0 and cfg.eval.enabled and cfg.resources.keep_engines and method.generates_on_engines
+            and any(s == "evaluate" for _, s in pending))
+
+
+def baseline_from(cfg: Config, run: RunLayout, r: Round) -> int:
+    """After a generate stage on kept pi_0 engines: pi_0's evaluation answers from them, cached in the run
+    directory (baseline.answer_baseline); the time counts in the generate stage. Returns how many were made."""
+    if r.engines is None or not cfg.eval.enabled or not r.engines.serves(r.initial):
+        return 0
+    from dlma_ray.model.loading import load_tokenizer
+    from dlma_ray.stages.baseline import answer_baseline
+    from dlma_ray.stages.evaluate import load_eval_prompts
+
+    prompts = load_eval_prompts(cfg, load_tokenizer(r.initial, cfg.model.trust_remote_code))
+    return answer_baseline(cfg, r.engines, run.baseline_answers, prompts)
 
 
 def keeps_engines(cfg: Config, method: methods.Method, k: int, pending: list[tuple[int, str]]) -> bool:

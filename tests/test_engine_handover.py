@@ -76,6 +76,8 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
         prompts = load_eval_prompts(cfg["kept"], tokenizer)
         answers = eval_tasks.answer_prompts(kept.engine(), policy, prompts, cfg["kept"])
         result = contrastive(Round(cfg["kept"], RunLayout(str(runs["kept"])), 1, kept))
+        # pi_0's evaluation answers are asked of round 0's generate engines after that stage (pipeline.baseline_from)
+        after_stage = eval_tasks.answer_prompts(kept.engine(fresh=True), policy, prompts, cfg["kept"])
         served = ray.get(host.served.remote())
         kept.release()
         deadline = time.time() + 60  # ray.kill is asynchronous: a call right after it may still be served
@@ -94,8 +96,9 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
     finally:
         ray.shutdown()
     assert result.rows == fresh.rows == 16
-    assert served == len(prompts) + 2 * result.rows, "every evaluation answer and every y+/y- came from the kept engine"
+    assert served == 2 * len(prompts) + 2 * result.rows, "every evaluation answer and every y+/y- came from the kept engine"
     assert [a["token_ids"] for a in answers] == [a["token_ids"] for a in fresh_answers]
+    assert [a["token_ids"] for a in after_stage] == [a["token_ids"] for a in fresh_answers], "a stage's prefix cache"
     assert [a["answer"] for a in answers] == [a["answer"] for a in fresh_answers]
     got, want = generations(runs["kept"]), generations(runs["fresh"])
     assert got.keys() == want.keys()

@@ -52,7 +52,8 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     """The tasks' numbers against direct computations; a policy equal to pi_0 has gain, KL and implicit
     margins of exactly 0."""
     from dlma_ray.workers.eval_tasks import initial_model_scores, policy_scores
-    from dlma_ray.stages.evaluate import _read_baseline, load_eval_pairs, load_neutral_text
+    from dlma_ray.stages.baseline import read_baseline
+    from dlma_ray.stages.evaluate import load_eval_pairs, load_neutral_text
 
     cfg = load_config(None, [f"model.path={tiny_model_dir}", "eval.max_pairs=4", "eval.batch_size=4",
                              "eval.rlaif_judge=true"])
@@ -92,7 +93,7 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
 
     assert model_for_actor(tiny_model_dir) == tiny_model_dir and model_for_actor("builtin:x") == "builtin:x"
     assert model_for_actor("org/m") == "org/m"
-    assert _read_baseline(str(Path(tiny_model_dir) / "none.jsonl"), [], cfg) is None
+    assert read_baseline(str(Path(tiny_model_dir) / "none.jsonl"), [], cfg) is None
 
 
 def test_job_finds_the_latest_policy(tmp_path):

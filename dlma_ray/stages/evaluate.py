@@ -35,6 +35,7 @@ from dlma_ray.run.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.core.prompts import context_ids
 from dlma_ray.evaluation.refusal import judge_agreement, refusal_rates
 from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
+from dlma_ray.stages.baseline import read_baseline
 from dlma_ray.stages.judged_pairs import (JUDGED_FILE, judged_key, judged_measures, read_judged, read_judged_pairs,
                                          write_judged)
 
@@ -137,19 +138,6 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _read_baseline(path: str, prompts: list[dict], cfg: Config) -> list[dict] | None:
-    """The cached pi_0 answers, or None when missing or made with other prompts / model / sampling."""
-    if not storage.exists(path):
-        return None
-    by_id = {r["prompt_id"]: r for r in (json.loads(x) for x in storage.read_text(path).splitlines() if x.strip())}
-    want = {"model": initial_model(cfg), **eval_tasks.answer_sampling(cfg)}
-    rows = [by_id.get(p["prompt_id"]) for p in prompts]
-    if all(r is not None and "token_ids" in r and all(r.get(k) == v for k, v in want.items()) for r in rows):
-        return rows
-    log.warning("%s was made for other prompts, model or sampling settings: answering with round 0 again", path)
-    return None
-
-
 def _clean(x):
     """JSON without NaN/inf (not valid JSON): non-finite numbers become null."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -222,7 +210,7 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
              policy, len(prompts), len(pairs), len(heldout or []), len(neutral))
     kept = kept if kept is not None and kept.serves(policy) else None
     answers_ref = None if kept else gen.remote(policy, prompts, cfg)
-    baseline = _read_baseline(baseline_path, prompts, cfg)
+    baseline = read_baseline(baseline_path, prompts, cfg)
     baseline_ref = gen.remote(round0, prompts, cfg) if baseline is None else None
     answers = eval_tasks.answer_prompts(kept.engine(), policy, prompts, cfg) if kept else ray.get(answers_ref)
     storage.write_text_atomic(storage.join(out_dir, "answers.jsonl"), _jsonl(answers))

@@ -90,7 +90,10 @@ def kept_note(stage: dict) -> str:
     n = (stage.get("metrics") or {}).get("kept_engines")
     if not n:
         return ""
-    return f"{n} kept for the next generate" if stage["stage"] == "evaluate" else f"{n} kept from the evaluation"
+    if stage["stage"] == "evaluate":
+        return f"{n} kept for the next generate"
+    baseline = stage["metrics"].get("baseline_answers")
+    return f"{n} kept: also pi_0's {baseline} evaluation answers" if baseline else f"{n} kept from the evaluation"
 
 
 def phase_cells(stage: dict) -> list[str]:

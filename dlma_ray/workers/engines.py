@@ -114,6 +114,10 @@ class EngineHost:
             self.llm.reset_prefix_cache()
         return first
 
+    def reset_prefix_cache(self) -> None:
+        """Empty the prefix cache before a new set of requests, so they sample exactly what a fresh engine would."""
+        self.llm.reset_prefix_cache()
+
     def generate(self, prompts: list, params: list) -> list[tuple[str, list[int], str | None]]:
         """(text, token ids, finish reason) of each prompt's first completion; prompts as `vllm.LLM.generate`
         takes them (the stages send token ids: `prompts.engine_prompt`)."""
@@ -202,15 +206,19 @@ class KeptEngines:
             **({"resources": dict(res.engine_resources)} if res.engine_resources else {}))
         hosts = [actor.remote(model_ref, vars(cfg.generation), res.tensor_parallel_size, cfg.model.trust_remote_code,
                               res.threads_for(res.cpus_per_engine)) for _ in range(n)]
-        log.info("keeping %d vLLM engine(s) on %s for this evaluation and the next round's generate stage", n,
-                 model_ref)
+        log.info("keeping %d vLLM engine(s) on %s across stages (an evaluation and a generate stage)", n, model_ref)
         return cls(model_ref, hosts, cfg.model.trust_remote_code)
 
     def serves(self, model_ref: str) -> bool:
         return bool(self.hosts) and model_ref == self.model_ref
 
-    def engine(self, i: int = 0) -> HostedEngine:
-        """Host ``i`` as a `vllm.LLM`-like engine for the driver (evaluation's answers)."""
+    def engine(self, i: int = 0, fresh: bool = False) -> HostedEngine:
+        """Host ``i`` as a `vllm.LLM`-like engine for the driver (evaluation's answers); ``fresh``: its prefix cache
+        emptied first (after a stage has used it)."""
+        import ray
+
+        if fresh:
+            ray.get(self.hosts[i].reset_prefix_cache.remote())
         return HostedEngine(self.hosts[i], self.model_ref, self.trust_remote_code)
 
     def release(self) -> None:

@@ -142,7 +142,16 @@ def test_resume_finished_every_stage_once(finished_run):
     # evaluate(0)'s engine, loaded with round 0's policy, also served generate(1) (dlma_ray.workers.engines)
     metrics = {(s["round"], s["stage"]): s.get("metrics", {}) for s in json.loads((run_dir / "state.json").read_text())["stages"]}
     assert metrics[(0, "evaluate")]["kept_engines"] == metrics[(1, "generate")]["kept_engines"] == 1
-    assert "kept_engines" not in metrics[(0, "generate")] and "kept_engines" not in metrics[(1, "evaluate")]
+    # round 0's generate ran on a kept pi_0 engine, which then answered the evaluation's prompts for pi_0: evaluate(0)
+    # started no pi_0 engine of its own (pipeline.answers_baseline_on_generate)
+    assert metrics[(0, "generate")]["kept_engines"] == 1 and metrics[(0, "generate")]["baseline_answers"] == 4
+    assert len((run_dir / "baseline_answers.jsonl").read_text().splitlines()) == 4
+    assert "kept_engines" not in metrics[(1, "evaluate")] and "baseline_answers" not in metrics[(1, "generate")]
+    # each stage's start-up as its processes recorded it (dlma_ray.workers.phases), for the report's Stages table
+    spans = {(s["round"], s["stage"]): s.get("phases", {}) for s in json.loads((run_dir / "state.json").read_text())["stages"]}
+    assert {"process", "model_load", "train_setup", "save"} <= set(spans[(1, "train")]["seconds"])
+    assert {"engine_start", "model_load"} <= set(spans[(1, "evaluate")]["seconds"])
+    assert 0 < spans[(1, "evaluate")]["startup_wall"] < json.loads((run_dir / "state.json").read_text())["stages"][-1]["seconds"]
     assert "round 1: generate on the 1 vLLM engine(s) kept from the evaluation" in finished_run[2]
     assert not list((run_dir / "round_0").glob(".*tmp-*")), "no temporary stage output left behind"
     assert (run_dir / "round_1/eval.json").exists() and (run_dir / "report.md").exists()
