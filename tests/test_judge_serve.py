@@ -1,4 +1,5 @@
-"""`dlma-ray judge A B --judge openai` against a REAL vLLM OpenAI-compatible server of the embedded model (issue 24, 2): both
+"""`dlma-ray judge A B --judge openai` against a REAL vLLM OpenAI-compatible server of the embedded model
+(issue 24, 2): both
 answer orders asked (counted by the server), counts adding up to n, the human-label agreement, the key
 never written, and the server stopped. No mock of the endpoint."""
 
@@ -95,7 +96,8 @@ def test_judge_head_to_head_through_vllm_serve(server, tmp_path):
     out = subprocess.run([sys.executable, "-m", "dlma_ray", "judge", a, b, "eval.max_pairs=2",
                           f"run.dir={tmp_path / 'run'}",
                           "--judge", "openai", "--judge-model", "judge", "--judge-url",
-                          f"http://127.0.0.1:{server['port']}/v1"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          f"http://127.0.0.1:{server['port']}/v1"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300,
                          env={**os.environ, "OPENAI_API_KEY": KEY})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| `dlma` vs `rlcd` | openai | reused | 3 |" in out.stdout
