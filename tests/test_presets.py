@@ -119,3 +119,23 @@ def test_the_command_line_takes_config_twice(capsys):
     assert (cfg["pair"]["name"], cfg["pair"]["style"], cfg["model"]["path"]) == ("helpful", "raw",
                                                                                 "builtin:smollm2-135m-instruct")
     assert (cfg["train"]["optimizer"], cfg["train"]["lr"], cfg["data"]["max_prompt_words"]) == ("rmsprop", 1e-3, 600)
+
+
+def _overlaid(path: Path) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(load_config([str(path), OVERLAY]))
+
+
+def test_every_paper_preset_goes_generate_score_train_in_make_test():
+    """Each paper preset is started by an end-to-end test (tests/*.py name it with the overlay), or resolves with
+    the overlay to exactly the config of one that is: self-contrast-paper-ultrachat differs from the hh-rlhf preset
+    only in the model and data the overlay replaces, so that run is its run."""
+    tests = [p for p in (REPO / "tests").rglob("*.py") if p.name not in ("test_presets.py", "test_plan.py")]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in tests)
+    started = [p for p in PAPERS if p.name in text or p.stem in text]
+    assert len(started) >= 6, [p.name for p in started]
+    for path in PAPERS:
+        if path not in started:
+            twins = [s.name for s in started if _overlaid(s) == _overlaid(path)]
+            assert twins, f"{path.name}: no end-to-end test runs it or a preset that resolves to its overlaid config"
