@@ -119,7 +119,7 @@ def method_configs(config_path: str | list[str] | None, overrides: list[str],
 def judge_job(cfg: Config, a: str, b: str, judge: str, judge_model: str = "", out: str | None = None) -> int:
     """`dlma-ray judge A B`: the head-to-head result JSON (dlma_ray.stages.judging) and its table on stdout."""
     from dlma_ray.core import storage
-    from dlma_ray.evaluation.headtohead import TABLE_HEADER, table_rows
+    from dlma_ray.evaluation.headtohead import TABLE_HEADER, caveats, table_rows
     from dlma_ray.run.layout import RunLayout
     from dlma_ray.stages.judging import head_to_head
     from dlma_ray.views.runview import md_table
@@ -132,7 +132,7 @@ def judge_job(cfg: Config, a: str, b: str, judge: str, judge_model: str = "", ou
     except ValueError as exc:
         raise SystemExit(f"error: {exc}")
     print("\n".join(md_table(TABLE_HEADER, table_rows([doc]))))
-    print(f"answers {doc['answers_detail']}\nwrote {doc['path']}")
+    print("\n".join([f"answers {doc['answers_detail']}", *caveats([doc]), f"wrote {doc['path']}"]))
     return 0
 
 

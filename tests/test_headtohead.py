@@ -209,6 +209,12 @@ def test_comparison_shows_head_to_head(tmp_path):
     md = open(write_comparison(str(tmp_path), methods=[])).read()
     assert "## Head to head" in md
     assert "| `dlma` vs `rlcd` | openai | reused | 4 | 50% [15%, 85%] | 25% [5%, 70%] | 25% [5%, 70%] | – |" in md
+    assert "trained on" not in md  # an external judge: no caveat
+    (tmp_path / "headtohead" / "dlma_vs_pi_0.distillation.json").write_text(json.dumps(
+        {**doc, "b": "pi_0", "judge": "distillation"}))
+    md = open(write_comparison(str(tmp_path), methods=[])).read()
+    assert "| `dlma` vs `pi_0` | distillation |" in md
+    assert "the contrastive signal DLMA, RLCD and context distillation are trained on" in md  # never unsaid
 
 
 def test_head_to_head_with_score_judges_in_process(tmp_path, score_model_dirs, tiny_model_dir):

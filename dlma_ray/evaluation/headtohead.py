@@ -26,6 +26,15 @@ from dlma_ray.core.stats import rate_summary
 
 PICKS = ("A", "B", "tie")
 TABLE_HEADER = ["A vs B", "judge", "answers", "n", "A wins", "tie", "B wins", "judge vs human labels"]
+# The distillation score is the contrast the self-rewarding methods train on: a win under it is not independent.
+TRAINED_SIGNAL_NOTE = ("The `distillation` judge is the contrastive signal DLMA, RLCD and context distillation are "
+                       "trained on, so a trained policy is expected to win under it: it measures whether training "
+                       "took, not quality. For a quality claim judge with `openai` or a reward/cost model.")
+
+
+def caveats(results: list[dict]) -> list[str]:
+    """Lines a reader must see beside the table: which rows are judged by the signal the policies trained on."""
+    return [TRAINED_SIGNAL_NOTE] if any(r.get("judge") == "distillation" for r in results) else []
 
 
 def order_winner(pick: str, a_shown_first: bool) -> int:

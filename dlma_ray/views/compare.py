@@ -83,7 +83,7 @@ def headtohead_results(folder: str, names: set[str] | None = None) -> list[dict]
 
 def headtohead_section(results: list[dict]) -> list[str]:
     """Markdown: win / tie / lose of A against B per pair and judge, with 95% intervals; [] when none."""
-    from dlma_ray.evaluation.headtohead import TABLE_HEADER, table_rows
+    from dlma_ray.evaluation.headtohead import TABLE_HEADER, caveats, table_rows
 
     if not results:
         return []
@@ -92,7 +92,7 @@ def headtohead_section(results: list[dict]) -> list[str]:
             "a tie. Rates with their 95% Wilson interval; the last column is the same judge's accuracy on the "
             "human-labelled pairs (eval.preference_pairs). `answers`: reused from the runs' evaluations, or "
             "generated for the comparison. Written by `dlma-ray judge` / `dlma-ray compare`.", "",
-            *md_table(TABLE_HEADER, table_rows(results)), ""]
+            *md_table(TABLE_HEADER, table_rows(results)), "", *(f"_{c}_" for c in caveats(results)), ""]
 
 
 def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
