@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import direct_logprob, eot_ids
-from dlma_ray.model.logprobs import pad_id, score_encoded, score_ids
-from dlma_ray.model.packing import common_prefix, pack_rows, row_layout, score_packed
+from dlma_ray.model.logprobs import collate, pad_id, score_encoded, score_ids, sequence_logprobs
+from dlma_ray.model.packing import common_prefix, pack_rows, packed_logprobs, row_layout, score_packed
 from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
 QUESTIONS = ["How do I boil an egg?", "Hi", "Tell me a long story about a dragon who cooks soup.", "What's 2+2?"]
@@ -75,6 +75,50 @@ def test_score_encoded_packed_equals_padded(tiny_model, tokenizer):
     padded = score_encoded(tiny_model, encoded, pad_id(tokenizer), batch_size=4, pack_tokens=0)
     packed = score_encoded(tiny_model, encoded, pad_id(tokenizer), batch_size=4)
     assert packed == pytest.approx(padded, abs=1e-4)
+
+
+def grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("tree", [True, False])
+def test_training_forward_packed_equals_padded(tiny_model, tokenizer, tree):
+    """The train losses' packed forward (one prefix-tree row, with the graph) against a padded batch and an
+    unbatched float64 reference: the same log-probs, and the same gradient of a loss that weighs each
+    sequence differently (a mixed-up owner or a detached token would change it)."""
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    contexts, responses = six_sequences(tokenizer, chats, ANSWERS)
+    contexts += [contexts[0], contexts[0]]  # a duplicate sequence and one that is a prefix of another
+    responses += [list(responses[0]), responses[0][:2]]
+    encoded = [(tokenizer(c, add_special_tokens=False)["input_ids"], r) for c, r in zip(contexts, responses)]
+    weights = torch.linspace(-1.0, 2.0, len(encoded))
+    tiny_model.train()  # as in training (no dropout in this model: the forward is deterministic)
+    try:
+        tiny_model.zero_grad()
+        packed = packed_logprobs(tiny_model, encoded, pad_id(tokenizer), tree)
+        (weights * packed).sum().backward()
+        g_packed = grads(tiny_model).clone()
+        tiny_model.zero_grad()
+        # left padding: the model's attention is now the tree's (use_tree_attention), which must still mask padding
+        padded = sequence_logprobs(tiny_model, collate(encoded, pad_id(tokenizer), padding_side="left"))
+        (weights * padded).sum().backward()
+        g_padded = grads(tiny_model).clone()
+        tiny_model.zero_grad()
+        # gradient checkpointing recomputes each layer in backward: with the same (tree) attention
+        tiny_model.gradient_checkpointing_enable()
+        (weights * packed_logprobs(tiny_model, encoded, pad_id(tokenizer), tree)).sum().backward()
+        g_recomputed = grads(tiny_model).clone()
+        tiny_model.zero_grad()
+    finally:
+        tiny_model.gradient_checkpointing_disable()
+        tiny_model.eval()
+    want = [direct_logprob(tiny_model, tokenizer, c, r) for c, r in zip(contexts, responses)]
+    assert packed.dtype == torch.float32 and packed.requires_grad
+    assert packed.tolist() == pytest.approx(want, abs=1e-4)
+    assert packed.tolist() == pytest.approx(padded.tolist(), abs=1e-4)
+    assert float(g_packed.norm()) > 0
+    assert float((g_packed - g_padded).norm() / g_padded.norm()) < 1e-4
+    assert float((g_recomputed - g_packed).norm() / g_packed.norm()) < 1e-5
 
 
 @pytest.mark.slow

@@ -126,6 +126,8 @@ class TrainConfig:
     max_length: int = _f(512, "longest prompt + response in tokens during training (released: 512)", min=8)
     seed: int = _f(0, "seed for shuffling pairs and for initialisation")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    packing: bool = _f(True, "forward a micro-batch as one prefix-tree row: no padding, a pair's shared context "
+                       "once, the output layer only where a response token is predicted (false: padded batch)")
     checkpoint_every: int = _f(50, "save a resumable checkpoint (weights, optimizer shards, progress) into "
                                "round_<k>/.ray_train every this many optimizer steps; 0 = only the final policy",
                                min=0)

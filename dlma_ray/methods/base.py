@@ -16,7 +16,7 @@ import numpy as np
 
 from dlma_ray.config.tree import Config, ConfigError
 from dlma_ray.config.interfaces import Batch, StageResult
-from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.model.logprobs import collate, encode_response, pad_id, response_logprobs, side_ids
 from dlma_ray.core.losses import dlma_loss
 from dlma_ray.stages import generate, score
 from dlma_ray.stages import train as train_stage
@@ -58,7 +58,8 @@ class Method:
 
     def loss(self, model, tokenizer, rows: Batch, t: dict[str, Any], device) -> tuple[Any, dict]:
         """DPO on (y+, y-) against the stored reference log-probs (the DLMA loss with gamma 0)."""
-        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, t["max_length"], device)
+        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, t["max_length"], device,
+                                                   t.get("packing", True))
         return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),
                          float_column(rows["ref_logp_rejected"], device), None, beta=t["beta"], gamma=0.0)
 
@@ -72,18 +73,23 @@ def float_column(values, device):
     return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32, device=device)
 
 
-def preference_batch(tokenizer, rows: Batch, max_length: int):
-    """One padded batch of 2B sequences: the B chosen responses, then the B rejected ones, after the plain
+def preference_encoded(tokenizer, rows: Batch, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """2B (context ids, response ids): the B chosen responses, then the B rejected ones, after the plain
     context, as the token ids the score stage scored (`logprobs.side_ids`)."""
     contexts = [str(c) for c in rows["plain_context"]] * 2
     responses = side_ids(tokenizer, rows, "chosen") + side_ids(tokenizer, rows, "rejected")
-    return collate([encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)],
-                   pad_id(tokenizer))
+    return [encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)]
 
 
-def pair_logprobs(model, tokenizer, rows: Batch, max_length: int, device):
-    """log pi(y+|x) and log pi(y-|x) under the plain context, in one forward (``preference_batch``)."""
-    logp = sequence_logprobs(model, preference_batch(tokenizer, rows, max_length).to(device))
+def preference_batch(tokenizer, rows: Batch, max_length: int):
+    """``preference_encoded`` as one padded batch (the unpacked path, and the benchmarks' baseline)."""
+    return collate(preference_encoded(tokenizer, rows, max_length), pad_id(tokenizer))
+
+
+def pair_logprobs(model, tokenizer, rows: Batch, max_length: int, device, packed: bool = True):
+    """log pi(y+|x) and log pi(y-|x) under the plain context, in one forward (``logprobs.response_logprobs``)."""
+    logp = response_logprobs(model, preference_encoded(tokenizer, rows, max_length), pad_id(tokenizer), device,
+                             packed)
     n = len(rows["chosen"])
     return logp[:n], logp[n:]
 

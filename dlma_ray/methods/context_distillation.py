@@ -3,7 +3,7 @@ context. No reference model: the score stage only checks lengths."""
 
 from __future__ import annotations
 
-from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
 from dlma_ray.core.losses import sft_loss
 from dlma_ray.methods.base import Method, float_column, register
 
@@ -16,9 +16,9 @@ class ContextDistillation(Method):
     summary = "SFT on y+ after the plain context (the rejected side is unused)"
 
     def loss(self, model, tokenizer, rows, t, device):
-        batch = collate([encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
-                         zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))], pad_id(tokenizer))
-        tokens = float_column(batch.response_lengths, device)
-        logp = sequence_logprobs(model, batch.to(device))
+        enc = [encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
+               zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))]
+        tokens = float_column([len(r) for _, r in enc], device)
+        logp = response_logprobs(model, enc, pad_id(tokenizer), device, t.get("packing", True))
         loss = sft_loss(logp, tokens)
         return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean(), "logps_chosen": logp.detach().mean()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from dlma_ray.config.interfaces import StageResult
-from dlma_ray.model.logprobs import collate, encode_response, pad_id, sequence_logprobs, side_ids
+from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
 from dlma_ray.core.losses import grouped_dpo_loss
 from dlma_ray.methods.base import Method, float_column, register
 from dlma_ray.data.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
@@ -91,7 +91,7 @@ class SelfContrast(Method):
         enc = [encode_response(tokenizer, c, r, t["max_length"])
                for c, r in zip(contexts, side_ids(tokenizer, rows, "chosen"))]
         enc += [encode_response(tokenizer, contexts[g], r, t["max_length"]) for g, r in zip(group, rejected)]
-        logp = sequence_logprobs(model, collate(enc, pad_id(tokenizer)).to(device))
+        logp = response_logprobs(model, enc, pad_id(tokenizer), device, t.get("packing", True))
         n = len(contexts)
         return grouped_dpo_loss(logp[:n], logp[n:], float_column(rows["ref_logp_chosen"], device),
                                 float_column(ref_rejected, device), torch.as_tensor(group, device=device),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dlma_ray.model.packing import score_packed
+from dlma_ray.model.packing import packed_logprobs, score_packed
 from dlma_ray.core.prompts import context_ids, end_of_turn_ids
 
 
@@ -165,6 +165,16 @@ def forward_logits(model, batch: TokenizedResponses) -> torch.Tensor:
 def sequence_logprobs(model, batch: TokenizedResponses) -> torch.Tensor:
     """Summed response log-probs of a padded batch under ``model`` (keeps the graph for training)."""
     return summed_response_logprobs(forward_logits(model, batch), batch)
+
+
+def response_logprobs(model, encoded: list[tuple[list[int], list[int]]], pad: int, device, packed: bool = True,
+                      ) -> torch.Tensor:
+    """Summed response log-probs of encoded (context ids, response ids), with the graph: the forward of every
+    train loss. ``packed`` (`train.packing`): one prefix-tree row (``packing.packed_logprobs``: no padding, a
+    shared context once, the output layer at response positions only); else one padded batch."""
+    if packed:
+        return packed_logprobs(model, encoded, pad)
+    return sequence_logprobs(model, collate(encoded, pad).to(device))
 
 
 PACK_TOKENS = 2048  # tree tokens per packed row (dlma_ray.model.packing), one row per forward; 0 = padded sequences

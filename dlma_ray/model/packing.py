@@ -89,12 +89,18 @@ def row_layout(sequences: list[list[int]], first_scored: list[int]) -> RowLayout
     return RowLayout(ids, positions, allowed, predict_at, labels, owner, segments)
 
 
+def _hf_config(model):
+    """The transformers config of ``model``, also when a DeepSpeed engine wraps it (its own ``config`` is
+    DeepSpeed's)."""
+    return getattr(model, "module", model).config
+
+
 TREE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")  # plain softmax attention: no caps, sinks or windows
 
 
 def tree_attention_applies(model) -> bool:
     """Whether ``tree_attention`` can stand in for the model's attention (else the dense 4D mask is used)."""
-    c = model.config
+    c = _hf_config(model)
     return (c.model_type in TREE_MODEL_TYPES and getattr(c, "sliding_window", None) is None
             and not getattr(c, "attn_logit_softcapping", None))
 
@@ -123,10 +129,12 @@ def tree_attention(module, query, key, value, attention_mask, dropout=0.0, scali
     Each segment goes through transformers' own SDPA attention, the one training's forward runs, with 4-D
     [1, H, n, D] tensors: SDPA's fused kernels (flash, memory-efficient, CPU flash) take only 4-D inputs, and
     3-D ones fell back to the unfused math kernel, so the reference log-probs came from another kernel than
-    the policy's log-probs in training (h at step 0 not 0 in bf16)."""
+    the policy's log-probs in training (h at step 0 not 0 in bf16). Without a plan it is SDPA itself."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    if tree_plan is None:  # a padded forward of a model whose attention is this one (use_tree_attention)
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rows, heads, length, dim = query.shape
     out = query.new_zeros(rows, length, heads, dim)  # [B, T, H, D] as attention functions return; padding: never read
     for b, start, end, keys, mask in tree_plan:
@@ -135,17 +143,26 @@ def tree_attention(module, query, key, value, attention_mask, dropout=0.0, scali
     return out, None
 
 
-def _forward_tree(model, plan, **inputs):
-    from transformers import AttentionInterface
+TREE_ATTENTION = "dlma_tree"
 
-    AttentionInterface.register("dlma_tree", tree_attention)
-    config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = "dlma_tree"
-    try:
-        return model(**inputs, tree_plan=plan)
-    finally:
-        config._attn_implementation = before
+
+def use_tree_attention(model) -> None:
+    """Make ``model``'s attention ``tree_attention`` (SDPA, with SDPA's masks, when no plan is passed), for good:
+    gradient checkpointing re-runs each layer's forward during backward and reads the config again then, so a
+    switch undone after the forward would recompute the activations with another attention."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(TREE_ATTENTION, tree_attention)
+    AttentionMaskInterface.register(TREE_ATTENTION, sdpa_mask)
+    config = _hf_config(model)
+    if config._attn_implementation != TREE_ATTENTION:
+        config._attn_implementation = TREE_ATTENTION
+
+
+def _forward_tree(model, plan, **inputs):
+    use_tree_attention(model)
+    return model(**inputs, tree_plan=plan)
 
 
 def logits_at(model, b_idx: torch.Tensor, p_idx: torch.Tensor, plan=None, **inputs) -> torch.Tensor:
@@ -167,6 +184,45 @@ def logits_at(model, b_idx: torch.Tensor, p_idx: torch.Tensor, plan=None, **inpu
         handle.remove()
 
 
+def forward_rows(model, layouts: list[RowLayout], pad: int, padding_side: str = "right", tree: bool | None = None,
+                 ) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+    """One forward of the packed ``layouts`` as a batch of rows: the float32 log-prob of every scored token
+    ([S], with the graph when gradients are on) and, per token, (row, index of its sequence in the row);
+    None when no token is scored. ``tree``: attention per segment (``tree_attention``; None = where it applies)
+    or a dense 4D mask."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    tree = tree_attention_applies(model) if tree is None else tree
+    width = max(len(lay.ids) for lay in layouts)
+    ids = torch.full((len(layouts), width), pad, dtype=torch.long)
+    pos = torch.zeros((len(layouts), width), dtype=torch.long)
+    allowed = None if tree else torch.eye(width, dtype=torch.bool).repeat(len(layouts), 1, 1, 1)  # padding: itself
+    where, labels, owners, segments = [], [], [], []
+    for b, lay in enumerate(layouts):
+        n = len(lay.ids)
+        off = width - n if padding_side == "left" else 0
+        ids[b, off:off + n] = torch.tensor(lay.ids)
+        pos[b, off:off + n] = torch.tensor(lay.positions)
+        if not tree:
+            allowed[b, 0, off:off + n, off:off + n] = lay.allowed
+        segments += [(b, off + s, off + e, [off + a for a in anc]) for s, e, anc in lay.segments]
+        where += [(b, off + p) for p in lay.predict_at]
+        labels += lay.labels
+        owners += [(b, j) for j in lay.owner]
+    if not where:
+        return None
+    # with tree attention the 4D mask is a placeholder: a 4D mask is used as given, and tree_attention ignores it
+    mask = torch.zeros((len(layouts), 1, 1, 1) if tree else allowed.shape, dtype=dtype)
+    if not tree:
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    plan = segment_plan(segments, device) if tree else None
+    picked = logits_at(model, torch.tensor([b for b, _ in where], device=device),
+                       torch.tensor([p for _, p in where], device=device), plan, input_ids=ids.to(device),
+                       attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False).float()
+    label_t = torch.tensor(labels, device=device)
+    return picked.gather(-1, label_t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1), owners
+
+
 @torch.no_grad()
 def score_packed(model, encoded: list[tuple[list[int], list[int]]], pad: int, budget: int = 512,
                  rows_per_batch: int = 1, padding_side: str = "right", tree: bool | None = None) -> list[float]:
@@ -175,9 +231,6 @@ def score_packed(model, encoded: list[tuple[list[int], list[int]]], pad: int, bu
     ``tree``: attention per segment (``tree_attention``; None = where it applies) or a dense 4D mask."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side {padding_side!r}: expected 'left' or 'right'")
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    tree = tree_attention_applies(model) if tree is None else tree
     seqs = [list(c) + list(r) for c, r in encoded]
     first = [len(c) for c, _ in encoded]
     rows = [(row, row_layout([seqs[i] for i in row], [first[i] for i in row])) for row in pack_rows(seqs, budget)]
@@ -185,33 +238,27 @@ def score_packed(model, encoded: list[tuple[list[int], list[int]]], pad: int, bu
     total = torch.zeros(len(seqs), dtype=torch.float64)
     for start in range(0, len(rows), rows_per_batch):
         group = rows[start:start + rows_per_batch]
-        width = max(len(lay.ids) for _, lay in group)
-        ids = torch.full((len(group), width), pad, dtype=torch.long)
-        pos = torch.zeros((len(group), width), dtype=torch.long)
-        allowed = None if tree else torch.eye(width, dtype=torch.bool).repeat(len(group), 1, 1, 1)  # padding: itself
-        where, labels, owners, segments = [], [], [], []
-        for b, (row, lay) in enumerate(group):
-            n = len(lay.ids)
-            off = width - n if padding_side == "left" else 0
-            ids[b, off:off + n] = torch.tensor(lay.ids)
-            pos[b, off:off + n] = torch.tensor(lay.positions)
-            if not tree:
-                allowed[b, 0, off:off + n, off:off + n] = lay.allowed
-            segments += [(b, off + s, off + e, [off + a for a in anc]) for s, e, anc in lay.segments]
-            where += [(b, off + p) for p in lay.predict_at]
-            labels += lay.labels
-            owners += [row[j] for j in lay.owner]
-        if not where:
+        out = forward_rows(model, [lay for _, lay in group], pad, padding_side, tree)
+        if out is None:
             continue
-        # with tree attention the 4D mask is a placeholder: a 4D mask is used as given, and tree_attention ignores it
-        mask = torch.zeros((len(group), 1, 1, 1) if tree else allowed.shape, dtype=dtype)
-        if not tree:
-            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        plan = segment_plan(segments, device) if tree else None
-        picked = logits_at(model, torch.tensor([b for b, _ in where], device=device),
-                           torch.tensor([p for _, p in where], device=device), plan, input_ids=ids.to(device),
-                           attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False).float()
-        label_t = torch.tensor(labels, device=device)
-        token_logp = picked.gather(-1, label_t.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, dim=-1)
-        total.index_add_(0, torch.tensor(owners), token_logp.double().cpu())
+        token_logp, owners = out
+        total.index_add_(0, torch.tensor([group[b][0][j] for b, j in owners]), token_logp.double().cpu())
     return total.tolist()
+
+
+def packed_logprobs(model, encoded: list[tuple[list[int], list[int]]], pad: int, tree: bool | None = None,
+                    ) -> torch.Tensor:
+    """Summed response log-probs of encoded (context ids, response ids) as one differentiable float32 tensor
+    [N] on the model's device: the train losses' forward (dlma_ray.methods). All sequences go into one row,
+    so a pair's y+ and y- share their context's forward, no position is padding, and the output layer runs
+    only where a response token is predicted; each sequence's value is its own forward's."""
+    seqs = [list(c) + list(r) for c, r in encoded]
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    layout = row_layout([seqs[i] for i in order], [len(encoded[i][0]) for i in order])
+    device = next(model.parameters()).device
+    total = torch.zeros(len(seqs), dtype=torch.float32, device=device)
+    out = forward_rows(model, [layout], pad, "right", tree)
+    if out is None:
+        return total
+    token_logp, owners = out
+    return total.index_add(0, torch.tensor([order[j] for _, j in owners], device=device), token_logp)
