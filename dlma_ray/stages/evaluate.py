@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dlma_ray.workers import engines
 from dlma_ray.workers import eval_tasks
+from dlma_ray.workers.eval_batch import threads_per_task
 from dlma_ray.core import storage
 from dlma_ray.config.tree import Config, DataConfig
 from dlma_ray.evaluation.judges import api_key, check_judge, openai_margins
@@ -225,12 +226,16 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     fixed_path = storage.join(storage.dirname(baseline_path), BASELINE_SCORES_FILE)
     key = fixed_scores_key(cfg, baseline, pairs, neutral)
     fixed = read_fixed_scores(fixed_path, key)
+    own_rlaif = text_judge and r_model != round0
+    threads = threads_per_task(r.threads_for(r.cpus_per_scorer), 3 if own_rlaif else 2, ray.nodes(),
+                               r.cpus_per_scorer, r.gpus_per_scorer)  # the scorer tasks run at once
     initial_ref = _task(eval_tasks.initial_model_scores, **scorer).remote(cfg, round0, answers, baseline, pairs,
                                                                            neutral, to_judge, fixed,
-                                                                           text_judge and r_model == round0)
-    rlaif_ref = (_task(eval_tasks.text_judge_preferences, **scorer).remote(cfg, r_model, to_judge)
-                 if text_judge and r_model != round0 else None)
-    policy_ref = _task(eval_tasks.policy_scores, **scorer).remote(cfg, policy, answers, pairs, heldout or [], neutral)
+                                                                           text_judge and r_model == round0, threads)
+    rlaif_ref = (_task(eval_tasks.text_judge_preferences, **scorer).remote(cfg, r_model, to_judge, threads)
+                 if own_rlaif else None)
+    policy_ref = _task(eval_tasks.policy_scores, **scorer).remote(cfg, policy, answers, pairs, heldout or [], neutral,
+                                                                  threads)
     initial, scores = ray.get(initial_ref), ray.get(policy_ref)
     if fixed is None:
         storage.write_text_atomic(fixed_path, json.dumps(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 
 from dlma_ray.config.tree import Config
+from dlma_ray.workers.eval_batch import ScoreBatch
 
 
 def device() -> str:
@@ -39,7 +40,9 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def load(ref: str, cfg: Config):
+def load(ref: str, cfg: Config, threads: int | None = None):
+    """The model and tokenizer at ``ref``; ``threads``: torch threads (None: the scorer's configured count; the
+    evaluate stage passes fewer when its tasks share a node: dlma_ray.stages.evaluate.threads_per_task)."""
     import torch
 
     from dlma_ray.model.loading import load_causal_lm, load_tokenizer
@@ -47,7 +50,7 @@ def load(ref: str, cfg: Config):
     from dlma_ray.workers import phases
 
     phases.process_started()  # a task of its own process (max_calls=1): each load is one process start
-    torch.set_num_threads(cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
+    torch.set_num_threads(threads or cfg.resources.threads_for(cfg.resources.cpus_per_scorer))
     with phases.phase("model_load"):
         model = load_causal_lm(ref, cfg.scoring.dtype, cfg.model.trust_remote_code).to(device())
     return model, load_tokenizer(ref, cfg.model.trust_remote_code)
@@ -148,12 +151,13 @@ FIXED_SCORES = ("contrast_baseline", "tokens_baseline", "pairs_chosen", "pairs_r
 
 def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], baseline: list[dict],
                          pairs: list[dict], neutral: list[dict], judged_pairs: list[dict] | None = None,
-                         fixed: dict | None = None, text_judge_judged: bool = False) -> dict:
+                         fixed: dict | None = None, text_judge_judged: bool = False,
+                         threads: int | None = None) -> dict:
     """Everything pi_0 (the fixed judge) computes: see the module docstring. ``fixed`` holds the FIXED_SCORES
     of an earlier round (they depend on pi_0 and the evaluation items only): they are not computed again.
     ``text_judge_judged``: pi_0 also judges ``judged_pairs`` in text (round 0, where pi_0 is the model whose R
     they carry: the RLAIF baseline of the same model, without loading it twice)."""
-    model, tok = load(round0_ref, cfg)
+    model, tok = load(round0_ref, cfg, threads)
     r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size
     if text_judge_judged and judged_pairs:
         from dlma_ray.evaluation.judges import rlaif_judge
@@ -161,24 +165,26 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
         _, out_rlaif = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in judged_pairs], bs)
     else:
         out_rlaif = None
-    new_ids = answer_ids(tok, answers, r.end_of_turn)
-    out = {
-        "contrast_policy": contrast(model, tok, r, answers, new_ids, bs),
-        "tokens_policy": [len(i) for i in new_ids],
-        "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers], new_ids, bs),
-        "margins": None, "judged_pair_rlaif": out_rlaif,
-    }
+    new_ids, chats = answer_ids(tok, answers, r.end_of_turn), [a["messages"] for a in answers]
+    batch = ScoreBatch()  # every log-prob of this task in one scoring call (ScoreBatch says why)
+    batch.add_contrast("policy", r, chats, new_ids)
+    batch.add("policy", [r.plain(c) for c in chats], new_ids)
+    if fixed is None:
+        base_ids = answer_ids(tok, baseline, r.end_of_turn)
+        y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
+        pair_chats = [p["messages"] for p in pairs]
+        batch.add_contrast("baseline", r, [b["messages"] for b in baseline], base_ids)
+        batch.add("chosen", [r.plain(c) for c in pair_chats], y_plus)
+        batch.add("rejected", [r.plain(c) for c in pair_chats], y_minus)
+        batch.add_neutral("neutral", tok, r, neutral)
+    lp = batch.score(model, tok, bs)
+    out = {"contrast_policy": lp.contrast("policy"), "tokens_policy": [len(i) for i in new_ids],
+           "logp_policy_answers": lp["policy"], "margins": None, "judged_pair_rlaif": out_rlaif}
     if fixed is not None:
         out.update({k: fixed[k] for k in FIXED_SCORES})
     else:
-        base_ids = answer_ids(tok, baseline, r.end_of_turn)
-        y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
-        chats = [p["messages"] for p in pairs]
-        out.update(
-            contrast_baseline=contrast(model, tok, r, baseline, base_ids, bs), tokens_baseline=[len(i) for i in base_ids],
-            pairs_chosen=plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
-            pairs_rejected=plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
-            neutral=neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []))
+        out.update(contrast_baseline=lp.contrast("baseline"), tokens_baseline=[len(i) for i in base_ids],
+                   pairs_chosen=lp["chosen"], pairs_rejected=lp["rejected"], neutral=lp.neutral("neutral"))
     if cfg.eval.judge == "reward_model":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -202,41 +208,42 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
     return out
 
 
-def text_judge_preferences(cfg: Config, model_ref: str, judged_pairs: list[dict]) -> list[float]:
+def text_judge_preferences(cfg: Config, model_ref: str, judged_pairs: list[dict], threads: int | None = None,
+                           ) -> list[float]:
     """The RLAIF text judge's preference for y+ of each generated pair (both orders averaged), asked of the model
     that scored their R (pi_k of the round; round 0 does this inside initial_model_scores)."""
     from dlma_ray.evaluation.judges import rlaif_judge
 
-    model, tok = load(model_ref, cfg)
+    model, tok = load(model_ref, cfg, threads)
     _, prefs = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in judged_pairs],
                            cfg.eval.batch_size)
     return prefs
 
 
 def policy_scores(cfg: Config, policy_ref: str, answers: list[dict], pairs: list[dict], heldout: list[dict],
-                  neutral: list[dict]) -> dict:
+                  neutral: list[dict], threads: int | None = None) -> dict:
     """Everything the evaluated policy pi_k computes: see the module docstring."""
     from dlma_ray.evaluation.judges import rlaif_judge
     from dlma_ray.model.logprobs import side_ids
 
-    model, tok = load(policy_ref, cfg)
+    model, tok = load(policy_ref, cfg, threads)
     r, bs = cfg.pair.renderer(tok), cfg.eval.batch_size
     y_plus, y_minus = pair_ids(tok, pairs, r.end_of_turn)
     chats = [p["messages"] for p in pairs]
-    out = {
-        "logp_policy_answers": plain_logps(model, tok, r, [a["messages"] for a in answers],
-                                           answer_ids(tok, answers, r.end_of_turn), bs),
-        "pairs_chosen": plain_logps(model, tok, r, chats, y_plus, bs) if pairs else [],
-        "pairs_rejected": plain_logps(model, tok, r, chats, y_minus, bs) if pairs else [],
-        "self_reward_human": contrastive_rewards(model, tok, [r.positive(c) for c in chats],
-                                                 [r.negative(c) for c in chats], y_plus, y_minus, bs) if pairs else [],
-        "neutral": neutral_nll(model, tok, r, neutral, bs) if neutral else ([], []),
-        "rlaif": None, "heldout_r": [],
-    }
-    if pairs and cfg.eval.rlaif_judge:
-        out["rlaif"], _ = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in pairs], bs)
+    batch = ScoreBatch()  # every log-prob of this task in one scoring call (ScoreBatch says why)
+    batch.add("policy", [r.plain(a["messages"]) for a in answers], answer_ids(tok, answers, r.end_of_turn))
+    batch.add("chosen", [r.plain(c) for c in chats], y_plus)
+    batch.add("rejected", [r.plain(c) for c in chats], y_minus)
+    batch.add_rewards("human", [r.positive(c) for c in chats], [r.negative(c) for c in chats], y_plus, y_minus)
+    batch.add_neutral("neutral", tok, r, neutral)
     if heldout:
         cols = {c: [h[c] for h in heldout] for c in heldout[0]}
-        out["heldout_r"] = contrastive_rewards(model, tok, cols["pos_context"], cols["neg_context"],
-                                               side_ids(tok, cols, "chosen"), side_ids(tok, cols, "rejected"), bs)
+        batch.add_rewards("heldout", cols["pos_context"], cols["neg_context"], side_ids(tok, cols, "chosen"),
+                          side_ids(tok, cols, "rejected"))
+    lp = batch.score(model, tok, bs)
+    out = {"logp_policy_answers": lp["policy"], "pairs_chosen": lp["chosen"], "pairs_rejected": lp["rejected"],
+           "self_reward_human": lp.rewards("human"), "neutral": lp.neutral("neutral"), "rlaif": None,
+           "heldout_r": lp.rewards("heldout") if heldout else []}
+    if pairs and cfg.eval.rlaif_judge:  # the next token's distribution, not a summed log-prob: a pass of its own
+        out["rlaif"], _ = rlaif_judge(model, tok, [(p["messages"], p["chosen"], p["rejected"]) for p in pairs], bs)
     return out
