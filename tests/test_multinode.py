@@ -88,12 +88,32 @@ def listing(cluster: dict, kind: str) -> list[dict]:
     return json.loads(out[out.index("["):])
 
 
-def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir):
+@pytest.fixture(scope="module")
+def two_node_job(cluster, tiny_model_dir) -> str:
+    """The two-node job, once: the first test checks it, the second starts its own run from its scored pairs."""
     start = time.time()
     job = submit(cluster, "s3://runs/multinode", tiny_model_dir)
     out = finish(job, 1200)
     print(f"\nwall time of the two-node job: {time.time() - start:.0f}s")
     assert job.returncode == 0, out[-6000:]
+    return out
+
+
+def scored_copy(src: str, dest: str, tmp: Path) -> None:
+    """``dest`` as the run ``src`` was after its score stage: state.json's first two stages and their outputs.
+    A job on ``dest`` then starts at the train stage (run.dir is a setting a run may resume with)."""
+    state = json.loads(storage.read_text(f"{src}/state.json"))
+    state["stages"] = [s for s in state["stages"] if s["stage"] in ("generate", "score")]
+    assert len(state["stages"]) == 2, state["stages"]
+    for part in ("round_0/generations", "round_0/pairs"):
+        storage.download_dir(f"{src}/{part}", str(tmp / part))
+        storage.upload_dir(str(tmp / part), f"{dest}/{part}")
+    text = json.dumps(state, indent=2).replace(f"{src}/", f"{dest}/").replace(f'"{src}"', f'"{dest}"')
+    storage.write_text_atomic(f"{dest}/state.json", text)
+
+
+def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir, two_node_job):
+    out = two_node_job
     assert "succeeded" in out and "FATAL" not in out
 
     state = json.loads(storage.read_text("s3://runs/multinode/state.json"))
@@ -137,26 +157,23 @@ def retries_available() -> bool:
 
 @pytest.mark.skipif(not retries_available(), reason="train retries (Ray Train FailureConfig from the config) are "
                     "not in yet: the train stage runs with max_failures=0, so a lost node fails the job")
-def test_losing_the_second_node_mid_train_is_retried(cluster, tiny_model_dir):
+def test_losing_the_second_node_mid_train_is_retried(cluster, tiny_model_dir, two_node_job, tmp_path):
     """Kill every process of the second node once training has started; a replacement node joins (as an
-    autoscaler would start one) and the job finishes after Ray Train restarts the worker group."""
+    autoscaler would start one) and the job finishes after Ray Train restarts the worker group. The run starts
+    from a copy of the first job's scored pairs (generate and score are that test's): the job begins at train."""
     import psutil
 
     from dlma_ray.config.tree import Config
 
     name = next(n for n in vars(Config().train) if "failures" in n)
     run_dir = "s3://runs/multinode-kill"
+    scored_copy("s3://runs/multinode", run_dir, tmp_path)
     job = submit(cluster, run_dir, tiny_model_dir, f"train.{name}=2")
     deadline = time.time() + 900
-    while True:
+    while "round 0: train" not in Path(job.log_path).read_text(errors="replace"):
         assert job.poll() is None and time.time() < deadline, "the job ended before its train stage"
-        try:
-            if [s["stage"] for s in json.loads(storage.read_text(f"{run_dir}/state.json"))["stages"]] == \
-                    ["generate", "score"]:
-                break
-        except (OSError, ValueError, FileNotFoundError):
-            pass
         time.sleep(2)
+    assert "resuming s3://runs/multinode-kill at round 0, stage train" in Path(job.log_path).read_text()
     time.sleep(20)  # the worker group is up and stepping
     victims = [p for p in psutil.process_iter(["cmdline"]) if any(cluster["temp2"] in a for a in p.info["cmdline"] or [])]
     for p in victims:
