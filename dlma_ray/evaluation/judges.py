@@ -23,6 +23,7 @@ import torch
 
 from dlma_ray.core.stats import ratio
 from dlma_ray.model.logprobs import forward_logits, position_ids_from_mask
+from dlma_ray.model.packing import logits_at
 from dlma_ray.core.prompts import context_ids
 
 
@@ -83,9 +84,10 @@ def ab_preference(model, tokenizer, prompts: list[str], batch_size: int = 8) -> 
         width = max(len(encoded[i]) for i in idx)
         ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in idx], device=device)
         attn = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in idx], device=device)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn),
-                       use_cache=False).logits
-        last = logits[torch.arange(len(idx)), attn.sum(-1) - 1].float().log_softmax(-1)
+        # the output layer at each row's last real token only: the rest of the row's logits are never read
+        last = logits_at(model, torch.arange(len(idx), device=device), attn.sum(-1) - 1, input_ids=ids,
+                         attention_mask=attn, position_ids=position_ids_from_mask(attn),
+                         use_cache=False).float().log_softmax(-1)
         # Summing over both spellings makes the reading robust to where the tokenizer puts the space.
         diff = torch.logsumexp(last[:, a_ids], -1) - torch.logsumexp(last[:, b_ids], -1)
         for i, p in zip(idx, torch.sigmoid(diff).tolist()):

@@ -170,7 +170,7 @@ def logits_at(model, b_idx: torch.Tensor, p_idx: torch.Tensor, plan=None, **inpu
     just those hidden states, so the model's own logit processing (soft-capping, scaling) still applies.
     With a ``plan`` (``segment_plan``), attention is ``tree_attention``."""
     forward = model if plan is None else (lambda **kw: _forward_tree(model, plan, **kw))
-    head = model.get_output_embeddings()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is None:  # no separate output layer to hook: take every position's logits
         return forward(**inputs).logits[b_idx, p_idx]
 
