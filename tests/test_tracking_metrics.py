@@ -89,6 +89,14 @@ def test_step_logger_counts_tokens_and_continues_steps(tmp_path, tiny_model):
     assert lines[1]["num_tokens"] == 1036 and lines[1]["grad_norm"] == 3.0 and lines[1]["learning_rate"] == 1e-5
     assert lines[1]["pairs_per_second"] > 0 and lines[1]["tokens_per_second"] == pytest.approx(
         24 * lines[1]["pairs_per_second"] / 8)
+    # the train stage's packed forward (train.packing): [5, 6, 7, 8, 9] and [5, 8, ..., 13] share [5]: 11 tokens
+    from dlma_ray.model.packing import packed_logprobs
+
+    counted = trainlog.StepLogger(None, 0, engine, rows_per_step=8)
+    with torch.no_grad():
+        packed_logprobs(tiny_model, encoded, pad=0)
+    assert counted.local_tokens == 11
+    counted.close()
     # rank 1 logs nothing; a retry resumed from a checkpoint continues the running count of its metrics file
     metrics_file = tmp_path / "train_metrics.jsonl"
     metrics_file.write_text(json.dumps({"step": 1, "num_tokens": 1012}) + "\n")

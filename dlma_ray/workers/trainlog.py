@@ -90,7 +90,8 @@ def train_spec(cfg, run_dir: str, k: int) -> dict:
 
 class StepLogger:
     """The train loop's tracking around one DeepSpeed ``engine``. It counts the input tokens (attention mask,
-    no padding) of every forward through the model, whatever the method's loss; every rank calls `update` at
+    no padding) of every forward through the model, whatever the method's loss (with `train.packing` the
+    tokens of the packed row: a context shared by y+ and y- is forwarded, and counted, once); every rank calls `update` at
     each optimizer step (the token total is summed across workers there); only rank 0 with a `tracking` spec
     opens trackers and logs."""
 
@@ -127,7 +128,10 @@ class StepLogger:
     def _count(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
-        self.local_tokens += int(mask.sum()) if mask is not None else int(ids.numel()) if ids is not None else 0
+        if mask is not None and mask.dim() == 2:  # a padded batch: its real tokens
+            self.local_tokens += int(mask.sum())
+        elif ids is not None:  # no mask, or a packed row (train.packing: one row, no padding, a 4D mask)
+            self.local_tokens += int(ids.numel())
 
     def update(self, report: dict) -> None:
         """Complete ``report`` in place: `num_tokens` (running total, all workers), `step_tokens`, `seconds` since
