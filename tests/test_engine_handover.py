@@ -2,11 +2,15 @@
 
 In real Ray and vLLM: one engine kept on a policy answers the evaluation prompts from the driver, then serves
 round 1's generate stage through Ray Data. Its answers and the stage's table must equal, sample for sample,
-what fresh engines give, and releasing it must end its actor. The pipeline's use of it (kept from evaluate(0)
+what fresh engines give, and releasing it must end its actor and every process it started. A second engine
+actor, SIGKILLed as Ray or a dying driver kills one, must take its engine's processes with it
+(dlma_ray.workers.watchdog). The pipeline's use of it (kept from evaluate(0)
 for generate(1), recorded in state.json) is checked on the killed 2-round run (tests/faults/test_killed_run.py).
 """
 
+import os
 import shutil
+import signal
 import time
 from types import SimpleNamespace
 
@@ -44,6 +48,50 @@ def test_custom_labels_count_like_gpus():
     assert room_beside_scorers(apart, 1, {"engine_node": 2.0, "scorer_node": 1.0})
 
 
+def started_by(pid: int) -> list:
+    """The processes below ``pid``: an engine's core and workers, its watchdog, Python's resource tracker."""
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def running(procs: list) -> list:
+    import psutil
+
+    def up(p):
+        try:  # is_running() also tells a reused pid from the process recorded
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return [p for p in procs if up(p)]
+
+
+def left_after(procs: list, seconds: float) -> list[str]:
+    """Command lines of ``procs`` still running after up to ``seconds``; those are then killed (never leaked)."""
+    deadline = time.time() + seconds
+    while running(procs) and time.time() < deadline:
+        time.sleep(0.5)
+    left = []
+    for p in running(procs):
+        try:
+            left.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+            p.kill()
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            pass
+    return left
+
+
+def watchdogs_below(pid: int) -> list[str]:
+    return [" ".join(p.cmdline()) for p in running(started_by(pid)) if "dlma_ray.workers.watchdog" in p.cmdline()]
+
+
+def actor_pid(actor) -> int:
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))
+
+
 def generations(run_dir) -> dict:
     t = pq.read_table(run_dir / "round_1/generations").to_pylist()
     return {r["prompt_id"]: r for r in t}
@@ -72,13 +120,21 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
     try:
         policy = model_for_actor(str(runs["kept"] / "round_0/policy"))
         kept = KeptEngines.start(cfg["kept"], policy, 1)
+        # Not restarted once killed: a restart would start another engine for nothing.
+        victim = KeptEngines.start(load_config(None, [*args, f"run.dir={tmp_path / 'victim'}",
+                                                      "resources.max_actor_restarts=0"]), policy, 1)
         host = kept.hosts[0]
         prompts = load_eval_prompts(cfg["kept"], tokenizer)
         answers = eval_tasks.answer_prompts(kept.engine(), policy, prompts, cfg["kept"])
+        victim_pid = actor_pid(victim.hosts[0])  # waits for its engine to start
+        victim_procs = started_by(victim_pid)
+        os.kill(victim_pid, signal.SIGKILL)
+        victim_left = left_after(victim_procs, 20)
         result = contrastive(Round(cfg["kept"], RunLayout(str(runs["kept"])), 1, kept))
         # pi_0's evaluation answers are asked of round 0's generate engines after that stage (pipeline.baseline_from)
         after_stage = eval_tasks.answer_prompts(kept.engine(fresh=True), policy, prompts, cfg["kept"])
         served = ray.get(host.served.remote())
+        host_procs = started_by(actor_pid(host))
         kept.release()
         deadline = time.time() + 60  # ray.kill is asynchronous: a call right after it may still be served
         while True:
@@ -88,13 +144,19 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
                 break
             assert time.time() < deadline, "the released engine host is still alive"
             time.sleep(0.5)
+        host_left = left_after(host_procs, 10)
 
         fresh_policy = model_for_actor(str(runs["fresh"] / "round_0/policy"))
         fresh_answers = ray.get(ray.remote(num_cpus=1)(eval_tasks.generate_answers).remote(
             fresh_policy, prompts, cfg["fresh"]))
+        task_watchdogs = watchdogs_below(os.getpid())  # the answer task's worker lives on, its engine stopped
         fresh = contrastive(Round(cfg["fresh"], RunLayout(str(runs["fresh"])), 1))
     finally:
         ray.shutdown()
+    assert len(victim_procs) >= 2, f"the engine's core and worker run in processes of their own: {victim_procs}"
+    assert not victim_left, f"a SIGKILLed engine actor left its engine's processes running: {victim_left}"
+    assert not host_left, f"a released engine host left processes behind: {host_left}"
+    assert not task_watchdogs, f"an evaluation task's stopped engine left its watchdog running: {task_watchdogs}"
     assert result.rows == fresh.rows == 16
     assert served == 2 * len(prompts) + 2 * result.rows, "every evaluation answer and every y+/y- came from the kept engine"
     assert [a["token_ids"] for a in answers] == [a["token_ids"] for a in fresh_answers]

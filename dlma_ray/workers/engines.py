@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlma_ray.workers import phases
+from dlma_ray.workers import phases, watchdog
 
 log = logging.getLogger("dlma_ray")
 
 # Ray options of every process that holds an engine. Ray kills a worker's child processes when it ends it, which
 # killed the engine core (and Python's resource tracker) in the middle of vLLM's own shutdown: the log then
 # showed "engine core exited unexpectedly" and resource-tracker KeyError tracebacks. Left alive, vLLM stops
-# its core itself at exit (and a core whose parent dies exits on its own).
+# its core itself at exit; a core whose parent dies without stopping it runs on, so `watchdog` ends it.
 # Ray starts workers at niceness 15, and the engine's core and worker processes inherit it: every Ray process
 # at niceness 0 (driver, raylet, dashboard) then came first, and the engine started 1.1-1.5x slower than a
 # standalone one (bench/RESULTS.md). Ray's job supervisor starts its driver at 0 the same way.
@@ -69,8 +69,11 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
     from dlma_ray.model.loading import resolve_model_path
 
     torch.set_num_threads(torch_threads)
+    before = watchdog.descendants()
     with phases.phase("engine_start"):
-        return LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
+        llm = LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
+    llm.dlma_watchdog = watchdog.start(before)  # ends the engine's processes should this process die first
+    return llm
 
 
 def stop_engine(llm) -> None:
@@ -79,6 +82,7 @@ def stop_engine(llm) -> None:
     if core is not None and hasattr(core, "shutdown") and not getattr(llm, "dlma_stopped", False):
         llm.dlma_stopped = True
         core.shutdown()
+        watchdog.wait_for(getattr(llm, "dlma_watchdog", None))
 
 
 
