@@ -1,6 +1,6 @@
 """The engine watchdog (dlma_ray.workers.watchdog) on plain processes standing in for an engine's core: it ends
-them once the process that started them is SIGKILLed, exits on its own once they end, and never signals a
-process that only reuses a recorded pid. The real engine in a Ray actor: tests/test_engine_handover.py."""
+them once the process that started them is SIGKILLed (also processes started after the watchdog, as an engine's
+are), is ended with the engine, and never signals a process that only reuses a recorded pid. The real engine in a Ray actor: tests/test_engine_handover.py."""
 
 import os
 import signal
@@ -28,38 +28,46 @@ def gone(pid: int, seconds: float) -> bool:
 
 
 def test_a_killed_owner_takes_its_engine_processes_along():
-    # The owner starts a "core" that ignores SIGTERM (SIGKILL must follow) and its watchdog, then is SIGKILLed.
+    # The owner starts its watchdog, then a "core" that ignores SIGTERM (SIGKILL must follow) and its "worker",
+    # and is SIGKILLed: as a driver stopped while its engine starts or runs. A process the owner had before the
+    # watchdog started is not the engine's: it is left alone.
     owner = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
         "from dlma_ray.workers import watchdog\n"
-        "before = watchdog.descendants()\n"
-        "core = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, "
-        "signal.SIG_IGN); print(1, flush=True); time.sleep(120)'], stdout=subprocess.PIPE)\n"
-        "core.stdout.readline()\n"
-        "dog = watchdog.start(before)\n"
-        "print(core.pid, dog.pid, flush=True)\n"
+        "own = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "time.sleep(0.5)\n"
+        "dog = watchdog.start()\n"
+        "core = subprocess.Popen([sys.executable, '-c', 'import signal, subprocess, sys, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "w = subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(120)\"]); "
+        "print(w.pid, flush=True); time.sleep(120)'], stdout=subprocess.PIPE)\n"
+        "worker = core.stdout.readline().decode().strip()\n"
+        "time.sleep(4 * watchdog.POLL_S)\n"
+        "print(own.pid, core.pid, worker, dog.pid, flush=True)\n"
         "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
-    core, dog = map(int, owner.stdout.readline().split())
+    own, core, worker, dog = map(int, owner.stdout.readline().split())
     try:
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait()
         assert gone(core, 5 + 2 * watchdog.GRACE_S), "the orphaned core still runs"
+        assert gone(worker, 5), "the orphaned core's worker still runs"
         assert gone(dog, 5), "the watchdog outlived its work"
+        assert not gone(own, 0), "a process that was not the engine's was ended"
     finally:
-        for pid in (core, dog):
+        for pid in (own, core, worker, dog):
             if not gone(pid, 0):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_the_watchdog_exits_once_the_engine_has_stopped():
-    before = watchdog.descendants()
+def test_the_watchdog_ends_once_the_engine_has_stopped():
+    dog = watchdog.start()
     core = subprocess.Popen(SLEEPER)
-    dog = watchdog.start(before)
-    assert dog is not None
+    time.sleep(2 * watchdog.POLL_S)
+    assert dog.poll() is None, "the watchdog runs while the engine does"
     core.kill()
     core.wait()
-    watchdog.wait_for(dog)
-    assert dog.returncode == 0, "the watchdog still runs after the engine stopped"
+    watchdog.stop(dog)
+    assert dog.poll() is not None, "the watchdog still runs after the engine stopped"
 
 
 def test_a_reused_pid_is_never_signalled():

@@ -69,10 +69,12 @@ def start_engine(model_ref: str, gen: dict, tensor_parallel_size: int = 1, trust
     from dlma_ray.model.loading import resolve_model_path
 
     torch.set_num_threads(torch_threads)
-    before = watchdog.descendants()
+    # Started first: it ends the engine's processes should this process die before stopping them, also during
+    # the start (after a failed start it stays, to end what the start may have left, when this process ends).
+    dog = watchdog.start()
     with phases.phase("engine_start"):
         llm = LLM(**engine_kwargs(resolve_model_path(model_ref), gen, tensor_parallel_size, trust_remote_code))
-    llm.dlma_watchdog = watchdog.start(before)  # ends the engine's processes should this process die first
+    llm.dlma_watchdog = dog
     return llm
 
 
@@ -82,7 +84,7 @@ def stop_engine(llm) -> None:
     if core is not None and hasattr(core, "shutdown") and not getattr(llm, "dlma_stopped", False):
         llm.dlma_stopped = True
         core.shutdown()
-        watchdog.wait_for(getattr(llm, "dlma_watchdog", None))
+        watchdog.stop(getattr(llm, "dlma_watchdog", None))
 
 
 

@@ -9,11 +9,11 @@ that actor process dies without stopping its engine (SIGKILLed by Ray, its drive
 core and its workers ran on with nobody to stop them: a driver stopped with SIGTERM in round 1's generate stage
 left the kept engine's core and worker (3.7 GB, busy at times) running until killed by hand (bench/RESULTS.md).
 
-`start(before)`, called right after the engine started, records the processes the start added below this one
-(pid and create time, so that a reused pid is never taken for them) and starts `python -m
-dlma_ray.workers.watchdog` (this module: the standard library and psutil, a few MB), which polls: when the
-process that started it is gone, it sends the recorded processes SIGTERM, SIGKILL to those left after a
-grace period, and exits; it also exits once they are all gone (`engines.stop_engine`).
+`start()`, called before the engine starts (a driver stopped during the engine's start left its core running
+too), starts `python -m dlma_ray.workers.watchdog` (this module: the standard library and psutil, a few MB).
+It polls: it records every process that appears below its owner (pid and create time, so that a reused pid is
+never taken for one), and when the owner is gone it sends them SIGTERM, SIGKILL to those left after a grace
+period, and exits. `stop()`, once the engine has stopped (`engines.stop_engine`), ends the watchdog.
 """
 
 from __future__ import annotations
@@ -30,46 +30,28 @@ POLL_S = 0.5  # how often the watchdog looks; `stop_engine` waits up to a few po
 GRACE_S = 5.0  # between SIGTERM and SIGKILL: vLLM's core stops its workers itself on SIGTERM
 
 
-def descendants() -> set[int]:
-    """Pids of this process's descendants now."""
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+def descendants(pid: int | None = None) -> set[int]:
+    """Pids of the descendants of process ``pid`` (this one by default) now."""
+    return {p.pid for p in psutil.Process(pid).children(recursive=True)}
 
 
-def recorded(before: set[int]) -> list[tuple[int, float]]:
-    """(pid, create time) of this process's descendants not in ``before``: the engine's core and its workers.
-
-    Python's multiprocessing resource tracker is left out: it exits by itself once no process holds its pipe,
-    cleaning up the shared memory it tracks, which a SIGKILL would leak (it ignores SIGTERM)."""
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        if p.pid in before:
-            continue
-        try:
-            if "resource_tracker" not in " ".join(p.cmdline()):
-                out.append((p.pid, p.create_time()))
-        except psutil.Error:  # already gone
-            pass
-    return out
-
-
-def start(before: set[int]) -> subprocess.Popen | None:
-    """Watch the processes started since ``before`` (`descendants()` taken before the engine started)."""
-    procs = recorded(before)
-    if not procs:  # an engine running inside this process (none on the CPU build; a GPU build may)
-        return None
-    args = [f"{pid}:{created!r}" for pid, created in procs]
+def start() -> subprocess.Popen:
+    """Watch what this process starts from now on: the engine's core and workers (started next)."""
+    # Processes already below this one are not the engine's (a Ray worker's own helpers, an earlier watchdog).
+    ignore = ",".join(str(pid) for pid in descendants())
     # A session of its own: a signal sent to this process's group (a terminal's Ctrl-C) is not meant for it.
-    return subprocess.Popen([sys.executable, "-m", "dlma_ray.workers.watchdog", str(os.getpid()), *args],
+    return subprocess.Popen([sys.executable, "-m", "dlma_ray.workers.watchdog", str(os.getpid()), ignore],
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def wait_for(watchdog: subprocess.Popen | None) -> None:
-    """Reap the watchdog once the engine has stopped (it exits within a poll); leave it running if it has not."""
-    if watchdog is not None:
+def stop(watchdog: subprocess.Popen | None) -> None:
+    """End the watchdog once the engine has stopped (its processes are gone: nothing is left to watch)."""
+    if watchdog is not None and watchdog.poll() is None:
+        watchdog.terminate()
         try:
-            watchdog.wait(timeout=4 * POLL_S)
+            watchdog.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            pass
+            watchdog.kill()
 
 
 def same_process(pid: int, created: float) -> psutil.Process | None:
@@ -100,23 +82,44 @@ def end(procs: list[tuple[int, float]], grace_s: float = GRACE_S) -> None:
             time.sleep(0.1)
 
 
-def watch(owner: int, procs: list[tuple[int, float]], poll_s: float = POLL_S) -> None:
-    """Until ``procs`` are gone: once ``owner`` (this process's parent) is, end them."""
-    while alive(procs):
-        # Once the owner dies this process is reparented, and its old parent's pid never comes back as its parent.
-        if os.getppid() != owner:
-            left = [p.pid for p in alive(procs)]
-            print(f"dlma-ray watchdog: process {owner}, which started a vLLM engine, is gone; ending the engine's "
-                  f"processes {left}", file=sys.stderr, flush=True)
-            end(procs)
-            return
+def engine_processes(owner: int, ignore: set[int]) -> dict[int, float]:
+    """pid -> create time of the processes below ``owner`` that are not ignored, this watchdog, or Python's
+    multiprocessing resource tracker (it exits by itself once no process holds its pipe, cleaning up the shared
+    memory it tracks, which a SIGKILL would leak; it ignores SIGTERM)."""
+    out = {}
+    try:
+        for p in psutil.Process(owner).children(recursive=True):
+            if p.pid in ignore or p.pid == os.getpid():
+                continue
+            try:
+                if "resource_tracker" not in " ".join(p.cmdline()):
+                    out[p.pid] = p.create_time()
+            except psutil.Error:  # gone meanwhile
+                pass
+    except psutil.Error:  # the owner is gone
+        pass
+    return out
+
+
+def watch(owner: int, ignore: set[int], poll_s: float = POLL_S) -> None:
+    """Record what appears below ``owner`` (this process's parent) until it is gone, then end it all."""
+    seen: dict[int, float] = {}
+    # Once the owner dies this process is reparented, and its old parent's pid never comes back as its parent.
+    while os.getppid() == owner:
+        for pid, created in engine_processes(owner, ignore).items():
+            seen.setdefault(pid, created)
         time.sleep(poll_s)
+    procs = list(seen.items())
+    left = [p.pid for p in alive(procs)]
+    if left:
+        print(f"dlma-ray watchdog: process {owner}, which started a vLLM engine, is gone; ending the engine's "
+              f"processes {left}", file=sys.stderr, flush=True)
+        end(procs)
 
 
 def main(argv: list[str]) -> None:
-    owner, *specs = argv
-    procs = [(int(pid), float(created)) for pid, created in (s.split(":") for s in specs)]
-    watch(int(owner), procs)
+    owner, ignore = argv
+    watch(int(owner), {int(pid) for pid in ignore.split(",") if pid})
 
 
 if __name__ == "__main__":
