@@ -260,6 +260,21 @@ def initial_model(cfg: Config) -> str:
     return model_for_actor(pinned(cfg.model.path, cfg.model.revision))
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a scheduler, `ray job stop`) stops the driver as Ctrl-C does, its lock released and Ray shut
+    down at exit; Ray's handler (set by `ray.init`, so this comes after it) aborted, leaving a local cluster's agents."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # Python runs handlers on the main thread
+        return
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def init_ray(cfg: Config) -> None:
     import ray
 
@@ -269,6 +284,7 @@ def init_ray(cfg: Config) -> None:
     # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
     address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
     info = ray.init(address=address)
+    stop_on_sigterm()
     from dlma_ray.workers.nodes import check_cluster
 
     check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
