@@ -1,9 +1,16 @@
 """A real two-node Ray cluster on this machine (`ray start --head`, then a second `ray start --address` with its
-own temp dir and custom resources), the run directory on an S3-compatible server (moto's), and the job
-submitted with `ray job submit`: jobs/configs/multinode-example.yaml places one train worker on each node and
-the engine on the node labelled `engine_node`, by Ray resources only. Ray's state API then says where each
-actor ran; every output is on the store, nothing temporary is left there, and a second submission finds the
-run finished."""
+own temp dir and custom resources), token authentication on, the run directory on an S3-compatible server
+(moto's), and the job submitted with `ray job submit`: the DLMA paper's hh-rlhf helpful preset, made tiny by the
+embedded overlay, placed by jobs/configs/multinode-example.yaml (one train worker on each node, the engine on
+the node labelled `engine_node`, by Ray resources only). Ray's state API then says where each actor ran; every
+output is on the store, nothing temporary is left there, a client without the token is refused, each node's
+Prometheus endpoint carries the pipeline's own metrics, and a second submission finds the run finished."""
+
+import contextlib
+import re
+import shutil
+import socket
+import urllib.request
 
 import json
 import os
@@ -15,7 +22,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_ray_job import free_port, stop_cluster
 from test_storage import s3_env  # noqa: F401 - the moto server fixture
 
 from dlma_ray.core import storage
@@ -23,7 +29,48 @@ from dlma_ray.core import storage
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-CONFIG = "jobs/configs/multinode-example.yaml"
+# The paper preset (its pair, loss and filters), made tiny by the overlay, placed by the multinode example.
+CONFIGS = ("jobs/configs/dlma-paper-hh-helpful-7b.yaml", "jobs/configs/embedded-overlay.yaml",
+           "jobs/configs/multinode-example.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_cluster(temp_dir: str, gcs_port: int) -> None:
+    """Stop this test's cluster only (`ray stop` would stop every Ray instance on the machine)."""
+    import psutil
+
+    mine = [p for p in psutil.process_iter(["cmdline"])
+            if any(temp_dir in a or f":{gcs_port}" in a for a in (p.info["cmdline"] or []))]
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """Current value of every dlma series: (name, labels) -> value."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"^(ray_dlma_\w+?)(\{[^}]*\})?\s+([-+0-9.eEnaNinf]+)$", line)
+        if m:
+            labels = ",".join(sorted(p for p in (m.group(2) or "").strip("{}").split(",")
+                                     if p and not p.startswith(("WorkerId", "Component", "SessionName",
+                                                                "NodeAddress", "Version", "JobId"))))
+            values[(m.group(1), labels)] = float(m.group(3))
+    return values
 
 
 def ray_cli(args: list[str], env: dict, timeout: int = 180, check: bool = True) -> subprocess.CompletedProcess:
@@ -34,24 +81,25 @@ def ray_cli(args: list[str], env: dict, timeout: int = 180, check: bool = True) 
 
 def start_second_node(cluster: dict) -> None:
     ray_cli(["start", f"--address=127.0.0.1:{cluster['gcs']}", "--num-cpus=2", "--disable-usage-stats",
-             "--resources", json.dumps({"train_slot": 1, "engine_node": 1}), f"--temp-dir={cluster['temp2']}"],
+             "--resources", json.dumps({"train_slot": 1, "engine_node": 1}), f"--temp-dir={cluster['temp2']}",
+             f"--metrics-export-port={cluster['prom'][1]}"],
             cluster["env"])
 
 
 @pytest.fixture(scope="module")
 def cluster(s3_env, tmp_path_factory):  # noqa: F811
-    gcs, dash = free_port(), free_port()
+    gcs, dash, prom1, prom2 = free_port(), free_port(), free_port(), free_port()
     # Each node's environment holds the storage credentials, as an instance role would give them.
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     # Short paths: Ray's socket paths have a length limit. One temp dir per node.
     temp1, temp2 = tempfile.mkdtemp(prefix="rh-", dir="/tmp"), tempfile.mkdtemp(prefix="rn-", dir="/tmp")
-    info = {"gcs": gcs, "dash": dash, "env": env, "temp1": temp1, "temp2": temp2}
+    info = {"gcs": gcs, "dash": dash, "env": env, "temp1": temp1, "temp2": temp2, "prom": (prom1, prom2)}
     try:
         ray_cli(["start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                  "--num-cpus=2", "--disable-usage-stats", "--resources", json.dumps({"train_slot": 1}),
-                 f"--temp-dir={temp1}"], env)
+                 f"--temp-dir={temp1}", f"--metrics-export-port={prom1}"], env)
         start_second_node(info)
         for _ in range(60):  # the job agent comes up a few seconds after `ray start` returns
             if ray_cli(["job", "list", "--address", f"http://127.0.0.1:{dash}"], env, check=False).returncode == 0:
@@ -71,7 +119,7 @@ def submit(cluster: dict, run_dir: str, model_dir: str, *extra: str) -> subproce
     log = tempfile.NamedTemporaryFile("w+", prefix="dlma-job-", suffix=".log", delete=False)  # noqa: SIM115
     job = subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dash']}",
                             "--working-dir", str(REPO), "--runtime-env-json", excludes, "--",
-                            "python", "jobs/iterate.py", "--config", CONFIG, *args],
+                            "python", "jobs/iterate.py", *(a for c in CONFIGS for a in ("--config", c)), *args],
                            env=cluster["env"], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     job.log_path = log.name
     return job
@@ -89,14 +137,29 @@ def listing(cluster: dict, kind: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_node_job(cluster, tiny_model_dir) -> str:
-    """The two-node job, once: the first test checks it, the second starts its own run from its scored pairs."""
+def two_node_job(cluster, tiny_model_dir) -> tuple[str, dict[tuple[str, str], float]]:
+    """The two-node job, once, and the largest value of each dlma series both nodes' Prometheus endpoints
+    exported while it ran: the first test checks them, the second starts its own run from its scored pairs."""
     start = time.time()
     job = submit(cluster, "s3://runs/multinode", tiny_model_dir)
-    out = finish(job, 1200)
+    seen: dict[tuple[str, str], float] = {}
+
+    def look() -> None:
+        for port in cluster["prom"]:
+            for k, v in scrape(port).items():
+                seen[k] = max(seen.get(k, float("-inf")), v)
+
+    deadline = time.time() + 1200
+    while job.poll() is None and time.time() < deadline:
+        look()
+        time.sleep(2)
+    for _ in range(8):  # the metrics agents export on an interval: look a little longer
+        look()
+        time.sleep(2)
+    out = finish(job, 60)
     print(f"\nwall time of the two-node job: {time.time() - start:.0f}s")
     assert job.returncode == 0, out[-6000:]
-    return out
+    return out, seen
 
 
 def scored_copy(src: str, dest: str, tmp: Path) -> None:
@@ -113,8 +176,10 @@ def scored_copy(src: str, dest: str, tmp: Path) -> None:
 
 
 def test_job_on_two_nodes_with_run_dir_on_s3(cluster, tiny_model_dir, two_node_job):
-    out = two_node_job
+    out, _ = two_node_job
     assert "succeeded" in out and "FATAL" not in out
+    token = cluster["env"]["RAY_AUTH_TOKEN"]
+    assert token not in out and token not in storage.read_text("s3://runs/multinode/state.json")
 
     state = json.loads(storage.read_text("s3://runs/multinode/state.json"))
     assert [s["stage"] for s in state["stages"]] == ["generate", "score", "train"]
@@ -184,3 +249,31 @@ def test_losing_the_second_node_mid_train_is_retried(cluster, tiny_model_dir, tw
     assert job.returncode == 0, out[-6000:]
     state = json.loads(storage.read_text(f"{run_dir}/state.json"))
     assert [s["stage"] for s in state["stages"]] == ["generate", "score", "train"]
+
+
+def test_clients_without_the_token_are_refused(cluster, tmp_path):
+    no_token = {k: v for k, v in cluster["env"].items() if k != "RAY_AUTH_TOKEN"}
+    refused = ray_cli(["job", "list", "--address", f"http://127.0.0.1:{cluster['dash']}"],
+                      {**no_token, "HOME": str(tmp_path)}, timeout=120, check=False)
+    assert refused.returncode != 0, "the cluster must refuse clients without the token"
+    assert "auth" in (refused.stdout + refused.stderr).lower() or "401" in refused.stdout + refused.stderr
+
+
+def test_each_node_exports_the_pipeline_metrics(two_node_job):
+    """The dashboard's Metrics tab reads these series from each node's endpoint (the engine ran on the second
+    node, the scorers and train workers on both): summed over nodes and tags, they count the job's work."""
+    _, seen = two_node_job
+
+    def metric(name, combine=sum):
+        hits = [v for (n, _), v in seen.items() if n == name]
+        assert hits, f"{name} not exported; saw {sorted({n for n, _ in seen})}"
+        return combine(hits)
+
+    assert metric("ray_dlma_prompts_generated_total") == 16
+    assert metric("ray_dlma_tokens_generated_total") >= 16
+    assert metric("ray_dlma_generation_tokens_per_second", max) > 0
+    assert metric("ray_dlma_pairs_scored_total") == 16
+    assert metric("ray_dlma_self_reward_abs_count") == 16  # summed over the sign tag
+    assert 0.0 < metric("ray_dlma_train_loss", max) < 5.0
+    assert metric("ray_dlma_train_steps_total") >= 1
+    assert metric("ray_dlma_stage_seconds", max) > 0
