@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -93,8 +94,8 @@ def train(engine, steps: range, rank: int) -> None:
 
 
 def full_weights(engine) -> dict:
-    if engine.zero_optimization_stage() == 3:
-        return engine._zero3_consolidated_16bit_state_dict()  # every rank
+    if engine.zero_optimization_stage() == 3:  # gathered on every rank, returned on rank 0 only (None elsewhere)
+        return engine._zero3_consolidated_16bit_state_dict()
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
 
@@ -153,11 +154,11 @@ def resume_case(stage: int, precision: str, lora: bool, legacy: bool, rank: int,
     train(resumed, range(K, N), rank)
     weights2, state2 = full_weights(resumed), zero_state(resumed)
     resumed.destroy()
-    diffs = torch.tensor([max_diff(weights, weights2), max_diff(state["optimizer"], state2["optimizer"])],
+    moved = max((float((weights[k].double() - w.double()).abs().max()) for k, w in (before or {}).items()), default=0.0)
+    diffs = torch.tensor([max_diff(weights, weights2), max_diff(state["optimizer"], state2["optimizer"]), moved],
                          dtype=torch.float64)
     dist.all_reduce(diffs, op=dist.ReduceOp.MAX)
-    moved = max(float((weights[k].double() - w.double()).abs().max()) for k, w in before.items())
-    return {"weights": diffs[0].item(), "optimizer": diffs[1].item(), "kind": state["kind"], "moved": moved}
+    return {"weights": diffs[0].item(), "optimizer": diffs[1].item(), "kind": state["kind"], "moved": diffs[2].item()}
 
 
 class Dot(torch.nn.Module):
@@ -208,20 +209,31 @@ def worker(rank: int, world: int, port: int, jobs: list, base: str) -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     results = {}
     for job in jobs:
-        kind, stage, precision, lora, legacy = job
         begin = time.time()
         try:
-            if kind == "accum":
-                out = accum_case(stage, rank, world)
-            else:
-                out = resume_case(stage, precision, lora, legacy, rank, world, base)
+            out = accum_case(job[1], rank, world) if job[0] == "accum" else resume_case(*job[1:], rank, world, base)
         except Exception as e:  # recorded: the old checkpoint code raised here (ZeRO-3's KeyError)
             out = {"error": f"{type(e).__name__}: {e}"}
+        # one rank's error fails the case on every rank, so no rank's result hides another's failure
+        errors = [None] * world
+        dist.all_gather_object(errors, out.get("error"))
+        if any(errors):
+            out = {"error": "; ".join(f"rank {r}: {e}" for r, e in enumerate(errors) if e)}
         results[case_name(job)] = {**out, "seconds": round(time.time() - begin, 1)}
-    if rank == 0:
-        with open(os.path.join(base, f"results-{world}.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
+        if rank == 0:  # after each case, so a crash still says which cases finished
+            write_json(os.path.join(base, f"results-{world}.json"), results)
     dist.destroy_process_group()
+    # skip interpreter finalization: gloo threads that outlive the interpreter can abort the process after the
+    # work is done (pytorch/pytorch#179291); the results are on disk, so nothing is lost
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path + ".tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def run_all(tmp_path, world: int, jobs: list) -> dict:
@@ -234,11 +246,18 @@ def run_all(tmp_path, world: int, jobs: list) -> dict:
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
     model.save_pretrained(str(tmp_path / "start"), safe_serialization=True)
     begin = time.time()
-    mp.spawn(worker, args=(world, free_port(), jobs, str(tmp_path)), nprocs=world, join=True)
-    results = json.loads((tmp_path / f"results-{world}.json").read_text())
+    out = tmp_path / f"results-{world}.json"
+    try:
+        mp.spawn(worker, args=(world, free_port(), jobs, str(tmp_path)), nprocs=world, join=True)
+    except Exception as e:
+        done = list(json.loads(out.read_text())) if out.exists() else []
+        raise AssertionError(f"a rank died after {len(done)} of {len(jobs)} cases (finished: {done}; the next: "
+                             f"{case_name(jobs[len(done)]) if len(done) < len(jobs) else 'none'}): {e}") from e
+    results = json.loads(out.read_text())
     print(f"\n{world} rank(s), {len(jobs)} cases in {time.time() - begin:.0f} s:")
     for name, r in results.items():
         print(f"  {name}: {r}")
+    assert len(results) == len(jobs), f"{len(results)} results for {len(jobs)} cases"
     return results
 
 
