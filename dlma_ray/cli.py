@@ -26,6 +26,7 @@ import textwrap
 import typing
 
 from dlma_ray.config.tree import Config, ConfigError, load_config
+from dlma_ray.evaluation import judges
 
 SECTION_DOCS = {
     "model": "the policy at round 0: a built-in, a local HF folder or a hub name",
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma-separated, of {', '.join(methods.names())} (default: {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--judge", choices=("openai", "reward_model", "cost_model", "distillation"),
+    p.add_argument("--judge", choices=judges.names(head_to_head=True),
                    help="head-to-head judge of every pair of methods (default: eval.judge; self_reward = distillation)")
     p = sub.add_parser("judge", help="policy A's answers against policy B's: win / tie / lose, both orders",
                        description="Judge A's answers against B's on the same held-out prompts, each prompt in both "
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
     _config_arguments(p)
-    p.add_argument("--judge", default="distillation", choices=("openai", "reward_model", "cost_model", "distillation"),
+    p.add_argument("--judge", default="distillation", choices=judges.names(head_to_head=True),
                    help="openai: an OpenAI-compatible endpoint (--judge-url, key from eval.judge_api_key_env); "
                         "reward_model / cost_model: a folder (safe-rlhf score model or sequence classifier; a cost "
                         "model prefers the lower score); distillation: C under pi_0 (default)")

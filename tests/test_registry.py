@@ -39,7 +39,8 @@ def toy_method():
 
 
 def test_the_built_in_methods_are_registered_in_listing_order():
-    assert methods.names() == ["dlma", "rlcd", "dpo", "self_contrast", "context_distillation"]
+    assert methods.names() == ["dlma", "rlcd", "dpo", "self_contrast", "context_distillation", "rlaif", "self_rewarding",
+                               "spin"]
     assert methods.get("dlma").scoring == "contrastive" and methods.get("context_distillation").scoring == "none"
     assert methods.get("self_contrast").unit == "prompts"
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from dlma_ray.core.dicts import config_diff  # noqa: F401 - re-exported by config.tree
 from dlma_ray.core.prompts import BUILTIN_PAIRS
 
 
@@ -214,17 +215,3 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     return data
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "", common_only: bool = False) -> list[str]:
-    """Key paths whose values differ between two config dicts (``common_only``: keys in both)."""
-    keys = sorted(set(a) & set(b) if common_only else set(a) | set(b))
-    out = []
-    for k in keys:
-        path = f"{prefix}.{k}" if prefix else k
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, path, common_only)
-        elif va != vb:
-            out.append(f"{path}: {va!r} -> {vb!r}")
-    return out

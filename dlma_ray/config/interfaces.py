@@ -30,7 +30,7 @@ class LossFn(Protocol):
 class TrainLoopConfig(TypedDict):
     """What each Ray Train worker receives (`train_loop_config`)."""
 
-    train: dict[str, Any]  # the `train` config section as a dict
+    train: dict[str, Any]  # the `train` config section as a dict, plus the method's `train_options`
     loss: LossFn
     policy_path: str
     total_steps: int

@@ -157,6 +157,46 @@ class SelfContrastConfig:
 
 
 @dataclass
+class RlaifConfig:
+    pairs: Literal["contrastive", "same_prompt"] = _f(
+        "contrastive", "the two answers to label: one under each contrastive prompt, as RLCD samples them (the DLMA "
+        "paper's RLAIF baseline likely followed RLCD's setup: NOT VERIFIED), or two samples under the plain prompt")
+    instruction: Literal["harmless", "helpful"] = _f(
+        "harmless", "what the judge is asked: `harmless` = one of Constitutional AI's 16 principles, drawn per pair "
+        "with run.seed; `helpful` = \"Please choose the response that is more helpful.\"")
+    both_orders: bool = _f(True, "judge each pair with the answers in both orders and average (Lee et al. 2023; "
+                           "RLCD's release judged one order)")
+    margin: float = _f(0.05, "drop (and count) pairs whose preference is within this of 0.5: too unsure to train on",
+                       min=0.0, max=0.5)
+
+
+@dataclass
+class SelfRewardingConfig:
+    num_samples: int = _f(4, "N: answers sampled per prompt from pi_k under the plain context (paper: 4)", min=2)
+    temperature: float = _f(0.7, "sampling temperature of the answers (paper: 0.7)", min=0.0)
+    top_p: float = _f(0.9, "nucleus mass of the answers (paper: 0.9)", min=0.0, max=1.0)
+    num_judgements: int = _f(3, "times the policy judges each answer with the 5-point rubric; the mean is its score "
+                             "(paper: 3)", min=1)
+    min_valid_judgements: int = _f(2, "an answer with fewer parsed judgements is dropped (and counted)", min=1)
+    judge_temperature: float = _f(0.7, "sampling temperature of the judgements (the paper samples them: its value "
+                                  "is NOT VERIFIED)", min=0.0)
+    judge_max_tokens: int = _f(64, "longest justification before the score, in tokens (the rubric asks for up to 100 "
+                               "words)", min=1)
+    constrained_score: bool = _f(True, "generate the justification up to `Score:`, then sample the points from the "
+                                 "digits 0-5 alone, so every judgement parses (a 135M model's rarely do unaided); "
+                                 "off: free text, parsed for `Score: d`")
+
+
+@dataclass
+class SpinConfig:
+    history_rounds: int = _f(-1, "earlier rounds whose pairs (re-scored by this round's reference) are trained beside "
+                             "this round's: -1 = all (the release: iteration t on iterations 0..t), 0 = none",
+                             min=-1)
+    loss: Literal["sigmoid", "hinge"] = _f("sigmoid", "SPIN's logistic loss (the paper) or its hinge variant "
+                                           "max(0, 1 - beta*h)")
+
+
+@dataclass
 class RoundsConfig:
     count: int = _f(2, "how many generate-score-train rounds to run", min=1)
     reference: Literal["round_start", "initial"] = _f(
@@ -242,6 +282,9 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
+    rlaif: RlaifConfig = field(default_factory=RlaifConfig)
+    self_rewarding: SelfRewardingConfig = field(default_factory=SelfRewardingConfig)
+    spin: SpinConfig = field(default_factory=SpinConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

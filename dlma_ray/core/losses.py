@@ -7,7 +7,7 @@ context; h is the DPO log-ratio margin under the plain context.
     loss = -log sigmoid(beta * h - beta * gamma * clip(R, L, U))
 
 y+ is always the chosen response: a negative R softens the push on a pair, it never flips it.
-gamma = 0 is plain DPO (RLCD on contrastive data).
+gamma = 0 is plain DPO (RLCD on contrastive data). Self-Contrast's grouped DPO and SPIN's loss are below.
 """
 
 from __future__ import annotations
@@ -100,3 +100,26 @@ def grouped_dpo_loss(
     return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, torch.zeros((), dtype=loss.dtype),
                              logps_chosen=policy_chosen[group], logps_rejected=policy_rejected,
                              h=chosen_ratio - rejected_ratio)
+
+
+def spin_loss(
+    policy_target: torch.Tensor,
+    policy_sample: torch.Tensor,
+    opponent_target: torch.Tensor,
+    opponent_sample: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SPIN's loss (Chen et al. 2024): the SFT target y* against the opponent's sample y, the opponent pi_t being
+    the reference. With h = (log pi(y*) - log pi(y)) - (log pi_t(y*) - log pi_t(y)) on summed log-probs:
+    `sigmoid` -log sigmoid(beta h) (the paper's logistic loss, DPO's form), `hinge` max(0, 1 - beta h)."""
+    if loss_type not in ("sigmoid", "hinge"):
+        raise ValueError(f"spin.loss: {loss_type!r}; expected sigmoid or hinge")
+    chosen_ratio = policy_target - opponent_target
+    rejected_ratio = policy_sample - opponent_sample
+    h = chosen_ratio - rejected_ratio
+    per_pair = -F.logsigmoid(beta * h) if loss_type == "sigmoid" else torch.relu(1 - beta * h)
+    loss = per_pair.mean()
+    return loss, dpo_metrics(loss, beta * chosen_ratio, beta * rejected_ratio, torch.zeros((), dtype=loss.dtype),
+                             logps_chosen=policy_target, logps_rejected=policy_sample, h=h)

@@ -164,3 +164,9 @@ def end_of_turn_ids(tokenizer, end_of_turn: str) -> list[int]:
 def engine_prompt(tokenizer, text: str) -> dict:
     """A vLLM prompt (``TokensPrompt``) of a rendered context: its ``context_ids``, which vLLM uses as given."""
     return {"prompt_token_ids": context_ids(tokenizer, text)}
+
+
+def dialogue_text(messages) -> str:
+    """A chat as "Human: / Assistant:" text (judges and reward models without a chat template read it)."""
+    names = {"system": "System", "user": "Human", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)

@@ -5,7 +5,8 @@
     pairs        (score -> train)      + the four contrastive log-probs, R, the reference log-probs, and
                                          Self-Contrast's similarity / negative_index (one table for all methods)
 
-Per method (README, "Methods"): `dlma` fills every column; `rlcd` leaves the four contrastive log-probs and
+Per method (README, "Methods"): `dlma` fills every column but the labelling judge's (`rlaif`: label_preference;
+`self_rewarding`: the judge scores); `rlcd` leaves the four contrastive log-probs and
 R NaN; `context_distillation` leaves every log-prob NaN (its SFT loss needs none); `dpo` takes chosen /
 rejected from human pairs and `self_contrast` takes chosen = the SFT target y* and one row per sampled
 negative (k rows per prompt): for both, the responses were not sampled under pos/neg_context, which are the
@@ -51,7 +52,25 @@ GENERATION_COLUMNS = PROMPT_COLUMNS + [
     ("chosen_token_ids", pa.list_(pa.int32()), "the token ids of y+ as the engine sampled them, without the "
                                                "end-of-turn token (given texts: their tokenisation)"),
     ("rejected_token_ids", pa.list_(pa.int32()), "the token ids of y-, likewise"),
+    # The labelling judge's columns (methods whose pairs a judge labels: rlaif, self_rewarding); tables written
+    # before they existed read with their defaults (LABEL_DEFAULTS).
+    ("label_preference", pa.float64(), "rlaif: the A/B judge's probability that the answer generated as y+ (under "
+                                       "the positive prompt, or the first sample) is the better one, both orders "
+                                       "averaged; chosen / rejected are swapped when it is below 0.5. NaN otherwise"),
+    ("chosen_judge_score", pa.float64(), "self_rewarding: the 5-point judge's mean score of `chosen` (the best of "
+                                         "the prompt's samples); NaN otherwise"),
+    ("rejected_judge_score", pa.float64(), "self_rewarding: the mean score of `rejected` (the worst sample)"),
+    ("label_drop", pa.string(), "why the labelling judge gave this prompt no pair ('' = it did): `within_margin` "
+                                "(rlaif.margin), `tie` (best and worst samples scored alike), `too_few_judged` "
+                                "(fewer than two samples with enough valid judgements); such rows are counted by "
+                                "the score stage and never scored or trained on"),
+    ("judge_json", pa.string(), "the labelling judge's readings as JSON (rlaif: P(A) in each order and the "
+                                "instruction; self_rewarding: every judgement's points, the means, unparsed "
+                                "judgements); '' when no judge labelled the row"),
 ]
+
+LABEL_DEFAULTS = {"label_preference": float("nan"), "chosen_judge_score": float("nan"),
+                  "rejected_judge_score": float("nan"), "label_drop": "", "judge_json": ""}
 
 PAIR_COLUMNS = GENERATION_COLUMNS + [
     ("logp_pos_chosen", pa.float64(), "l+(y+): summed log pi_k(y+ | pos_context)"),
@@ -83,6 +102,9 @@ def column_names(schema: pa.Schema) -> list[str]:
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Select and cast ``table``'s columns to ``schema`` (a missing column is an error that names it)."""
+    for name, value in LABEL_DEFAULTS.items():  # a table from a method with no labelling judge, or an older run
+        if name in schema.names and name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows, type=schema.field(name).type))
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise ValueError(f"table lacks columns {missing}; has {table.column_names}")

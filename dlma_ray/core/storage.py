@@ -51,6 +51,14 @@ def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
+def read_table(path: str, columns: list[str] | None = None):
+    """A Parquet folder or file, local or on object storage, as one pyarrow table (``columns``: only those)."""
+    import pyarrow.parquet as pq
+
+    fs, p = _fs(path)
+    return pq.read_table(p, columns=columns, filesystem=fs)
+
+
 def absolute(path: str) -> str:
     return path if is_uri(path) else os.path.abspath(path)
 

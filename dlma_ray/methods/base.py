@@ -18,6 +18,7 @@ from dlma_ray.config.tree import Config, ConfigError
 from dlma_ray.config.interfaces import Batch, StageResult
 from dlma_ray.model.logprobs import collate, encode_response, pad_id, response_logprobs, side_ids
 from dlma_ray.core.losses import dlma_loss
+from dlma_ray.evaluation import judges
 from dlma_ray.stages import generate, score
 from dlma_ray.stages import train as train_stage
 from dlma_ray.stages.common import Round
@@ -33,6 +34,7 @@ class Method:
     summary: ClassVar[str] = ""  # one line for the docs and --help
     order: ClassVar[int] = 100  # where it is listed (docs, comparison): lower first
     generates_on_engines: ClassVar[bool] = True  # its generate stage samples pi_k on vLLM engines (engine_pool)
+    judge: ClassVar[str | None] = None  # the judge (dlma_ray.evaluation.judges) that labels its pairs; None: by construction
 
     def check(self, cfg: Config) -> list[str]:
         """Config errors only this method can see (each naming its field); [] when fine."""
@@ -51,6 +53,10 @@ class Method:
         from dlma_ray.stages.evaluate import run_round  # the evaluation stage also serves jobs/evaluate.py
 
         return run_round(r)
+
+    def train_options(self, cfg: Config) -> dict[str, Any]:
+        """Settings of the method's own config section that its `loss` reads, added to the `train` dict it gets."""
+        return {}
 
     def training_rows(self, ds):
         """The round's train-split pair rows as this method trains on them (one row = one `unit`)."""
@@ -103,6 +109,8 @@ def register(cls: M) -> M:
         raise TypeError(f"{cls.__name__} needs a class attribute `name`")
     if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
         raise ValueError(f"method {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
+    if cls.judge is not None and cls.judge not in judges.names():
+        raise ValueError(f"{cls.__name__}.judge: {cls.judge!r} is not a judge; expected one of {judges.names()}")
     if cls.scoring not in ("contrastive", "reference", "none"):
         raise ValueError(f"{cls.__name__}.scoring: {cls.scoring!r}; expected contrastive, reference or none")
     _REGISTRY[name] = cls()

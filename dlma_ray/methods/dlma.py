@@ -10,6 +10,7 @@ from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 class Dlma(Method):
     name = "dlma"
     order = 0
+    judge = "self_reward"
     scoring = "contrastive"  # R needs the four log-probs under the positive and negative prompts
     summary = "contrastive pairs, self-rewarding score R, DPO with margin beta*gamma*clip(R)"
 

@@ -10,9 +10,8 @@ from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, 
 from dlma_ray.core.losses import grouped_dpo_loss
 from dlma_ray.methods.base import Method, float_column, register
 from dlma_ray.data.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
-from dlma_ray.core.schema import GENERATION_SCHEMA
-from dlma_ray.stages import score
-from dlma_ray.stages.common import ActorPool, Round, engine_pool, map_actors, prompt_rows, write_table
+from dlma_ray.stages import generate, score
+from dlma_ray.stages.common import ActorPool, Round, map_actors
 
 log = logging.getLogger("dlma_ray")
 
@@ -35,15 +34,7 @@ class SelfContrast(Method):
 
     def generate(self, r: Round) -> StageResult:
         """N seeded samples per prompt with a target, under the plain context -> round_k/generations/."""
-        import ray.data
-
-        from dlma_ray.workers.generation import SampleEngine
-
-        n = r.cfg.self_contrast.num_samples
-        # A batch of B prompts is B*N requests in one engine call.
-        pool = engine_pool(r, SampleEngine, batch_size=max(1, r.cfg.generation.batch_size // n), num_samples=n)
-        ds = map_actors(ray.data.from_items(prompt_rows(r.cfg, r.k, require_target=True)), pool)
-        return StageResult(r.paths.generations, write_table(ds, GENERATION_SCHEMA, r.paths.generations))
+        return generate.samples(r, r.cfg.self_contrast.num_samples)
 
     def score(self, r: Round) -> StageResult:
         """Similarity to y*, the per-prompt filter, then reference log-probs -> round_k/pairs/ (k rows a prompt)."""

@@ -8,6 +8,7 @@
                          never remote code
     safe_rlhf_text       one dialogue as safe-rlhf trained its score models on it
     answer_scores        each (dialogue, answer)'s score under either kind
+    reward_model_scores  an HF sequence-classification reward model's score of (dialogue, answer)
 
 safe-rlhf's checkpoints: `model.*` (a LlamaModel), `score_head.weight` (and `score_head.bias` when the
 config's `bias` is true), `normalizer.{mean,var,count}`; config keys `score_dim` (1), `bias`, `score_type`
@@ -23,6 +24,8 @@ import os
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
+
+from dlma_ray.core.prompts import dialogue_text
 
 SCORE_ARCHITECTURES = ("LlamaForScore", "LlamaModelForScore")
 
@@ -143,10 +146,8 @@ def safe_rlhf_text(messages, answer: str, eos: str) -> str:
 def answer_scores(model, tokenizer, kind: str, chats, answers: list[str], batch_size: int = 8,
                   max_length: int = 2048) -> list[float]:
     """Each (dialogue, answer)'s score: a score model's end score (dimension 0), or a classification head's
-    (dlma_ray.evaluation.judges.reward_model_scores)."""
+    (``reward_model_scores``)."""
     if kind != "score":
-        from dlma_ray.evaluation.judges import reward_model_scores
-
         return reward_model_scores(model, tokenizer, chats, answers, batch_size)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -159,3 +160,32 @@ def answer_scores(model, tokenizer, kind: str, chats, answers: list[str], batch_
                         max_length=max_length).to(device)
         out += model.end_scores(enc["input_ids"], enc["attention_mask"])[:, 0].tolist()
     return out
+
+
+@torch.no_grad()
+def reward_model_scores(model, tokenizer, chats, answers: list[str], batch_size: int = 8) -> list[float]:
+    """Scalar score of each (dialogue, answer) under an HF sequence-classification reward model.
+
+    One label: its logit. Several: last minus first (label 1 = "preferred" in two-label models).
+    The text is the reward model's own chat template when it has one, else "Human: / Assistant:".
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # HF's classification heads pool the last token that is not the config's pad id, at positions counted from
+    # the first column: only right padding with the tokenizer's own pad id gives each row its unpadded score.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "right"
+    texts = []
+    for chat, answer in zip(chats, answers):
+        full = list(chat) + [{"role": "assistant", "content": answer}]
+        texts.append(tokenizer.apply_chat_template(full, tokenize=False) if getattr(tokenizer, "chat_template", None)
+                     else dialogue_text(full))
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                        max_length=min(getattr(tokenizer, "model_max_length", 4096), 4096)).to(device)
+        logits = model(**enc).logits.float()
+        out += (logits[:, 0] if logits.shape[-1] == 1 else logits[:, -1] - logits[:, 0]).tolist()
+    return out
+

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlma_ray.core import storage
-from dlma_ray.config.tree import config_diff
+from dlma_ray.core.dicts import config_diff
 
 log = logging.getLogger("dlma_ray")
 # Keys that may change between invocations of one run without making a finished stage's output stale: where
@@ -40,7 +40,8 @@ STAGES = ("generate", "score", "train", "evaluate")
 # the samples (model, data, pair, generation, run.seed, rounds.*), so every stage from `generate` on.
 # The first prefix that matches decides (train.method changes every stage; train.max_length what score keeps).
 FIRST_STALE_STAGE = (("train.method", "generate"), ("train.max_length", "score"), ("scoring.", "score"),
-                     ("rounds.reference", "score"), ("self_contrast.", "score"), ("train.", "train"),
+                     ("rounds.reference", "score"), ("self_contrast.", "score"), ("spin.history_rounds", "score"),
+                     ("spin.", "train"), ("train.", "train"),
                      ("eval.", "evaluate"))
 
 

@@ -25,10 +25,11 @@ from pathlib import Path
 from dlma_ray.config.tree import Config
 from dlma_ray.core import storage
 from dlma_ray.evaluation import headtohead as h2h
+from dlma_ray.evaluation import judges
 from dlma_ray.run.layout import RunLayout
 
 log = logging.getLogger("dlma_ray.stages.judging")
-JUDGES = ("openai", "reward_model", "cost_model", "distillation")
+JUDGES = judges.names(head_to_head=True)  # the judges of dlma_ray.evaluation.judges that can judge two policies
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
 
 
@@ -169,7 +170,8 @@ def head_to_head(cfg: Config, ref_a: str, ref_b: str, judge: str, judge_model: s
     """Judge A against B; writes and returns the result document (see the module docstring). ``scorer``: see
     ``verdicts`` (the tests run the worker's function in this process)."""
     if judge not in JUDGES:
-        raise ValueError(f"judge {judge!r}: expected one of {', '.join(JUDGES)}")
+        raise ValueError(f"--judge: {judge!r} cannot judge two policies' answers; expected one of {', '.join(JUDGES)} "
+                         f"(the judges: {', '.join(judges.names())})")
     judge_model = judge_model or (cfg.eval.judge_model if judge in ("openai", "reward_model", "cost_model") else "")
     check_judge_model(judge, judge_model)
     start = time.time()

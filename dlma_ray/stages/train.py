@@ -23,6 +23,8 @@ class Trainable(Protocol):
 
     def training_rows(self, ds): ...
 
+    def train_options(self, cfg) -> dict: ...
+
 
 def optimizer_steps(rows: int, micro_batch_size: int, global_batch_size: int, workers: int, epochs: int) -> int:
     """Optimizer steps of a round: every worker takes rows // workers, in whole micro-batches and whole steps."""
@@ -53,7 +55,8 @@ def fit(r: Round, method: Trainable) -> StageResult:
     log.info("round %d: %s training on %d %s, %d optimizer steps of %d %s", r.k, method.name, n_train, method.unit,
              total_steps, t.global_batch_size, method.unit)
     loop_config: TrainLoopConfig = dict(
-        train=vars(t), loss=method.loss, policy_path=r.policy, total_steps=total_steps, round=r.k,
+        train={**vars(t), **method.train_options(r.cfg)}, loss=method.loss, policy_path=r.policy,
+        total_steps=total_steps, round=r.k,
         threads=res.threads_for(res.cpus_per_train_worker), use_gpu=res.use_gpu_for_training,
         trust_remote_code=r.cfg.model.trust_remote_code,
         tracking=trainlog.train_spec(r.cfg, r.run.root, r.k))  # tracking: train rank 0 logs each optimizer step

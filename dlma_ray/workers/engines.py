@@ -124,15 +124,24 @@ class EngineHost:
         """Empty the prefix cache before a new set of requests, so they sample exactly what a fresh engine would."""
         self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list, params: list) -> list[tuple[str, list[int], str | None]]:
-        """(text, token ids, finish reason) of each prompt's first completion; prompts as `vllm.LLM.generate`
-        takes them (the stages send token ids: `prompts.engine_prompt`)."""
+    def generate(self, prompts: list, params: list) -> list[tuple[str, list[int], str | None, list | None]]:
+        """(text, token ids, finish reason, log-probs) of each prompt's first completion; prompts as
+        `vllm.LLM.generate` takes them (the stages send token ids: `prompts.engine_prompt`)."""
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self.requests += len(prompts)
-        return [(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason) for o in outs]
+        return [(o.outputs[0].text, list(o.outputs[0].token_ids), o.outputs[0].finish_reason,
+                 plain_logprobs(o.outputs[0].logprobs)) for o in outs]
 
     def stop(self) -> None:
         stop_engine(self.llm)
+
+
+def plain_logprobs(logprobs) -> list[dict[int, float]] | None:
+    """A completion's per-token log-probs (vLLM's `Logprob` objects, or numbers) as {token id: log-prob} dicts that
+    pickle anywhere; None when none were asked for."""
+    if logprobs is None:
+        return None
+    return [{int(k): float(getattr(v, "logprob", v)) for k, v in step.items()} for step in logprobs]
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,7 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    logprobs: list[dict[int, float]] | None = None  # per generated token, when the request asked for log-probs
 
 
 @dataclass(frozen=True)
@@ -172,8 +182,7 @@ class HostedEngine:
     def generate(self, prompts: list, params: list, use_tqdm: bool = False) -> list[RequestResult]:
         import ray
 
-        return [RequestResult([Completion(text, ids, reason)])
-                for text, ids, reason in ray.get(self.host.generate.remote(prompts, params))]
+        return [RequestResult([Completion(*fields)]) for fields in ray.get(self.host.generate.remote(prompts, params))]
 
     def get_tokenizer(self):
         return self.tokenizer

@@ -9,7 +9,8 @@ computed depends on the method's scoring mode:
     none         no model: every log-prob NaN (context_distillation), only the length check
 
 Responses are scored as token ids (`logprobs.side_ids`: the sampled ids, plus the end-of-turn tokens
-only when the response finished). Every row leaves with a `drop_reason` ('' = kept): `unfinished`
+only when the response finished). Every row leaves with a `drop_reason` ('' = kept): the labelling judge's
+`label_drop` (rlaif, self_rewarding: the prompt got no pair), `unfinished`
 (scoring.unfinished=drop), `too_long` (a context + response over train.max_length: the pair is dropped
 rather than its two sides cut to different lengths), `nonfinite` (a computed R or reference log-prob is
 NaN/inf). The stage counts the reasons and writes only the kept rows.
@@ -30,7 +31,7 @@ from dlma_ray.core.prompts import context_ids
 SCORING_MODES = ("contrastive", "reference", "none")
 SCORE_COLUMNS = ("logp_pos_chosen", "logp_neg_chosen", "logp_pos_rejected", "logp_neg_rejected", "self_reward",
                  "ref_logp_chosen", "ref_logp_rejected")
-DROP_REASONS = ("unfinished", "too_long", "nonfinite")
+DROP_REASONS = ("unfinished", "too_long", "nonfinite")  # and the labelling judge's `label_drop` reasons
 
 
 def contexts_scored(mode: str) -> tuple[str, ...]:
@@ -43,8 +44,11 @@ def drop_reasons(tokenizer, batch: dict, chosen: list[list[int]], rejected: list
                  max_length: int | None, unfinished: str) -> list[str]:
     """Why each row cannot be scored ('' = it can): unfinished (when dropped by config), then too_long."""
     reasons = [""] * len(chosen)
+    label_drop = batch.get("label_drop")
     for i in range(len(chosen)):
-        if unfinished == "drop" and not (bool(batch["chosen_finished"][i]) and bool(batch["rejected_finished"][i])):
+        if label_drop is not None and label_drop[i]:  # the labelling judge gave the prompt no pair
+            reasons[i] = str(label_drop[i])
+        elif unfinished == "drop" and not (bool(batch["chosen_finished"][i]) and bool(batch["rejected_finished"][i])):
             reasons[i] = "unfinished"
         elif max_length is not None:
             longest = max(len(context_ids(tokenizer, str(batch[c][i]))) for c in contexts_scored(mode))

@@ -1,0 +1,25 @@
+"""RLAIF, the DLMA paper's named baseline: the policy labels each pair itself with the A/B judge
+(dlma_ray.evaluation.judges.ab: RLCD's release's prompt, the letters' next-token probabilities, both orders
+averaged), and DPO trains on the preferred answer. The paper's RLAIF (RLCD's release) trained a reward model and
+ran PPO: DPO on the AI labels departs from that (README, Methods)."""
+
+from __future__ import annotations
+
+from dlma_ray.config.interfaces import StageResult
+from dlma_ray.methods.base import Method, register
+from dlma_ray.stages import generate
+from dlma_ray.stages.common import Round
+
+
+@register
+class Rlaif(Method):
+    name = "rlaif"
+    order = 50
+    judge = "ab"
+    summary = "two answers a prompt, labelled by the policy's own A/B judgement (both orders), DPO on the preferred"
+
+    def generate(self, r: Round) -> StageResult:
+        from dlma_ray.workers.labelling import RlaifEngine
+
+        requests = 2 * (2 if r.cfg.rlaif.both_orders else 1)  # judge requests per prompt besides its two answers
+        return generate.labelled(r, RlaifEngine, 2 + requests, rlaif=vars(r.cfg.rlaif), run_seed=r.cfg.run.seed)
