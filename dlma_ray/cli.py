@@ -1,10 +1,11 @@
-"""The `dlma-ray` command: run, eval, compare, judge, report, config, export, card, plan.
+"""The `dlma-ray` command: run, eval, compare, judge, judge-accuracy, report, config, export, card, plan.
 
     dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py);
                  [--restart-from round_K/STAGE]                 redo the run from a stage on with a changed config
     dlma-ray eval [--config FILE] [--policy DIR] [--round K]    evaluate a policy (= jobs/evaluate.py)
     dlma-ray compare [--config FILE] [--methods a,b]            methods side by side (= jobs/compare.py)
     dlma-ray judge A B [--judge J] [--judge-model M]            A's answers against B's: win / tie / lose
+    dlma-ray judge-accuracy [--judges a,b] [--policy DIR]       each judge against human labels, with intervals
     dlma-ray report [RUN_DIR]                                   re-render <run>/report.md
     dlma-ray config [--config FILE] [overrides] [--reference]   the resolved config as YAML / the field reference
     dlma-ray export [RUN_DIR] --round K --out DIR               a round's pairs in TRL's preference format
@@ -136,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: eval.judge_url)")
     p.add_argument("--out", help="folder of the result JSON (default: <A>/headtohead for a run dir, else "
                                  "<run.dir>/headtohead)")
+    p = sub.add_parser("judge-accuracy", help="each judge against human preference labels: n, agreement, 95%% interval",
+                       description="Ask each judge which answer of each human-labelled pair of eval.preference_pairs "
+                                   "is better (at most eval.max_pairs, seeded) and count how often it sides with the "
+                                   "humans: R, C, the policy's own A/B (rlaif.*) and 5-point (self_rewarding.*) "
+                                   "judgements, reward / cost models. Writes <run.dir>/judge_accuracy.json.")
+    _config_arguments(p)
+    from dlma_ray.stages.judging import ACCURACY_JUDGES
+
+    p.add_argument("--judges", default="self_reward,distillation,ab,five_point",
+                   help=f"comma-separated, of {', '.join(ACCURACY_JUDGES)} (default: the four that need no model "
+                        "of their own)")
+    p.add_argument("--policy", help="the model whose judgements ab / five_point / self_reward are (default: "
+                                    "model.path, pi_0)")
+    p.add_argument("--judge-model", default="", help="the reward / cost model's folder")
     p = sub.add_parser("report", help="write <run>/report.md and its figures from what the run has",
                        description="Re-render a run's report (report.md, report/*.png).")
     _run_dir_arguments(p)
@@ -223,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
             sub.exit(2, f"error: {exc}\n")
         commands.setup_logging(base_cfg)
         return commands.compare_job(base_cfg, configs, args.judge)
+    if args.command == "judge-accuracy":
+        cfg = _load(sub, args.config, args.overrides)
+        commands.setup_logging(cfg)
+        return commands.judge_accuracy_job(cfg, [n.strip() for n in args.judges.split(",") if n.strip()],
+                                           args.policy, args.judge_model)
     if args.command == "judge":
         extra = [f"eval.judge_url={args.judge_url}"] if args.judge_url else []
         cfg = _load(sub, args.config, [*args.overrides, *extra])

@@ -136,6 +136,20 @@ def judge_job(cfg: Config, a: str, b: str, judge: str, judge_model: str = "", ou
     return 0
 
 
+def judge_accuracy_job(cfg: Config, names: list[str], policy: str | None, judge_model: str = "") -> int:
+    """`dlma-ray judge-accuracy`: each judge against the human labels (dlma_ray.stages.judging.judge_accuracy)."""
+    from dlma_ray.evaluation.judge_accuracy import markdown
+    from dlma_ray.stages.judging import judge_accuracy
+
+    try:
+        doc = judge_accuracy(cfg, names, policy, judge_model)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
+    print(markdown(doc["judges"], cfg.eval.preference_pairs, doc["policy"]))
+    print(f"wrote {doc['path']} ({doc['seconds']} s)")
+    return 0
+
+
 def compare_job(base_cfg: Config, configs: dict[str, Config], judge: str | None = None) -> int:
     """Run each method's config in turn (a failure is reported and the others still run), then every pair of
     methods head to head (``judge``; default from eval.judge) and the comparison table; 1 if a method failed."""

@@ -1,7 +1,8 @@
 """The presets of jobs/configs (the papers as their authors ran them, and ours) load, and load with the
 embedded-model overlay; the data fields they need (an hf: dataset's folder and revision, a word limit, no
 de-duplication) do what their docs say. The presets' end-to-end runs ride existing tests: tests/test_methods.py
-(rlcd, context distillation, self-contrast) and tests/test_lora_round.py (the three DLMA presets)."""
+(rlcd, context distillation, self-contrast), tests/test_lora_round.py (the three DLMA presets) and
+tests/e2e/test_labelled_methods.py (rlaif, self-rewarding, spin)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
 OVERLAY = str(REPO / "jobs" / "configs" / "embedded-overlay.yaml")
 PAPERS = [p for p in CONFIGS if "-paper-" in p.name]
+# The iterative papers' presets run more than one round; every other paper preset runs one.
+ROUNDS = {"self-rewarding-paper-7b.yaml": 2, "spin-paper-ultrachat-7b.yaml": 4}
+# The presets whose end-to-end run is tests/e2e/test_labelled_methods.py (it names each with `preset("<name>")`).
+LABELLED_E2E = REPO / "tests" / "e2e" / "test_labelled_methods.py"
+LABELLED = ("rlaif-paper-pku-7b.yaml", "self-rewarding-paper-7b.yaml", "spin-paper-ultrachat-7b.yaml")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -42,8 +48,9 @@ def test_paper_presets_pin_their_data_and_say_what_they_match(path):
     cfg = load_config(str(path))
     text = path.read_text()
     assert "MATCHES" in text and "DEPARTS" in text or "NOT VERIFIED" in text
-    assert cfg.rounds.count == 1 and cfg.train.beta == 0.1 and cfg.model.path != "meta-llama/Llama-2-7b-chat-hf"
-    if path.name.startswith(("dlma-", "rlcd-", "context-")):
+    assert cfg.rounds.count == ROUNDS.get(path.name, 1) and cfg.rounds.reference == "round_start"
+    assert cfg.train.beta == 0.1 and cfg.model.path != "meta-llama/Llama-2-7b-chat-hf"
+    if path.name.startswith(("dlma-", "rlcd-", "context-", "rlaif-")):
         assert cfg.data.revision and cfg.model.revision and cfg.pair.style == "raw" and not cfg.data.dedup
         assert (cfg.train.clip_low, cfg.train.clip_high, cfg.train.lr, cfg.train.warmup_steps) == (-40, 40, 5e-7, 150)
         assert (cfg.train.optimizer, cfg.train.global_batch_size, cfg.train.max_length) == ("rmsprop", 64, 512)
@@ -57,6 +64,29 @@ def test_paper_presets_pin_their_data_and_say_what_they_match(path):
         assert (sc.num_samples, sc.keep_fraction, sc.embedding_model) == (32, 0.75, "WhereIsAI/UAE-Large-V1")
         assert (cfg.generation.top_k, cfg.generation.seed, cfg.train.global_batch_size) == (-1, 42, 128)
         assert (cfg.train.optimizer, cfg.train.lr_schedule, cfg.train.lr) == ("adamw", "cosine", 5e-7)
+    if path.name.startswith("rlaif-"):
+        # RLCD's row but labelled by the policy: the rlcd preset's settings, RLCD's contrastive answers and principles.
+        rlcd = load_config(str(path.with_name("rlcd-paper-pku-7b.yaml")))
+        for section in ("model", "data", "pair", "generation", "scoring"):
+            assert getattr(cfg, section) == getattr(rlcd, section), section
+        assert vars(cfg.train) == {**vars(rlcd.train), "method": "rlaif"}
+        assert (cfg.rlaif.pairs, cfg.rlaif.instruction, cfg.rlaif.both_orders) == ("contrastive", "harmless", True)
+    if path.name.startswith("self-rewarding-"):
+        sr = cfg.self_rewarding
+        assert cfg.train.method == "self_rewarding" and cfg.model.revision
+        assert (sr.num_samples, sr.temperature, sr.top_p, sr.num_judgements) == (4, 0.7, 0.9, 3)
+        assert (sr.min_valid_judgements, sr.constrained_score, cfg.train.epochs) == (2, False, 1)
+        assert 1e-7 <= cfg.train.lr <= 3e-7 and cfg.train.lr_schedule == "linear"
+    if path.name.startswith("spin-"):
+        assert (cfg.train.method, cfg.model.path) == ("spin", "alignment-handbook/zephyr-7b-sft-full")
+        assert cfg.model.revision == "ac6e600eefcce74f5e8bae1035d4f66019e93190"
+        assert (cfg.data.source, cfg.data.prompt_field, cfg.data.max_prompts) == ("hf:UCLA-AGI/SPIN_iter0", "real",
+                                                                                   50000)
+        assert (cfg.train.epochs, cfg.train.optimizer, cfg.train.lr, cfg.train.lr_schedule) == (3, "rmsprop", 5e-7,
+                                                                                                "linear")
+        assert (cfg.train.global_batch_size, cfg.train.max_length, cfg.generation.max_new_tokens) == (64, 1024, 256)
+        # The released configs train iteration t on iterations t-1 and t (config_iter{1,2,3}.yaml).
+        assert (cfg.spin.history_rounds, cfg.spin.loss) == (1, "sigmoid")
 
 
 def test_later_config_files_go_over_earlier_ones_key_by_key(tmp_path):
@@ -132,9 +162,12 @@ def test_every_paper_preset_goes_generate_score_train_in_make_test():
     the overlay to exactly the config of one that is: self-contrast-paper-ultrachat differs from the hh-rlhf preset
     only in the model and data the overlay replaces, so that run is its run."""
     tests = [p for p in (REPO / "tests").rglob("*.py") if p.name not in ("test_presets.py", "test_plan.py")]
+    assert LABELLED_E2E in tests  # tests/e2e/ is searched too
     text = "\n".join(p.read_text(encoding="utf-8") for p in tests)
     started = [p for p in PAPERS if p.name in text or p.stem in text]
-    assert len(started) >= 6, [p.name for p in started]
+    assert len(started) >= 9, [p.name for p in started]
+    labelled = LABELLED_E2E.read_text(encoding="utf-8")
+    assert [n for n in LABELLED if f'preset("{n}")' not in labelled] == [], f"{LABELLED_E2E.name} runs {LABELLED}"
     for path in PAPERS:
         if path not in started:
             twins = [s.name for s in started if _overlaid(s) == _overlaid(path)]

@@ -189,9 +189,9 @@ class SelfRewardingConfig:
 
 @dataclass
 class SpinConfig:
-    history_rounds: int = _f(-1, "earlier rounds whose pairs (re-scored by this round's reference) are trained beside "
-                             "this round's: -1 = all (the release: iteration t on iterations 0..t), 0 = none",
-                             min=-1)
+    history_rounds: int = _f(1, "earlier rounds whose pairs (re-scored by this round's reference) are trained beside "
+                             "this round's: 1 = the previous one (the release: iteration t on t-1's data and its "
+                             "own), -1 = all, 0 = none", min=-1)
     loss: Literal["sigmoid", "hinge"] = _f("sigmoid", "SPIN's logistic loss (the paper) or its hinge variant "
                                            "max(0, 1 - beta*h)")
 

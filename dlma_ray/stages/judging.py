@@ -6,6 +6,8 @@
                       sampling settings and seed (reused), else None
     head_to_head      answers (reused or generated), the judge in both orders, win / tie / lose with
                       intervals, and the judge's agreement with the human labels of eval.preference_pairs
+    judge_accuracy    every named judge (the policy's own A/B and 5-point judgements too) against the human
+                      labels of eval.preference_pairs -> <run.dir>/judge_accuracy.json (`dlma-ray judge-accuracy`)
 
 Judges (`judge`): "openai" (an OpenAI-compatible endpoint, asked here in the driver: no model loads),
 "reward_model" / "cost_model" (a folder: safe-rlhf score model or HF classification head; a cost model
@@ -30,6 +32,7 @@ from dlma_ray.run.layout import RunLayout
 
 log = logging.getLogger("dlma_ray.stages.judging")
 JUDGES = judges.names(head_to_head=True)  # the judges of dlma_ray.evaluation.judges that can judge two policies
+ACCURACY_JUDGES = ("self_reward", "distillation", "ab", "five_point", "reward_model", "cost_model")
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
 
 
@@ -223,3 +226,42 @@ def judge_every_pair(cfg: Config, base: str, methods: list[str], judge: str | No
         except Exception as exc:  # one pair's failure must not cost the others
             log.warning("head to head %s vs %s (%s) failed: %s", a, b, judge, exc)
     return done
+
+
+def judge_accuracy(cfg: Config, names: list[str], policy: str | None = None, judge_model: str = "",
+                   out_dir: str | None = None) -> dict:
+    """Every named judge against the human labels of eval.preference_pairs (at most eval.max_pairs, seeded), the
+    policy judges asked of ``policy`` (default: the run's initial model): rows of n, agreement and its 95% interval,
+    written to <out_dir or run.dir>/judge_accuracy.json (dlma_ray.evaluation.judge_accuracy)."""
+    import ray
+
+    from dlma_ray.evaluation.judge_accuracy import accuracy_table
+    from dlma_ray.model.loading import load_tokenizer
+    from dlma_ray.stages.common import init_ray, initial_model, model_for_actor
+    from dlma_ray.stages.evaluate import load_eval_pairs
+    from dlma_ray.workers.judge_tasks import human_pair_margins
+
+    unknown = [n for n in names if n not in ACCURACY_JUDGES]
+    if unknown:
+        raise ValueError(f"--judges: {', '.join(unknown)} cannot be scored against human pairs here; expected any of "
+                         f"{', '.join(ACCURACY_JUDGES)}")
+    if {"reward_model", "cost_model"} & set(names):
+        for name in {"reward_model", "cost_model"} & set(names):
+            check_judge_model(name, judge_model)
+    policy = model_for_actor(policy) if policy else initial_model(cfg)
+    pairs, source = load_eval_pairs(cfg, load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code))
+    if not pairs:
+        raise ValueError(f"eval.preference_pairs={cfg.eval.preference_pairs!r} holds no usable pair ({source})")
+    init_ray(cfg)
+    start = time.time()
+    engine = bool({"ab", "five_point"} & set(names))
+    margins = ray.get(_remote(human_pair_margins, cfg, engine=engine).remote(cfg, policy, initial_model(cfg), pairs, names,
+                                                                                  judge_model))
+    doc = {"pairs": source, "policy": policy, "judges": accuracy_table(margins), "margins": margins,
+           "seconds": round(time.time() - start, 1),
+           "settings": {"rlaif": vars(cfg.rlaif), "self_rewarding": vars(cfg.self_rewarding), "pair": cfg.pair.name}}
+    out_dir = out_dir or storage.absolute(cfg.run.dir)
+    storage.makedirs(out_dir)
+    doc["path"] = storage.join(out_dir, "judge_accuracy.json")
+    storage.write_text_atomic(doc["path"], json.dumps(doc, indent=1))
+    return doc

@@ -3,10 +3,11 @@ like dlma_ray.workers.generation's): the answers and their judgements come from 
 
     RlaifEngine           two answers per prompt (under the contrastive prompts, or two plain samples), then the
                           A/B judge (dlma_ray.evaluation.judges.ab) in both orders: one request per prompt and
-                          order, reading the letters' next-token log-probs (`logprob_token_ids`, max_tokens 1)
+                          order, reading the letters' next-token log-probs (`ab_readings`: `logprob_token_ids`,
+                          max_tokens 1)
     SelfRewardingEngine   N answers per prompt under the plain context, each judged `num_judgements` times with the
-                          5-point rubric (dlma_ray.evaluation.judges.five_point); the pair is the best mean
-                          against the worst
+                          5-point rubric (`five_point_judgements`; dlma_ray.evaluation.judges.five_point); the pair
+                          is the best mean against the worst
 
 Both write one generation row per prompt (GENERATION_SCHEMA) with the judge's columns; a prompt the judge gives no
 pair keeps its row, with `label_drop` saying why, so the score stage counts it (and never scores it).
@@ -18,7 +19,7 @@ import json
 
 import numpy as np
 
-from dlma_ray.core.prompts import dialogue_text
+from dlma_ray.core.prompts import engine_prompt
 from dlma_ray.evaluation.judges import ab, five_point
 from dlma_ray.workers.engines import plain_logprobs
 from dlma_ray.workers.generation import GenerationEngine, request_seed, sampling_params
@@ -39,14 +40,57 @@ def token_choices(tokenizer, labels) -> dict[int, str]:
     return {i: label for label in labels for i in ab.letter_token_ids(tokenizer, label)}
 
 
+def rlaif_prompts(tokenizer, chats: list, first: list[str], second: list[str], instructions: list[str],
+                  style: str) -> list[str]:
+    """RLCD's labelling prompt of each pair (``first`` shown as (A)), as the policy's user turn with its reply begun
+    with the answer's cue, so the next token is the letter."""
+    cue = ab.ANSWER_CUE
+    return [judge_context(tokenizer, ab.labelling_prompt(c, a, b, i).removesuffix(cue), style, cue)
+            for c, a, b, i in zip(chats, first, second, instructions)]
+
+
+def ab_readings(llm, prompts: list[str], seeds: list[int]) -> list[float]:
+    """P(A) after each labelling prompt (ab.ab_probability), from one engine call: one greedy token per request,
+    whose log-probs of the letters' spellings are read (`logprob_token_ids`)."""
+    from vllm import SamplingParams
+
+    tok = llm.get_tokenizer()
+    a_ids, b_ids = ab.letter_token_ids(tok, "A"), ab.letter_token_ids(tok, "B")
+    params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=a_ids + b_ids, seed=s) for s in seeds]
+    outs = llm.generate([engine_prompt(tok, p) for p in prompts], params, use_tqdm=False)
+    return [ab.ab_probability(plain_logprobs(o.outputs[0].logprobs)[0], a_ids, b_ids) for o in outs]
+
+
+def five_point_judgements(llm, questions: list[str], seeds: list[int], sr: dict, style: str,
+                          stop_ids: set[int]) -> list[str]:
+    """One judgement text per rubric question (``sr``: the `self_rewarding` config section): free text, or with
+    `constrained_score` a justification up to "Score:" and then points sampled from the digit tokens alone."""
+    from vllm import SamplingParams
+
+    tok = llm.get_tokenizer()
+    contexts = [judge_context(tok, q, style) for q in questions]
+    stop = [five_point.SCORE_CUE] if sr["constrained_score"] else None
+    params = [SamplingParams(temperature=sr["judge_temperature"], top_p=1.0, max_tokens=sr["judge_max_tokens"],
+                             seed=s, stop=stop, stop_token_ids=sorted(stop_ids)) for s in seeds]
+    texts = [o.outputs[0].text for o in
+             llm.generate([engine_prompt(tok, c) for c in contexts], params, use_tqdm=False)]
+    if not sr["constrained_score"]:
+        return texts
+    points = token_choices(tok, five_point.POINTS)
+    heads = [t.rstrip() + f"\n{five_point.SCORE_CUE}" for t in texts]
+    params = [SamplingParams(temperature=sr["judge_temperature"], top_p=1.0, max_tokens=1, seed=s + 1,
+                             allowed_token_ids=sorted(points)) for s in seeds]
+    outs = llm.generate([engine_prompt(tok, c + h) for c, h in zip(contexts, heads)], params, use_tqdm=False)
+    return [f"{h} {points.get(o.outputs[0].token_ids[0], '?') if o.outputs[0].token_ids else '?'}"
+            for h, o in zip(heads, outs)]
+
+
 class RlaifEngine(GenerationEngine):
     """Answers a prompt twice and has the policy label the pair (``rlaif``: the config's `rlaif` section)."""
 
     def __init__(self, *args, rlaif: dict, run_seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.rlaif, self.run_seed = rlaif, run_seed
-        tok = self.llm.get_tokenizer()
-        self.a_ids, self.b_ids = ab.letter_token_ids(tok, "A"), ab.letter_token_ids(tok, "B")
 
     def _answers(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.rlaif["pairs"] == "contrastive":
@@ -59,18 +103,6 @@ class RlaifEngine(GenerationEngine):
         return {**batch, **context, **self._response_columns("chosen", outs[:n]),
                 **self._response_columns("rejected", outs[n:])}
 
-    def p_a(self, prompts: list[str], prompt_ids: list[str], order: str) -> list[float]:
-        """P(A) after each labelling prompt, from one engine call (greedy, one token: only its log-probs are read)."""
-        from dlma_ray.core.prompts import engine_prompt
-        from vllm import SamplingParams
-
-        tok = self.llm.get_tokenizer()
-        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.a_ids + self.b_ids,
-                                 seed=request_seed(self.gen["seed"], self.round_index, pid, f"ab-{order}"))
-                  for pid in prompt_ids]
-        outs = self.llm.generate([engine_prompt(tok, p) for p in prompts], params, use_tqdm=False)
-        return [ab.ab_probability(plain_logprobs(o.outputs[0].logprobs)[0], self.a_ids, self.b_ids) for o in outs]
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self._answers(batch)
         tok, cfg = self.llm.get_tokenizer(), self.rlaif
@@ -79,13 +111,11 @@ class RlaifEngine(GenerationEngine):
         instructions = [ab.instruction_for(cfg["instruction"], self.run_seed, pid) for pid in ids]
         y1, y2 = [str(t) for t in out["chosen"]], [str(t) for t in out["rejected"]]
 
-        def prompts(first, second):  # the question as the user's turn, the reply begun with the answer's cue
-            cue = ab.ANSWER_CUE
-            return [judge_context(tok, ab.labelling_prompt(c, a, b, i).removesuffix(cue), self.renderer.style, cue)
-                    for c, a, b, i in zip(chats, first, second, instructions)]
-
-        p_first = self.p_a(prompts(y1, y2), ids, "first")
-        p_second = self.p_a(prompts(y2, y1), ids, "second") if cfg["both_orders"] else [0.5] * len(ids)
+        style = self.renderer.style
+        seeds = [request_seed(self.gen["seed"], self.round_index, pid, "ab") for pid in ids]
+        p_first = ab_readings(self.llm, rlaif_prompts(tok, chats, y1, y2, instructions, style), seeds)
+        p_second = (ab_readings(self.llm, rlaif_prompts(tok, chats, y2, y1, instructions, style), seeds)
+                    if cfg["both_orders"] else [0.5] * len(ids))
         labels = ab.label_pairs(p_first, p_second, cfg["margin"], cfg["both_orders"])
         swap = np.array([s for _, s, _ in labels], dtype=bool)
         for side in ("", "_tokens", "_finished", "_token_ids"):  # the preferred answer becomes `chosen`
@@ -107,36 +137,11 @@ class SelfRewardingEngine(GenerationEngine):
     def __init__(self, *args, self_rewarding: dict, **kwargs):
         super().__init__(*args, **kwargs)
         self.sr = self_rewarding
-        self.points = token_choices(self.llm.get_tokenizer(), five_point.POINTS)
 
     def _sample_params(self, prompt_id: str, tag: str, **override):
         gen = {**self.gen, "temperature": self.sr["temperature"], "top_p": self.sr["top_p"], "top_k": -1, **override}
         return sampling_params(gen, override.get("max_new_tokens", gen["max_new_tokens"]),
                                request_seed(gen["seed"], self.round_index, prompt_id, tag), self.stop_ids)
-
-    def judgements(self, questions: list[str], tags: list[tuple[str, str]]) -> list[str]:
-        """One judgement per question: free text, or (constrained_score) a justification up to "Score:" and then
-        points sampled from the digit tokens alone. ``tags``: (prompt id, request tag) for the request seeds."""
-        from vllm import SamplingParams
-
-        from dlma_ray.core.prompts import engine_prompt
-
-        tok, sr = self.llm.get_tokenizer(), self.sr
-        contexts = [judge_context(tok, q, self.renderer.style) for q in questions]
-        seeds = [request_seed(self.gen["seed"], self.round_index, pid, tag) for pid, tag in tags]
-        stop = [five_point.SCORE_CUE] if sr["constrained_score"] else None
-        params = [SamplingParams(temperature=sr["judge_temperature"], top_p=1.0, max_tokens=sr["judge_max_tokens"],
-                                 seed=s, stop=stop, stop_token_ids=sorted(self.stop_ids)) for s in seeds]
-        texts = [o.outputs[0].text for o in
-                 self.llm.generate([engine_prompt(tok, c) for c in contexts], params, use_tqdm=False)]
-        if not sr["constrained_score"]:
-            return texts
-        heads = [t.rstrip() + f"\n{five_point.SCORE_CUE}" for t in texts]
-        params = [SamplingParams(temperature=sr["judge_temperature"], top_p=1.0, max_tokens=1, seed=s + 1,
-                                 allowed_token_ids=sorted(self.points)) for s in seeds]
-        outs = self.llm.generate([engine_prompt(tok, c + h) for c, h in zip(contexts, heads)], params, use_tqdm=False)
-        return [f"{h} {self.points.get(o.outputs[0].token_ids[0], '?') if o.outputs[0].token_ids else '?'}"
-                for h, o in zip(heads, outs)]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sr = self.sr
@@ -145,10 +150,12 @@ class SelfRewardingEngine(GenerationEngine):
         context = self._context_columns(chats, range(n))
         params = [self._sample_params(ids[j], f"sample{i}") for j in range(n) for i in range(m)]
         answers = self._generate([c for c in context["plain_context"] for _ in range(m)], params, n)
-        questions = [dialogue_text(c) if len(c) > 1 else c[-1]["content"] for c in chats]
+        questions = [five_point.question_of(c) for c in chats]
         asked = [(j, i, k) for j in range(n) for i in range(m) for k in range(t)]
-        texts = self.judgements([five_point.judge_question(questions[j], answers[j * m + i].text) for j, i, _ in asked],
-                                [(ids[j], f"judge{i}.{k}") for j, i, k in asked])
+        texts = five_point_judgements(
+            self.llm, [five_point.judge_question(questions[j], answers[j * m + i].text) for j, i, _ in asked],
+            [request_seed(self.gen["seed"], self.round_index, ids[j], f"judge{i}.{k}") for j, i, k in asked], sr,
+            self.renderer.style, self.stop_ids)
         scores = [five_point.parse_score(x) for x in texts]
         best, worst, drop, details, chosen_score, rejected_score = [], [], [], [], [], []
         for j in range(n):

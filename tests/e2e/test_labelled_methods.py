@@ -113,7 +113,7 @@ def test_rlaif_labels_are_the_policys_own_ab_reading(rlaif_run, tiny_model_dir, 
     of the same prompt (the evaluation's judge) to float precision; the preferred answer is `chosen`."""
     from dlma_ray.evaluation.judges import ab
     from dlma_ray.model.loading import load_causal_lm
-    from dlma_ray.workers.labelling import judge_context
+    from dlma_ray.workers.labelling import rlaif_prompts
 
     generations = table(rlaif_run, 0, "generations", GENERATION_SCHEMA)
     assert len(generations) == PROMPTS
@@ -125,9 +125,9 @@ def test_rlaif_labels_are_the_policys_own_ab_reading(rlaif_run, tiny_model_dir, 
         assert g["label_preference"] == pytest.approx(0.5 + (p1 - p2) / 2, abs=1e-12)
         swapped = g["label_preference"] < 0.5
         y1, y2 = (g["rejected"], g["chosen"]) if swapped else (g["chosen"], g["rejected"])
-        chat = json.loads(g["messages_json"])
-        prompts = [judge_context(tokenizer, ab.labelling_prompt(chat, a, b, detail["instruction"]).removesuffix(
-            ab.ANSWER_CUE), "raw", ab.ANSWER_CUE) for a, b in ((y1, y2), (y2, y1))]
+        chat, instruction = json.loads(g["messages_json"]), [detail["instruction"]]
+        prompts = [rlaif_prompts(tokenizer, [chat], [a], [b], instruction, "raw")[0] for a, b in ((y1, y2), (y2, y1))]
+        assert prompts[0] == ab.labelling_prompt(chat, y1, y2, detail["instruction"])  # raw style: RLCD's text as is
         assert prompts[0].startswith(ab.RLCD_PREFIX) and prompts[0].endswith("The answer is: (")
         direct = ab.ab_preference(model, tokenizer, prompts)
         assert direct == pytest.approx([p1, p2], abs=2e-4)

@@ -1,7 +1,7 @@
 """Self-Rewarding's LLM-as-a-Judge (Yuan et al. 2024, arXiv 2401.10020, its Figure 2): the policy scores an answer
 with an additive 5-point rubric, writes a short justification and ends with `Score: <points>`.
 
-    judge_question   the rubric with the user's question and the answer, as one user turn
+    judge_question   the rubric with the user's question and the answer, as one user turn (question_of: a chat's)
     parse_score      the points of a judgement (the last `Score: d`, d in 0..5), None when it has none
     mean_scores      each sample's mean over its valid judgements; a sample with too few is left out (NaN)
     best_vs_worst    the pair of a prompt: its highest mean against its lowest; None when they tie
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 
+from dlma_ray.core.prompts import dialogue_text
 from dlma_ray.evaluation.judges.registry import Judge, register
 
 FIVE_POINT_TEMPLATE = (
@@ -50,6 +51,11 @@ POINTS = tuple(str(d) for d in range(6))
 
 def judge_question(question: str, response: str) -> str:
     return FIVE_POINT_TEMPLATE.format(question=question.strip(), response=response.strip())
+
+
+def question_of(messages) -> str:
+    """What the rubric calls the user's question: the one user message, or the whole dialogue when it has turns."""
+    return dialogue_text(messages) if len(messages) > 1 else messages[-1]["content"]
 
 
 def parse_score(text: str) -> float | None:
