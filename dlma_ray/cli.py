@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     from dlma_ray.commands import DEFAULT_METHODS
 
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma-separated, of {', '.join(methods.names())} (default: {','.join(DEFAULT_METHODS)})")
+                   help=f"comma-separated, of {', '.join(methods.names())}, or `all` (default: "
+                        f"{','.join(DEFAULT_METHODS)})")
+    p.add_argument("--one-round-unless-iterative", action="store_true",
+                   help="methods that iterate by design (" + ", ".join(m for m in methods.names()
+                                                                   if methods.get(m).iterates)
+                        + ") run rounds.count rounds, the others one (the papers' own round counts)")
     p.add_argument("--judge", choices=judges.names(head_to_head=True),
                    help="head-to-head judge of every pair of methods (default: eval.judge; self_reward = distillation)")
     p = sub.add_parser("judge", help="policy A's answers against policy B's: win / tie / lose, both orders",
@@ -228,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             return commands.run_job(cfg, args.restart_from)
         return commands.evaluate_job(cfg, args.policy, args.round, args.out)
     if args.command == "compare":
-        chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+        chosen = methods.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in chosen if m not in methods.names()]
         if unknown or not chosen:
             sub.exit(2, f"error: --methods: unknown {unknown}; expected some of {', '.join(methods.names())}\n")
         try:
-            base_cfg, configs = commands.method_configs(args.config, args.overrides, chosen)
+            base_cfg, configs = commands.method_configs(args.config, args.overrides, chosen,
+                                                        args.one_round_unless_iterative)
         except ConfigError as exc:
             sub.exit(2, f"error: {exc}\n")
         commands.setup_logging(base_cfg)

@@ -103,13 +103,16 @@ def share_baseline(base: Path, method: str, done: list[str]) -> None:
 
 
 def method_configs(config_path: str | list[str] | None, overrides: list[str],
-                   methods: list[str]) -> tuple[Config, dict]:
+                   methods: list[str], one_round_unless_iterative: bool = False) -> tuple[Config, dict]:
     """The base config and one per method (`train.method`, `run.dir=<run.dir>/<method>`); ConfigError if any
-    is invalid, so that every method's config is checked before any work starts."""
+    is invalid, so that every method's config is checked before any work starts. ``one_round_unless_iterative``:
+    a method that does not iterate by design (`Method.iterates`) runs one round, the others rounds.count."""
     from dlma_ray.core import storage
 
     base_cfg = load_config(config_path, overrides)
-    configs = {m: load_config(config_path, [*overrides, f"train.method={m}",
+    rounds = {m: [] if registry.get(m).iterates or not one_round_unless_iterative else ["rounds.count=1"]
+              for m in methods}
+    configs = {m: load_config(config_path, [*overrides, f"train.method={m}", *rounds[m],
                                             f"run.dir={storage.join(base_cfg.run.dir, m)}"]) for m in methods}
     for cfg in configs.values():
         registry.check(cfg)

@@ -120,25 +120,24 @@ def _check_device(plan: Plan, a: Actors, share: float) -> None:
                              f"{have / GIB:.1f} GiB it may use ({share:g} x {plan.cluster.gpu_memory_gb:g} GB)")
 
 
-def _sequences_per_call(cfg: Config) -> tuple[int, int]:
-    """Sequences one engine call samples, and per prompt: a contrastive pair per prompt (y+, y-), or
-    Self-Contrast's N samples of batch_size // N prompts (methods/self_contrast.py sizes its calls so)."""
-    g = cfg.generation
-    if cfg.train.method == "self_contrast":
-        n = cfg.self_contrast.num_samples
-        return max(1, g.batch_size // n) * n, n
-    return g.batch_size * 2, 2
+def sequences_per_call(cfg: Config) -> tuple[int, int]:
+    """Answers one engine call samples, and per prompt, as the method sizes its calls (`Method.engine_call`): a
+    contrastive pair per prompt (y+, y-), Self-Contrast's N samples, SPIN's one, Self-Rewarding's N answers."""
+    from dlma_ray import methods
+
+    prompts, per_prompt = methods.get(cfg.train.method).engine_call(cfg)
+    return prompts * per_prompt, per_prompt
 
 
 def _call_text(cfg: Config) -> str:
-    per_call, per_prompt = _sequences_per_call(cfg)
+    per_call, per_prompt = sequences_per_call(cfg)
     return (f"{per_call // per_prompt} prompts x {per_prompt} samples a call, from generation.batch_size "
             f"{cfg.generation.batch_size}")
 
 
 def _batch_size_filling(cfg: Config, fits: int) -> int:
-    _, per_prompt = _sequences_per_call(cfg)
-    return fits if per_prompt > 2 else math.ceil(fits / 2)
+    per_call, _ = sequences_per_call(cfg)  # grows with generation.batch_size in the method's proportion
+    return max(1, math.ceil(fits * cfg.generation.batch_size / per_call))
 
 
 def _engines(plan: Plan, cfg: Config) -> None:
@@ -146,7 +145,7 @@ def _engines(plan: Plan, cfg: Config) -> None:
     n = _pool(plan, "generate", r.num_engines, r.cpus_per_engine, r.gpus_per_engine, dict(r.engine_resources))
     w = sizing.DTYPE_BYTES[g.dtype]
     seq = cfg.data.max_prompt_tokens + g.max_new_tokens
-    per_call = _sequences_per_call(cfg)[0]
+    per_call = sequences_per_call(cfg)[0]
     a = Actors("generate", "vLLM engine", n, r.num_engines, r.cpus_per_engine, r.gpus_per_engine)
     if r.gpus_per_engine > 0:
         tp = r.tensor_parallel_size

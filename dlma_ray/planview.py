@@ -25,8 +25,15 @@ def _cpu_rate(stage: str, params: int, actors: int) -> float:
 
 def _generate(cfg: Config, plan) -> tuple[float, str]:
     g, sh, eng = cfg.generation, plan.shape, plan.actors[0]
-    per_prompt = cfg.self_contrast.num_samples if cfg.train.method == "self_contrast" else 2
-    seqs, n = plan.prompts * per_prompt, max(1, eng.count)
+    from dlma_ray import methods
+    from dlma_ray.plan import sequences_per_call
+
+    _, per_prompt = sequences_per_call(cfg)
+    # A judge that is the policy (rlaif, self_rewarding) generates on the same engines: its tokens, counted as
+    # answers of max_new_tokens.
+    judged, judge_tokens = methods.get(cfg.train.method).judge_work(cfg)
+    seqs = math.ceil(plan.prompts * (per_prompt + judged * judge_tokens / g.max_new_tokens))
+    n = max(1, eng.count)
     if eng.gpus > 0:
         w, tp = sizing.DTYPE_BYTES[g.dtype], cfg.resources.tensor_parallel_size
         seq = cfg.data.max_prompt_tokens + g.max_new_tokens

@@ -34,11 +34,21 @@ class Method:
     summary: ClassVar[str] = ""  # one line for the docs and --help
     order: ClassVar[int] = 100  # where it is listed (docs, comparison): lower first
     generates_on_engines: ClassVar[bool] = True  # its generate stage samples pi_k on vLLM engines (engine_pool)
-    judge: ClassVar[str | None] = None  # the judge (dlma_ray.evaluation.judges) that labels its pairs; None: by construction
+    judge: ClassVar[str | None] = None  # the judge (evaluation.judges) labelling its pairs; None: by construction
+    iterates: ClassVar[bool] = False  # each new policy regenerates its data by design (compare's round counts)
 
     def check(self, cfg: Config) -> list[str]:
         """Config errors only this method can see (each naming its field); [] when fine."""
         return []
+
+    def engine_call(self, cfg: Config) -> tuple[int, int]:
+        """(prompts in one engine call, answers sampled per prompt): a contrastive pair per prompt by default.
+        The generate stage sizes its calls so, and `dlma-ray plan` its KV cache."""
+        return cfg.generation.batch_size, 2
+
+    def judge_work(self, cfg: Config) -> tuple[int, int]:
+        """(judge requests per prompt, tokens each) that the policy generates as its own judge on the engines."""
+        return 0, 0
 
     def generate(self, r: Round) -> StageResult:
         return generate.contrastive(r)

@@ -11,6 +11,7 @@ class Dlma(Method):
     name = "dlma"
     order = 0
     judge = "self_reward"
+    iterates = True
     scoring = "contrastive"  # R needs the four log-probs under the positive and negative prompts
     summary = "contrastive pairs, self-rewarding score R, DPO with margin beta*gamma*clip(R)"
 

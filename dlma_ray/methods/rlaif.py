@@ -18,8 +18,17 @@ class Rlaif(Method):
     judge = "ab"
     summary = "two answers a prompt, labelled by the policy's own A/B judgement (both orders), DPO on the preferred"
 
+    def engine_call(self, cfg):
+        # A prompt's two answers, then one single-token judge request per order: the calls stay near 2*batch_size
+        # requests, as a contrastive method's.
+        requests = 2 + (2 if cfg.rlaif.both_orders else 1)
+        return max(1, cfg.generation.batch_size * 2 // requests), 2
+
+    def judge_work(self, cfg):
+        return (2 if cfg.rlaif.both_orders else 1), 1
+
     def generate(self, r: Round) -> StageResult:
         from dlma_ray.workers.labelling import RlaifEngine
 
-        requests = 2 * (2 if r.cfg.rlaif.both_orders else 1)  # judge requests per prompt besides its two answers
-        return generate.labelled(r, RlaifEngine, 2 + requests, rlaif=vars(r.cfg.rlaif), run_seed=r.cfg.run.seed)
+        return generate.labelled(r, RlaifEngine, self.engine_call(r.cfg)[0], rlaif=vars(r.cfg.rlaif),
+                                 run_seed=r.cfg.run.seed)

@@ -32,9 +32,13 @@ class SelfContrast(Method):
                     "raise self_contrast.num_samples or lower num_negatives"]
         return []
 
+    def engine_call(self, cfg):
+        n = cfg.self_contrast.num_samples
+        return max(1, cfg.generation.batch_size // n), n  # B prompts x N samples: batch_size requests a call
+
     def generate(self, r: Round) -> StageResult:
         """N seeded samples per prompt with a target, under the plain context -> round_k/generations/."""
-        return generate.samples(r, r.cfg.self_contrast.num_samples)
+        return generate.samples(r, *self.engine_call(r.cfg))
 
     def score(self, r: Round) -> StageResult:
         """Similarity to y*, the per-prompt filter, then reference log-probs -> round_k/pairs/ (k rows a prompt)."""

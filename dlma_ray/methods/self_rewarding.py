@@ -16,6 +16,7 @@ class SelfRewarding(Method):
     name = "self_rewarding"
     order = 60
     judge = "five_point"
+    iterates = True
     summary = "N samples a prompt scored by the policy's own 5-point judgement, best vs worst, iterative DPO"
 
     def check(self, cfg):
@@ -25,9 +26,19 @@ class SelfRewarding(Method):
                     f"self_rewarding.num_judgements={sr.num_judgements}; lower it or judge more often"]
         return []
 
+    def engine_call(self, cfg):
+        # N answers a prompt, then N x J judgements (two requests each when the score is constrained): the calls
+        # stay near 2*batch_size requests, as a contrastive method's.
+        sr = cfg.self_rewarding
+        requests = sr.num_samples * (1 + sr.num_judgements * (2 if sr.constrained_score else 1))
+        return max(1, cfg.generation.batch_size * 2 // requests), sr.num_samples
+
+    def judge_work(self, cfg):
+        sr = cfg.self_rewarding
+        return sr.num_samples * sr.num_judgements, sr.judge_max_tokens + int(sr.constrained_score)
+
     def generate(self, r: Round) -> StageResult:
         from dlma_ray.workers.labelling import SelfRewardingEngine
 
-        sr = r.cfg.self_rewarding
-        per_prompt = sr.num_samples * (1 + sr.num_judgements * (2 if sr.constrained_score else 1))
-        return generate.labelled(r, SelfRewardingEngine, per_prompt, self_rewarding=vars(sr))
+        return generate.labelled(r, SelfRewardingEngine, self.engine_call(r.cfg)[0],
+                                 self_rewarding=vars(r.cfg.self_rewarding))

@@ -22,6 +22,7 @@ def history(k: int, history_rounds: int) -> list[int]:
 class Spin(Method):
     name = "spin"
     order = 70
+    iterates = True
     summary = "the SFT target against one sample of pi_k, the previous iterate as opponent, earlier rounds' pairs kept"
 
     def check(self, cfg):
@@ -33,9 +34,12 @@ class Spin(Method):
     def train_options(self, cfg):
         return {"spin_loss": cfg.spin.loss}
 
+    def engine_call(self, cfg):
+        return cfg.generation.batch_size, 1
+
     def generate(self, r: Round) -> StageResult:
         """One sample of pi_k per prompt with a target: chosen = y*, rejected = the sample."""
-        return generate.samples(r, 1)
+        return generate.samples(r, *self.engine_call(r.cfg))
 
     def score(self, r: Round) -> StageResult:
         """This round's and the earlier rounds' generations, scored by this round's reference (the opponent)."""

@@ -38,27 +38,24 @@ def from_rows(r: Round, rows: list[dict]) -> StageResult:
                        write_table(ray.data.from_items(rows), GENERATION_SCHEMA, r.paths.generations))
 
 
-def samples(r: Round, num_samples: int) -> StageResult:
+def samples(r: Round, prompts_per_call: int, num_samples: int) -> StageResult:
     """N seeded samples per prompt with an SFT target, under the plain context: one row per sample, chosen = the
     target y*, rejected = the sample (dlma_ray.workers.generation.SampleEngine)."""
     import ray.data
 
     from dlma_ray.workers.generation import SampleEngine
 
-    # A batch of B prompts is B*N requests in one engine call.
-    pool = engine_pool(r, SampleEngine, batch_size=max(1, r.cfg.generation.batch_size // num_samples),
-                       num_samples=num_samples)
+    pool = engine_pool(r, SampleEngine, batch_size=prompts_per_call, num_samples=num_samples)
     ds = map_actors(ray.data.from_items(prompt_rows(r.cfg, r.k, require_target=True)), pool)
     return StageResult(r.paths.generations, write_table(ds, GENERATION_SCHEMA, r.paths.generations))
 
 
-def labelled(r: Round, engine: type, requests_per_prompt: int = 2, **engine_kwargs) -> StageResult:
+def labelled(r: Round, engine: type, prompts_per_call: int, **engine_kwargs) -> StageResult:
     """Pairs that ``engine`` (dlma_ray.workers.labelling) samples and labels with the policy as judge; the summary
     counts what the judge did (``labelling_summary``)."""
     import ray.data
 
-    pool = engine_pool(r, engine, batch_size=max(1, r.cfg.generation.batch_size * 2 // requests_per_prompt),
-                       **engine_kwargs)
+    pool = engine_pool(r, engine, batch_size=prompts_per_call, **engine_kwargs)
     ds = map_actors(ray.data.from_items(prompt_rows(r.cfg, r.k)), pool)
     rows = write_table(ds, GENERATION_SCHEMA, r.paths.generations)
     summary = labelling_summary(r.paths.generations)

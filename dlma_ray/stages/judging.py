@@ -255,11 +255,11 @@ def judge_accuracy(cfg: Config, names: list[str], policy: str | None = None, jud
     init_ray(cfg)
     start = time.time()
     engine = bool({"ab", "five_point"} & set(names))
-    margins = ray.get(_remote(human_pair_margins, cfg, engine=engine).remote(cfg, policy, initial_model(cfg), pairs, names,
-                                                                                  judge_model))
+    task = _remote(human_pair_margins, cfg, engine=engine)
+    margins = ray.get(task.remote(cfg, policy, initial_model(cfg), pairs, names, judge_model))
     doc = {"pairs": source, "policy": policy, "judges": accuracy_table(margins), "margins": margins,
            "seconds": round(time.time() - start, 1),
-           "settings": {"rlaif": vars(cfg.rlaif), "self_rewarding": vars(cfg.self_rewarding), "pair": cfg.pair.name}}
+           "settings": {"ab": vars(cfg.rlaif), "five_point": vars(cfg.self_rewarding), "pair": cfg.pair.name}}
     out_dir = out_dir or storage.absolute(cfg.run.dir)
     storage.makedirs(out_dir)
     doc["path"] = storage.join(out_dir, "judge_accuracy.json")
