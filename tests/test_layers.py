@@ -135,6 +135,42 @@ def test_no_import_circle():
     assert not cycle, "import circles: " + "; ".join(" -> ".join(c) for c in cycle)
 
 
+def test_no_import_circle_between_folders():
+    """Folders import one way: a folder whose module imports another folder's is never imported back by it (a
+    sideways import between two folders of one layer is fine once; both ways is a circle)."""
+    edges: dict[str, set[str]] = {}
+    where: dict[tuple[str, str], str] = {}
+    for path in SOURCES:
+        here = module_name(path)
+        if not here or "." not in here:
+            continue
+        for line, target, _ in imports_of(path):
+            a, b = here.split(".")[0], target.split(".")[0]
+            if a != b and "." in target and b in LAYERS:
+                edges.setdefault(a, set()).add(b)
+                where.setdefault((a, b), f"dlma_ray/{path.relative_to(PACKAGE)}:{line} imports {target}")
+    both_ways = sorted(f"{a} <-> {b}: {where[(a, b)]}; {where[(b, a)]}" for a in edges for b in edges[a]
+                       if a < b and a in edges.get(b, ()))
+    assert not both_ways, "folders importing each other:\n" + "\n".join(both_ways)
+    seen, stack, cycle = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            cycle.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for t in sorted(edges.get(node, ())):
+            visit(t)
+        stack.pop()
+
+    for node in sorted(edges):
+        visit(node)
+    assert not cycle, "import circles between folders: " + "; ".join(" -> ".join(c) for c in cycle)
+
+
 def test_no_private_name_crosses_a_module():
     crossing = []
     for path in SOURCES:

@@ -236,7 +236,8 @@ def test_spin_round_1_trains_on_both_rounds_against_the_previous_iterate(spin_ru
 
 
 def test_spin_killed_round_resumed_gives_the_same_pairs(spin_run, spin_args, tmp_path, tiny_model_dir):
-    copy = resumed_copy(spin_run, tmp_path, tiny_model_dir, "round_1/generate", spin_args)
+    # killed in round 1's score stage: its generations stay, the pairs of both rounds are scored again
+    copy = resumed_copy(spin_run, tmp_path, tiny_model_dir, "round_1/score", spin_args)
     assert [k for k in stages(copy)] == [k for k in stages(spin_run)]
     columns = ["chosen", "rejected_token_ids", "ref_logp_chosen", "ref_logp_rejected"]
     assert same_rows(table(copy, 1, "pairs", PAIR_SCHEMA), table(spin_run, 1, "pairs", PAIR_SCHEMA), columns)
