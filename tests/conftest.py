@@ -39,6 +39,29 @@ def tiny_model_dir(tmp_path_factory, smol_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def hh_file(tmp_path_factory) -> Path:
+    """16 short hh-rlhf rows from ../shared (chosen / rejected dialogues: human pairs for dpo, and prompts whose
+    last assistant turn is the SFT target self_contrast and spin need), as a jsonl file of the session's own."""
+    import gzip
+    import json
+
+    source = SHARED / "data/hh-rlhf-harmless/pairs.jsonl.gz"
+    if not source.exists():
+        pytest.skip(f"{source} is not available")
+    rows = []
+    with gzip.open(source, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if len(row["chosen"]) < 400 and len(row["rejected"]) < 400:
+                rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})
+            if len(rows) == 16:
+                break
+    path = tmp_path_factory.mktemp("data") / "hh.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
     from dlma_ray.model.loading import load_causal_lm
 

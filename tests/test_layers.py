@@ -88,6 +88,27 @@ def third_party_imports(path: Path) -> set[str]:
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle a depth-first walk of ``graph`` (node -> the nodes it imports) closes."""
+    seen, stack, found = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            found.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for t in sorted(graph.get(node, ())):
+            visit(t)
+        stack.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    return found
+
+
 def test_every_module_has_a_layer():
     for path in SOURCES:
         if module_name(path):
@@ -116,22 +137,7 @@ def test_no_import_circle():
     # A package's __init__ importing its own submodules is how a registry fills itself, not a circle.
     for node, targets in graph.items():
         graph[node] = {t for t in targets if t in graph and not t.startswith(node + ".")}
-    seen, stack, cycle = set(), [], []
-
-    def visit(node):
-        if node in stack:
-            cycle.append(stack[stack.index(node):] + [node])
-            return
-        if node in seen:
-            return
-        seen.add(node)
-        stack.append(node)
-        for t in sorted(graph.get(node, ())):
-            visit(t)
-        stack.pop()
-
-    for node in sorted(graph):
-        visit(node)
+    cycle = cycles(graph)
     assert not cycle, "import circles: " + "; ".join(" -> ".join(c) for c in cycle)
 
 
@@ -152,22 +158,7 @@ def test_no_import_circle_between_folders():
     both_ways = sorted(f"{a} <-> {b}: {where[(a, b)]}; {where[(b, a)]}" for a in edges for b in edges[a]
                        if a < b and a in edges.get(b, ()))
     assert not both_ways, "folders importing each other:\n" + "\n".join(both_ways)
-    seen, stack, cycle = set(), [], []
-
-    def visit(node):
-        if node in stack:
-            cycle.append(stack[stack.index(node):] + [node])
-            return
-        if node in seen:
-            return
-        seen.add(node)
-        stack.append(node)
-        for t in sorted(edges.get(node, ())):
-            visit(t)
-        stack.pop()
-
-    for node in sorted(edges):
-        visit(node)
+    cycle = cycles(edges)
     assert not cycle, "import circles between folders: " + "; ".join(" -> ".join(c) for c in cycle)
 
 

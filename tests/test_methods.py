@@ -7,7 +7,6 @@ runs start from their paper presets (jobs/configs/*-paper-*.yaml) with jobs/conf
 preset that no longer loads or runs fails here; the tests' own overrides come last.
 """
 
-import gzip
 import json
 import math
 import os
@@ -23,7 +22,6 @@ from dlma_ray.core.schema import PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-HH_PAIRS = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
 K, N = 2, 4
 OVERLAY = REPO / "jobs/configs/embedded-overlay.yaml"
 
@@ -31,24 +29,6 @@ OVERLAY = REPO / "jobs/configs/embedded-overlay.yaml"
 def preset(name: str) -> list[str]:
     """`--config` arguments that start a run from the preset ``name`` of jobs/configs, made tiny by the overlay."""
     return ["--config", str(REPO / "jobs/configs" / name), "--config", str(OVERLAY)]
-
-
-@pytest.fixture(scope="module")
-def hh_file(tmp_path_factory) -> Path:
-    """16 short hh-rlhf rows (chosen / rejected dialogues) as a jsonl file of the test's own."""
-    if not HH_PAIRS.exists():
-        pytest.skip(f"{HH_PAIRS} is not available")
-    rows = []
-    with gzip.open(HH_PAIRS, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if len(row["chosen"]) < 400 and len(row["rejected"]) < 400:
-                rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})
-            if len(rows) == 16:
-                break
-    path = tmp_path_factory.mktemp("data") / "hh.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def run_method(tiny_model_dir: str, run_dir: Path, method: str, *extra: str, configs: list[str] = ()) -> Path:

@@ -18,13 +18,14 @@ from dlma_ray.config.tree import Config, ConfigError
 from dlma_ray.config.interfaces import Batch, StageResult
 from dlma_ray.model.logprobs import collate, encode_response, pad_id, response_logprobs, side_ids
 from dlma_ray.core.losses import dlma_loss
+from dlma_ray.core.registry import Registry
 from dlma_ray.evaluation import judges
 from dlma_ray.stages import generate, score
 from dlma_ray.stages import train as train_stage
 from dlma_ray.stages.common import Round
 
 M = TypeVar("M", bound=type)
-_REGISTRY: dict[str, "Method"] = {}
+_REGISTRY: Registry["Method"] = Registry("method", ConfigError)
 
 
 class Method:
@@ -114,33 +115,25 @@ def pair_logprobs(model, tokenizer, rows: Batch, max_length: int, device, packed
 
 def register(cls: M) -> M:
     """Class decorator: make a method available under its `name` (`train.method`)."""
-    name = getattr(cls, "name", None)
-    if not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
-        raise ValueError(f"method {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
     if cls.judge is not None and cls.judge not in judges.names():
         raise ValueError(f"{cls.__name__}.judge: {cls.judge!r} is not a judge; expected one of {judges.names()}")
     if cls.scoring not in ("contrastive", "reference", "none"):
         raise ValueError(f"{cls.__name__}.scoring: {cls.scoring!r}; expected contrastive, reference or none")
-    _REGISTRY[name] = cls()
-    return cls
+    return _REGISTRY.add(cls)
 
 
 def unregister(name: str) -> None:
     """Remove a method (tests that register a toy method clean up with this)."""
-    _REGISTRY.pop(name, None)
+    _REGISTRY.remove(name)
 
 
 def names() -> list[str]:
     """The registered method names, in listing order."""
-    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+    return _REGISTRY.names()
 
 
 def get(name: str) -> Method:
-    if name not in _REGISTRY:
-        raise ConfigError(f"train.method: {name!r} is not a method; expected one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name, "train.method")
 
 
 def check(cfg: Config) -> Method:

@@ -20,7 +20,6 @@ from dlma_ray.core.schema import GENERATION_SCHEMA, PAIR_SCHEMA
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-HH_PAIRS = REPO.parent / "shared/data/hh-rlhf-harmless/pairs.jsonl.gz"
 OVERLAY = REPO / "jobs/configs/embedded-overlay.yaml"
 PROMPTS = 8
 
@@ -66,32 +65,18 @@ def same_rows(a: list[dict], b: list[dict], columns) -> bool:
     return [[r[c] for c in columns] for r in sorted(a, key=key)] == [[r[c] for c in columns] for r in sorted(b, key=key)]
 
 
+def finished(args: list[str]) -> Path:
+    """The run dir of ``args`` after running it to the end."""
+    run_job(args)
+    return Path(next(a for a in args if a.startswith("run.dir=")).split("=", 1)[1])
+
+
 def resumed_copy(run_dir: Path, tmp_path: Path, tiny_model_dir: str, restart_from: str, args: list[str]) -> Path:
     """The finished run copied and redone from ``restart_from`` (as a run killed there would be resumed)."""
     copy = tmp_path / "resumed"
     shutil.copytree(run_dir, copy)
     run_job([*[a if not a.startswith("run.dir=") else f"run.dir={copy}" for a in args], "--restart-from", restart_from])
     return copy
-
-
-@pytest.fixture(scope="module")
-def hh_file(tmp_path_factory) -> Path:
-    """16 short hh-rlhf dialogues: prompts whose last assistant turn is the SFT target SPIN needs."""
-    import gzip
-
-    if not HH_PAIRS.exists():
-        pytest.skip(f"{HH_PAIRS} is not available")
-    rows = []
-    with gzip.open(HH_PAIRS, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if len(row["chosen"]) < 400 and len(row["rejected"]) < 400:
-                rows.append({"chosen": row["chosen"], "rejected": row["rejected"]})
-            if len(rows) == 16:
-                break
-    path = tmp_path_factory.mktemp("data") / "hh.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 # ---------------------------------------------------------------- RLAIF
@@ -104,8 +89,7 @@ def rlaif_args(tiny_model_dir, tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def rlaif_run(rlaif_args) -> Path:
-    run_job(rlaif_args)
-    return Path(next(a for a in rlaif_args if a.startswith("run.dir=")).split("=", 1)[1])
+    return finished(rlaif_args)
 
 
 def test_rlaif_labels_are_the_policys_own_ab_reading(rlaif_run, tiny_model_dir, tokenizer):
@@ -155,8 +139,7 @@ def sr_args(tiny_model_dir, tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sr_run(sr_args) -> Path:
-    run_job(sr_args)
-    return Path(next(a for a in sr_args if a.startswith("run.dir=")).split("=", 1)[1])
+    return finished(sr_args)
 
 
 def test_self_rewarding_pairs_are_best_against_worst_of_the_policys_scores(sr_run):
@@ -203,8 +186,7 @@ def spin_args(tiny_model_dir, tmp_path_factory, hh_file) -> list[str]:
 
 @pytest.fixture(scope="module")
 def spin_run(spin_args) -> Path:
-    run_job(spin_args)
-    return Path(next(a for a in spin_args if a.startswith("run.dir=")).split("=", 1)[1])
+    return finished(spin_args)
 
 
 def test_spin_round_1_trains_on_both_rounds_against_the_previous_iterate(spin_run, tokenizer, tiny_model_dir):

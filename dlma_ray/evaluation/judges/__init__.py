@@ -1,4 +1,4 @@
-"""Judges, one file each, in one registry (`registry`): what labels a method's pairs, what evaluation compares
+"""Judges, one file each, in one registry (`judge`: the `Judge` base class and `register`): what labels a method's pairs, what evaluation compares
 answers with (`eval.judge`), what `dlma-ray judge` / `compare` take (`--judge`). Importing this package imports every
 module of its folder, so a decorated class (`@register`) is all a new judge needs.
 
@@ -16,10 +16,10 @@ The judging is plain functions in each module (no Ray); workers call them where 
 import importlib
 import pkgutil
 
-from dlma_ray.evaluation.judges.registry import Judge, JudgeError, check_judge, get, names, register
+from dlma_ray.evaluation.judges.judge import Judge, JudgeError, check_judge, get, names, register
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "registry":
+    if _module.name != "judge":
         importlib.import_module(f"{__name__}.{_module.name}")
 
 # The functions callers import from the package, wherever their module is.

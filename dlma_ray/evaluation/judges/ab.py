@@ -24,7 +24,7 @@ import math
 
 from dlma_ray.core.prompts import dialogue_text
 from dlma_ray.core.stats import ratio
-from dlma_ray.evaluation.judges.registry import Judge, register
+from dlma_ray.evaluation.judges.judge import Judge, register
 
 RLCD_PREFIX = "Consider the following conversation between a human and an assistant:"
 ANSWER_CUE = "The answer is: ("

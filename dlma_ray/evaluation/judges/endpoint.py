@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 from dlma_ray.evaluation.judges.ab import judge_text
-from dlma_ray.evaluation.judges.registry import Judge, JudgeError, register
+from dlma_ray.evaluation.judges.judge import Judge, JudgeError, register
 
 
 def endpoint_url(url: str, path: str) -> str:

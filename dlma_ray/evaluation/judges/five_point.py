@@ -19,7 +19,7 @@ import math
 import re
 
 from dlma_ray.core.prompts import dialogue_text
-from dlma_ray.evaluation.judges.registry import Judge, register
+from dlma_ray.evaluation.judges.judge import Judge, register
 
 FIVE_POINT_TEMPLATE = (
     "Review the user's question and the corresponding response using the additive 5-point scoring system "

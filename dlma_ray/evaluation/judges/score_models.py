@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dlma_ray.evaluation.judges.registry import Judge, JudgeError, register
+from dlma_ray.evaluation.judges.judge import Judge, JudgeError, register
 
 
 @register

@@ -11,7 +11,7 @@ A method trained on R is judged by C on its own signal: results judged so carry 
 
 from __future__ import annotations
 
-from dlma_ray.evaluation.judges.registry import Judge, register
+from dlma_ray.evaluation.judges.judge import Judge, register
 
 
 @register

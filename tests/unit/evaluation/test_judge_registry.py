@@ -9,7 +9,7 @@ import pytest
 
 from dlma_ray.config.tree import EvalConfig, load_config
 from dlma_ray.evaluation import judges
-from dlma_ray.evaluation.judges.registry import Judge, register
+from dlma_ray.evaluation.judges.judge import Judge, register
 
 
 def test_every_judge_the_issue_names_is_registered():

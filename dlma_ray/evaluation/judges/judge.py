@@ -1,4 +1,5 @@
-"""The `Judge` base class and its registry. A judge is one decorated class in one file of this folder:
+"""The `Judge` base class and its registry (dlma_ray.core.registry). A judge is one decorated class in one file of
+this folder:
 
     @register
     class FivePoint(Judge):
@@ -23,14 +24,18 @@ from __future__ import annotations
 
 from typing import ClassVar, TypeVar
 
+from dlma_ray.core.registry import Registry
+
 J = TypeVar("J", bound=type)
-_REGISTRY: dict[str, "Judge"] = {}
 RUNS_ON = ("pair_logprobs", "policy", "score_model", "endpoint")
 VERDICTS = ("prefer", "score")
 
 
 class JudgeError(RuntimeError):
     """A judge cannot be used (unknown name, missing model, unset key, unreachable endpoint)."""
+
+
+_REGISTRY: Registry["Judge"] = Registry("judge", JudgeError)
 
 
 class Judge:
@@ -49,29 +54,20 @@ class Judge:
 
 def register(cls: J) -> J:
     """Class decorator: make a judge available under its `name`."""
-    name = getattr(cls, "name", None)
-    if not name:
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
-        raise ValueError(f"judge {name!r} is registered twice ({type(_REGISTRY[name]).__name__}, {cls.__name__})")
     if cls.runs_on not in RUNS_ON or cls.verdict not in VERDICTS:
         raise ValueError(f"{cls.__name__}: runs_on {cls.runs_on!r} / verdict {cls.verdict!r}; expected one of "
                          f"{RUNS_ON} / {VERDICTS}")
-    _REGISTRY[name] = cls()
-    return cls
+    return _REGISTRY.add(cls)
 
 
 def names(**where) -> list[str]:
     """Registered judge names in listing order; ``where``: class attributes to match (e.g. head_to_head=True)."""
-    found = [j for j in _REGISTRY.values() if all(getattr(j, k) == v for k, v in where.items())]
-    return [j.name for j in sorted(found, key=lambda j: (j.order, j.name))]
+    return _REGISTRY.names(**where)
 
 
 def get(name: str, field: str = "judge") -> Judge:
     """The judge called ``name``; an unknown name raises JudgeError naming ``field`` and every judge."""
-    if name not in _REGISTRY:
-        raise JudgeError(f"{field}: {name!r} is not a judge; expected one of {', '.join(names())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name, field)
 
 
 def check_judge(cfg, timeout: float = 5.0) -> None:
