@@ -110,7 +110,6 @@ class RlaifEngine(GenerationEngine):
         ids = [str(i) for i in out["prompt_id"]]
         instructions = [ab.instruction_for(cfg["instruction"], self.run_seed, pid) for pid in ids]
         y1, y2 = [str(t) for t in out["chosen"]], [str(t) for t in out["rejected"]]
-
         style = self.renderer.style
         seeds = [request_seed(self.gen["seed"], self.round_index, pid, "ab") for pid in ids]
         p_first = ab_readings(self.llm, rlaif_prompts(tok, chats, y1, y2, instructions, style), seeds)
@@ -138,10 +137,11 @@ class SelfRewardingEngine(GenerationEngine):
         super().__init__(*args, **kwargs)
         self.sr = self_rewarding
 
-    def _sample_params(self, prompt_id: str, tag: str, **override):
-        gen = {**self.gen, "temperature": self.sr["temperature"], "top_p": self.sr["top_p"], "top_k": -1, **override}
-        return sampling_params(gen, override.get("max_new_tokens", gen["max_new_tokens"]),
-                               request_seed(gen["seed"], self.round_index, prompt_id, tag), self.stop_ids)
+    def _sample_params(self, prompt_id: str, tag: str):
+        """The answers' sampling: the paper's temperature and nucleus, top-k off; the rest as generation.*."""
+        gen = {**self.gen, "temperature": self.sr["temperature"], "top_p": self.sr["top_p"], "top_k": -1}
+        return sampling_params(gen, gen["max_new_tokens"], request_seed(gen["seed"], self.round_index, prompt_id, tag),
+                               self.stop_ids)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sr = self.sr
