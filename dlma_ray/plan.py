@@ -189,14 +189,14 @@ def _scorer_memory(cfg: Config, sh: ModelShape, models: int) -> tuple[dict, dict
 
 
 def _scorers(plan: Plan, cfg: Config) -> None:
-    r = cfg.resources
-    n = _pool(plan, "score", r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer, dict(r.scorer_resources))
+    res = cfg.resources
+    n = _pool(plan, "score", res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer, dict(res.scorer_resources))
     models = 2 if cfg.rounds.reference == "initial" else 1  # pi_k and pi_0 after round 0
     device, host = _scorer_memory(cfg, plan.shape, models)
-    a = Actors("score", "scorer", n, r.num_scorers, r.cpus_per_scorer, r.gpus_per_scorer, device, host,
+    a = Actors("score", "scorer", n, res.num_scorers, res.cpus_per_scorer, res.gpus_per_scorer, device, host,
                f"{models} model(s); scoring.pack_tokens {cfg.scoring.pack_tokens} tokens a forward")
     plan.actors.append(a)
-    _check_device(plan, a, min(1.0, r.gpus_per_scorer))
+    _check_device(plan, a, min(1.0, res.gpus_per_scorer))
 
 
 def _lora_params(cfg: Config, sh: ModelShape) -> int:

@@ -73,12 +73,12 @@ class Method:
         """The round's train-split pair rows as this method trains on them (one row = one `unit`)."""
         return ds
 
-    def loss(self, model, tokenizer, rows: Batch, t: dict[str, Any], device) -> tuple[Any, dict]:
+    def loss(self, model, tokenizer, rows: Batch, train: dict[str, Any], device) -> tuple[Any, dict]:
         """DPO on (y+, y-) against the stored reference log-probs (the DLMA loss with gamma 0)."""
-        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, t["max_length"], device,
-                                                   t.get("packing", True))
+        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, train["max_length"], device,
+                                                   train.get("packing", True))
         return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),
-                         float_column(rows["ref_logp_rejected"], device), None, beta=t["beta"], gamma=0.0)
+                         float_column(rows["ref_logp_rejected"], device), None, beta=train["beta"], gamma=0.0)
 
 
 # ---------------------------------------------------------------- helpers the losses share

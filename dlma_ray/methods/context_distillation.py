@@ -15,10 +15,10 @@ class ContextDistillation(Method):
     scoring = "none"
     summary = "SFT on y+ after the plain context (the rejected side is unused)"
 
-    def loss(self, model, tokenizer, rows, t, device):
-        enc = [encode_response(tokenizer, str(c), r, t["max_length"]) for c, r in
+    def loss(self, model, tokenizer, rows, train, device):
+        enc = [encode_response(tokenizer, str(c), r, train["max_length"]) for c, r in
                zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))]
         tokens = float_column([len(r) for _, r in enc], device)
-        logp = response_logprobs(model, enc, pad_id(tokenizer), device, t.get("packing", True))
+        logp = response_logprobs(model, enc, pad_id(tokenizer), device, train.get("packing", True))
         loss = sft_loss(logp, tokens)
         return loss, {"loss": loss.detach(), "tokens_per_response": tokens.mean(), "logps_chosen": logp.detach().mean()}

@@ -15,9 +15,10 @@ class Dlma(Method):
     scoring = "contrastive"  # R needs the four log-probs under the positive and negative prompts
     summary = "contrastive pairs, self-rewarding score R, DPO with margin beta*gamma*clip(R)"
 
-    def loss(self, model, tokenizer, rows, t, device):
-        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, t["max_length"], device,
-                                                   t.get("packing", True))
+    def loss(self, model, tokenizer, rows, train, device):
+        logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, train["max_length"], device,
+                                                   train.get("packing", True))
         return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),
                          float_column(rows["ref_logp_rejected"], device), float_column(rows["self_reward"], device),
-                         beta=t["beta"], gamma=t["gamma"], clip_low=t["clip_low"], clip_high=t["clip_high"])
+                         beta=train["beta"], gamma=train["gamma"], clip_low=train["clip_low"],
+                         clip_high=train["clip_high"])

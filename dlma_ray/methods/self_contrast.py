@@ -77,17 +77,17 @@ class SelfContrast(Method):
         return ds.groupby("prompt_id", num_partitions=shuffle_partitions(ds.count())).map_groups(
             group_pairs, batch_format="pyarrow")
 
-    def loss(self, model, tokenizer, rows, t, device):
+    def loss(self, model, tokenizer, rows, train, device):
         """y* is encoded once per prompt, then each of its negatives: B + M sequences in one forward."""
         import torch
 
         rejected, ref_rejected, group = expand_groups(tokenizer, rows)
         contexts = [str(c) for c in rows["plain_context"]]
-        enc = [encode_response(tokenizer, c, r, t["max_length"])
+        enc = [encode_response(tokenizer, c, r, train["max_length"])
                for c, r in zip(contexts, side_ids(tokenizer, rows, "chosen"))]
-        enc += [encode_response(tokenizer, contexts[g], r, t["max_length"]) for g, r in zip(group, rejected)]
-        logp = response_logprobs(model, enc, pad_id(tokenizer), device, t.get("packing", True))
+        enc += [encode_response(tokenizer, contexts[g], r, train["max_length"]) for g, r in zip(group, rejected)]
+        logp = response_logprobs(model, enc, pad_id(tokenizer), device, train.get("packing", True))
         n = len(contexts)
         return grouped_dpo_loss(logp[:n], logp[n:], float_column(rows["ref_logp_chosen"], device),
                                 float_column(ref_rejected, device), torch.as_tensor(group, device=device),
-                                beta=t["beta"])
+                                beta=train["beta"])

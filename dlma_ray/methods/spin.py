@@ -51,7 +51,8 @@ class Spin(Method):
         scored.summary["rounds"] = rounds
         return scored
 
-    def loss(self, model, tokenizer, rows, t, device):
-        target, sample = pair_logprobs(model, tokenizer, rows, t["max_length"], device, t.get("packing", True))
+    def loss(self, model, tokenizer, rows, train, device):
+        target, sample = pair_logprobs(model, tokenizer, rows, train["max_length"], device, train.get("packing", True))
         return spin_loss(target, sample, float_column(rows["ref_logp_chosen"], device),
-                         float_column(rows["ref_logp_rejected"], device), beta=t["beta"], loss_type=t["spin_loss"])
+                         float_column(rows["ref_logp_rejected"], device), beta=train["beta"],
+                         loss_type=train["spin_loss"])

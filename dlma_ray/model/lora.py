@@ -28,36 +28,37 @@ ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def enabled(t: dict) -> bool:
-    return int(t.get("lora_rank", 0) or 0) > 0
+def enabled(train: dict) -> bool:
+    return int(train.get("lora_rank", 0) or 0) > 0
 
 
-def target_modules(t: dict) -> list[str]:
-    return [m.strip() for m in str(t["lora_target_modules"]).split(",") if m.strip()]
+def target_modules(train: dict) -> list[str]:
+    return [m.strip() for m in str(train["lora_target_modules"]).split(",") if m.strip()]
 
 
-def lora_config(t: dict):
+def lora_config(train: dict):
     from peft import LoraConfig
 
-    return LoraConfig(r=int(t["lora_rank"]), lora_alpha=float(t["lora_alpha"]), lora_dropout=float(t["lora_dropout"]),
-                      target_modules=target_modules(t), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=int(train["lora_rank"]), lora_alpha=float(train["lora_alpha"]),
+                      lora_dropout=float(train["lora_dropout"]),
+                      target_modules=target_modules(train), bias="none", task_type="CAUSAL_LM")
 
 
-def wrap(model, t: dict, adapter_from: str | None = None):
+def wrap(model, train: dict, adapter_from: str | None = None):
     """`model` with LoRA adapters on `train.lora_target_modules`; every other weight frozen. With
     `adapter_from` (a folder holding adapter_model.safetensors, e.g. a train checkpoint) the adapters start
     from those weights instead of peft's initialisation (lora_B = 0: the wrapped model equals `model`)."""
     from peft import get_peft_model
 
-    missing = [m for m in target_modules(t) if not any(n.split(".")[-1] == m for n, _ in model.named_modules())]
+    missing = [m for m in target_modules(train) if not any(n.split(".")[-1] == m for n, _ in model.named_modules())]
     if missing:
         raise ValueError(f"train.lora_target_modules: {missing} name no layer of this model "
                          f"({type(model).__name__}); its linear layers include "
                          f"{sorted(linear_names(model))[:12]}")
-    if t.get("gradient_checkpointing"):
+    if train.get("gradient_checkpointing"):
         # The frozen embeddings give checkpointed blocks inputs without grad; this makes backward reach the adapters.
         model.enable_input_require_grads()
-    peft_model = get_peft_model(model, lora_config(t))
+    peft_model = get_peft_model(model, lora_config(train))
     if adapter_from:
         load_adapter(peft_model, adapter_from)
     return peft_model
@@ -115,24 +116,25 @@ def trained_adapters(peft_model) -> dict[str, Any]:
     return out
 
 
-def save_policy(base_path: str, t: dict, adapters: dict, out: str, tokenizer, trust_remote_code: bool = False) -> None:
+def save_policy(base_path: str, train: dict, adapters: dict, out: str, tokenizer,
+                trust_remote_code: bool = False) -> None:
     """The policy folder: the adapter into <out>/adapter/, the merged model (float32 safetensors: see the module's
     docstring) and the tokenizer into <out>. `adapters` (`trained_adapters`) go onto the round's starting
     policy `base_path` as stored, not onto the training copy (bf16 under bf16 training), and merge in float32."""
-    peft_model = rebuild(base_path, t, adapters, trust_remote_code, dtype="float32")
+    peft_model = rebuild(base_path, train, adapters, trust_remote_code, dtype="float32")
     save_adapter(peft_model, os.path.join(out, ADAPTER_DIR))
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 
 
-def rebuild(base_path: str, t: dict, state: dict, trust_remote_code: bool = False, dtype: str = "float32"):
+def rebuild(base_path: str, train: dict, state: dict, trust_remote_code: bool = False, dtype: str = "float32"):
     """A CPU copy of the trained wrapped model: the base from `base_path`, the adapters from `state` (parameter
     names of the wrapped model; any other entry, e.g. the frozen weights a ZeRO-3 gather holds in the training
     precision, is ignored: the base stays the stored one)."""
     from dlma_ray.model.loading import load_causal_lm
 
-    peft_model = wrap(load_causal_lm(base_path, dtype, trust_remote_code), {**t, "gradient_checkpointing": False})
+    peft_model = wrap(load_causal_lm(base_path, dtype, trust_remote_code), {**train, "gradient_checkpointing": False})
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     missing = [n for n in names if n not in state]
     if missing:

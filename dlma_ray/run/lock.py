@@ -28,7 +28,7 @@ class RunLocked(RuntimeError):
     """Another job holds the run directory."""
 
 
-def _me() -> dict:
+def _this_process() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
@@ -65,7 +65,7 @@ def run_lock(run_dir: str):
     if run_dir.startswith("s3://"):
         from dlma_ray.run.objectlock import ObjectLease
 
-        lease = ObjectLease(run_dir, _me())
+        lease = ObjectLease(run_dir, _this_process())
         holder = lease.acquire()
         if holder is not None:
             raise RunLocked(_holder_text(run_dir, holder, f"delete {lease.uri} or wait {lease.seconds:.0f} s for "
@@ -82,7 +82,7 @@ def run_lock(run_dir: str):
         return
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_FILE)
-    me = _me()
+    me = _this_process()
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

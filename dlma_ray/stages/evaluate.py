@@ -203,10 +203,10 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     baseline_path = baseline_path or RunLayout(storage.absolute(cfg.run.dir)).baseline_answers
     round0, policy = initial_model(cfg), model_for_actor(policy_path)
     init_ray(cfg)
-    r = cfg.resources
-    gen = _task(eval_tasks.generate_answers, r.cpus_per_engine, r.gpus_per_engine, r.engine_resources,
+    res = cfg.resources
+    gen = _task(eval_tasks.generate_answers, res.cpus_per_engine, res.gpus_per_engine, res.engine_resources,
                 engines.ENGINE_RUNTIME_ENV)
-    scorer = dict(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, resources=r.scorer_resources)
+    scorer = dict(num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, resources=res.scorer_resources)
     log.info("evaluating %s: %d held-out prompts, %d human pairs, %d held-out generated pairs, %d neutral texts",
              policy, len(prompts), len(pairs), len(heldout or []), len(neutral))
     kept = kept if kept is not None and kept.serves(policy) else None
@@ -227,8 +227,8 @@ def evaluate_policy(cfg: Config, policy_path: str, out_dir: str, *, reference: s
     key = fixed_scores_key(cfg, baseline, pairs, neutral)
     fixed = read_fixed_scores(fixed_path, key)
     own_rlaif = text_judge and r_model != round0
-    threads = threads_per_task(r.threads_for(r.cpus_per_scorer), 3 if own_rlaif else 2, ray.nodes(),
-                               r.cpus_per_scorer, r.gpus_per_scorer)  # the scorer tasks run at once
+    threads = threads_per_task(res.threads_for(res.cpus_per_scorer), 3 if own_rlaif else 2, ray.nodes(),
+                               res.cpus_per_scorer, res.gpus_per_scorer)  # the scorer tasks run at once
     initial_ref = _task(eval_tasks.initial_model_scores, **scorer).remote(cfg, round0, answers, baseline, pairs,
                                                                            neutral, to_judge, fixed,
                                                                            text_judge and r_model == round0, threads)

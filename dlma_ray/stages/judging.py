@@ -78,13 +78,13 @@ def _remote(fn, cfg: Config, engine: bool = False):
 
     from dlma_ray.workers import engines
 
-    r = cfg.resources
+    res = cfg.resources
     if engine:
-        return ray.remote(num_cpus=r.cpus_per_engine, num_gpus=r.gpus_per_engine, max_calls=1,
+        return ray.remote(num_cpus=res.cpus_per_engine, num_gpus=res.gpus_per_engine, max_calls=1,
                           runtime_env=engines.ENGINE_RUNTIME_ENV,
-                          **({"resources": r.engine_resources} if r.engine_resources else {}))(fn)
-    return ray.remote(num_cpus=r.cpus_per_scorer, num_gpus=r.gpus_per_scorer, max_calls=1,
-                      **({"resources": r.scorer_resources} if r.scorer_resources else {}))(fn)
+                          **({"resources": res.engine_resources} if res.engine_resources else {}))(fn)
+    return ray.remote(num_cpus=res.cpus_per_scorer, num_gpus=res.gpus_per_scorer, max_calls=1,
+                      **({"resources": res.scorer_resources} if res.scorer_resources else {}))(fn)
 
 
 def generate_both(cfg: Config, policies: tuple[str, str]) -> tuple[list[dict], list[dict]]:

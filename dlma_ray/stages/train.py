@@ -40,22 +40,23 @@ def fit(r: Round, method: Trainable) -> StageResult:
     from dlma_ray.workers.sharding import ingest_config, seeded_order
     from dlma_ray.workers.training import train_loop_per_worker
 
-    t, res = r.cfg.train, r.cfg.resources
+    train, res = r.cfg.train, r.cfg.resources
     ds = ray.data.read_parquet(r.paths.pairs).filter(lambda row: row["split"] == "train")
     # Rows are regrouped (if the method does) BEFORE the shuffle and the shard split, so a group can only
     # ever land in one micro-batch on one worker.
     # A seeded order that depends only on the rows' content: the same optimizer steps for any number of
     # workers and any order the score stage wrote the rows in (dlma_ray.workers.sharding).
-    ds = seeded_order(method.training_rows(ds), t.seed + r.k)
+    ds = seeded_order(method.training_rows(ds), train.seed + r.k)
     n_train = ds.count()
-    total_steps = optimizer_steps(n_train, t.micro_batch_size, t.global_batch_size, res.num_train_workers, t.epochs)
+    total_steps = optimizer_steps(n_train, train.micro_batch_size, train.global_batch_size, res.num_train_workers,
+                                  train.epochs)
     if total_steps < 1:
         raise ValueError(f"round {r.k} has {n_train} training {method.unit}, fewer than one optimizer step needs "
-                         f"(train.global_batch_size={t.global_batch_size}); use more prompts or a smaller batch")
+                         f"(train.global_batch_size={train.global_batch_size}); use more prompts or a smaller batch")
     log.info("round %d: %s training on %d %s, %d optimizer steps of %d %s", r.k, method.name, n_train, method.unit,
-             total_steps, t.global_batch_size, method.unit)
+             total_steps, train.global_batch_size, method.unit)
     loop_config: TrainLoopConfig = dict(
-        train={**vars(t), **method.train_options(r.cfg)}, loss=method.loss, policy_path=r.policy,
+        train={**vars(train), **method.train_options(r.cfg)}, loss=method.loss, policy_path=r.policy,
         total_steps=total_steps, round=r.k,
         threads=res.threads_for(res.cpus_per_train_worker), use_gpu=res.use_gpu_for_training,
         trust_remote_code=r.cfg.model.trust_remote_code,
@@ -69,7 +70,7 @@ def fit(r: Round, method: Trainable) -> StageResult:
         datasets={"train": ds}, dataset_config=ingest_config(),
         # A fixed name: a resubmitted job finds this round's latest checkpoint under it and resumes from it.
         run_config=RunConfig(name="train", storage_path=storage.absolute(scratch),
-                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
     result = trainer.fit()

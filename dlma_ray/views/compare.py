@@ -19,7 +19,7 @@ import time
 from dlma_ray.core import storage
 from dlma_ray.views.figures import pyplot
 from dlma_ray.run.layout import RunLayout
-from dlma_ray.views.runview import fmt_num, get, md_table, read_json
+from dlma_ray.views.runview import fmt_num, nested, md_table, read_json
 
 # The measures drawn in the figure (dlma_ray.evaluation.measures names), each with its 95% interval.
 FIGURE_MEASURES = ("distillation_gain_per_token", "win_rate", "refusal_harmful", "over_refusal",
@@ -52,7 +52,7 @@ def load_method(run_dir: str) -> dict:
     trained = [s for s in stages if s["stage"] == "train"]
     return {"state": state, "eval": last_eval, "eval_round": eval_round, "rounds_trained": len(trained),
             "train_rows": sum(s.get("rows", 0) for s in trained),
-            "last_loss": get(trained[-1], "metrics", "loss") if trained else None,
+            "last_loss": nested(trained[-1], "metrics", "loss") if trained else None,
             "seconds": sum(s.get("seconds", 0.0) for s in stages)}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from dlma_ray.views.runview import get
+from dlma_ray.views.runview import nested
 
 FIGURES = ("self_reward_distribution.png", "accuracy_by_range.png", "training.png", "eval_metrics.png",
            "generated_pairs_vs_judge.png")  # the last: dlma_ray.views.generated_pairs
@@ -52,7 +52,7 @@ def bin_label(b: dict) -> str:
 def plot_accuracy(run: dict, path: str) -> str | None:
     import numpy as np
 
-    evals = {k: e for k, e in run["evals"].items() if get(e, "details", "self_reward_bins")}
+    evals = {k: e for k, e in run["evals"].items() if nested(e, "details", "self_reward_bins")}
     if not evals:
         return "no round has eval.json with self-reward accuracy on human pairs yet"
     plt = pyplot()

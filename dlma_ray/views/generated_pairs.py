@@ -13,7 +13,7 @@ self_reward_vs_judge_bins / rlaif_vs_judge_bins / generated_pairs_judged).
 from __future__ import annotations
 
 from dlma_ray.views.figures import bin_label, pyplot
-from dlma_ray.views.runview import get, md_table
+from dlma_ray.views.runview import nested, md_table
 
 SERIES = (  # (label, per-bin key in details, overall key in measures)
     ("R vs judge, generated pairs", "self_reward_vs_judge_bins", "self_reward_vs_judge"),
@@ -23,7 +23,7 @@ SERIES = (  # (label, per-bin key in details, overall key in measures)
 
 
 def judged_rounds(run: dict) -> dict:
-    return {k: e for k, e in run["evals"].items() if get(e, "details", "self_reward_vs_judge_bins")}
+    return {k: e for k, e in run["evals"].items() if nested(e, "details", "self_reward_vs_judge_bins")}
 
 
 def no_judge_note(run: dict) -> str:
@@ -31,7 +31,7 @@ def no_judge_note(run: dict) -> str:
     evals = {k: e for k, e in run["evals"].items() if e and e.get("measures")}
     if not evals:
         return "no round has eval.json yet"
-    notes = [get(e, "details", "generated_pairs_judged", "note") for e in evals.values()]
+    notes = [nested(e, "details", "generated_pairs_judged", "note") for e in evals.values()]
     if any(e.get("judge") == "self_reward" for e in evals.values()):
         return ("no external judge was configured (eval.judge: self_reward), so R's accuracy on the round's "
                 "generated pairs was not measured; set eval.judge to reward_model or openai")
@@ -61,7 +61,7 @@ def section_lines(run: dict) -> list[str]:
     rows = []
     for k, e in evals.items():
         for label, bins_key, overall_key in SERIES:
-            cells = get(e, "details", bins_key)
+            cells = nested(e, "details", bins_key)
             if cells:
                 rows.append([str(k), label] + [_cell(c) for c in cells] + [_cell(e["measures"].get(overall_key))])
     return (["Accuracy against an **external judge** on the round's own **generated** pairs (y+ sampled under the "
@@ -105,7 +105,7 @@ def plot_generated(run: dict, path: str) -> str | None:
         ax.set_xticks(x)
         ax.set_xticklabels(labels, fontsize=9)
         ax.set_ylim(0, 1.15)
-        judge = get(e, "details", "generated_pairs_judged", "judge") or e.get("judge")
+        judge = nested(e, "details", "generated_pairs_judged", "judge") or e.get("judge")
         ax.set_title(f"Round {k}: agreement with {judge} on the round's generated pairs, by |R| range", fontsize=10)
         ax.set_ylabel("accuracy (bars: 95% Wilson)")
         ax.legend(fontsize=8, loc="upper left")

@@ -18,7 +18,7 @@ from dlma_ray.core import storage
 from dlma_ray.views.figures import FIGURES, bin_label, plot_accuracy, plot_eval, plot_rewards, plot_training
 from dlma_ray.views.generated_pairs import plot_generated, section_lines
 from dlma_ray.run.layout import RunLayout
-from dlma_ray.views.runview import fmt_num, fmt_pct, get, load_run, md_table
+from dlma_ray.views.runview import fmt_num, fmt_pct, nested, load_run, md_table
 
 
 
@@ -167,8 +167,8 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
         md += ["## Headline: did the policy change where it was not trained?", "", headline(evals), ""]
     acc_rows, bins = [], []
     for k, e in evals.items():
-        bins = get(e, "details", "self_reward_bins") or bins
-        cells = (get(e, "details", "self_reward_bins") or []) + [e["measures"].get("self_reward_accuracy_human") or {},
+        bins = nested(e, "details", "self_reward_bins") or bins
+        cells = (nested(e, "details", "self_reward_bins") or []) + [e["measures"].get("self_reward_accuracy_human") or {},
                                                                  e["measures"].get("rlaif_accuracy_human") or {}]
         acc_rows.append([str(k)] + [f"{fmt_pct(c.get('rate'))} ({c.get('n', 0)})" for c in cells])
     figure("Self-reward on human-written pairs, by |R| range", FIGURES[1], [

@@ -47,7 +47,7 @@ def load_run(run_dir: str) -> dict:
     }
 
 
-def get(d, *keys):
+def nested(d, *keys):
     for key in keys:
         if not isinstance(d, dict) or d.get(key) is None:
             return None

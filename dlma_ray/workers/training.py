@@ -24,19 +24,19 @@ from dlma_ray.workers.sharding import worker_micro_batches
 from dlma_ray.workers.trainlog import StepLogger
 
 
-def deepspeed_config(t: dict, num_workers: int) -> dict:
+def deepspeed_config(train: dict, num_workers: int) -> dict:
     """DeepSpeed's JSON config from the `train` section."""
-    accum = t["global_batch_size"] // (t["micro_batch_size"] * num_workers)
-    if accum < 1 or accum * t["micro_batch_size"] * num_workers != t["global_batch_size"]:
-        raise ValueError(f"train.global_batch_size ({t['global_batch_size']}) must be a multiple of "
+    accum = train["global_batch_size"] // (train["micro_batch_size"] * num_workers)
+    if accum < 1 or accum * train["micro_batch_size"] * num_workers != train["global_batch_size"]:
+        raise ValueError(f"train.global_batch_size ({train['global_batch_size']}) must be a multiple of "
                          f"train.micro_batch_size x resources.num_train_workers "
-                         f"({t['micro_batch_size']} x {num_workers})")
-    zero = {"stage": t["zero_stage"]}
-    if t["zero_stage"] == 3:
+                         f"({train['micro_batch_size']} x {num_workers})")
+    zero = {"stage": train["zero_stage"]}
+    if train["zero_stage"] == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     extra = {}
-    if t["precision"] == "bf16":
-        if t["zero_stage"] == 0:  # DeepSpeed 0.19 refuses fp32 accumulation without ZeRO ("unsupported mix")
+    if train["precision"] == "bf16":
+        if train["zero_stage"] == 0:  # DeepSpeed 0.19 refuses fp32 accumulation without ZeRO ("unsupported mix")
             raise ValueError("train.precision=bf16 needs train.zero_stage 1, 2 or 3: without ZeRO DeepSpeed sums "
                              "gradients in bf16, which drops micro-batches' small contributions")
         # A bf16 sum of gradients drops every term below half an ulp of the sum: over micro-batches (ZeRO-2/3
@@ -45,13 +45,13 @@ def deepspeed_config(t: dict, num_workers: int) -> dict:
         extra["data_types"] = {"grad_accum_dtype": "fp32"}
         extra["communication_data_type"] = "fp32"
     return {
-        "train_batch_size": t["global_batch_size"],
-        "train_micro_batch_size_per_gpu": t["micro_batch_size"],
+        "train_batch_size": train["global_batch_size"],
+        "train_micro_batch_size_per_gpu": train["micro_batch_size"],
         "gradient_accumulation_steps": accum,
-        "gradient_clipping": t["grad_clip"] if t["grad_clip"] > 0 else 0.0,
+        "gradient_clipping": train["grad_clip"] if train["grad_clip"] > 0 else 0.0,
         "zero_optimization": zero,
-        "bf16": {"enabled": t["precision"] == "bf16"},
-        "fp16": {"enabled": t["precision"] == "fp16"},
+        "bf16": {"enabled": train["precision"] == "bf16"},
+        "fp16": {"enabled": train["precision"] == "fp16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
@@ -71,14 +71,14 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def make_optimizer(params, t: dict):
+def make_optimizer(params, train: dict):
     import torch
 
-    if t["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
-    if t["optimizer"] == "rmsprop":
-        return torch.optim.RMSprop(params, lr=t["lr"], weight_decay=t["weight_decay"])
-    return torch.optim.SGD(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    if train["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    if train["optimizer"] == "rmsprop":
+        return torch.optim.RMSprop(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    return torch.optim.SGD(params, lr=train["lr"], weight_decay=train["weight_decay"])
 
 
 def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
@@ -90,9 +90,9 @@ def mean_across_workers(values: dict[str, float], device) -> dict[str, float]:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    summed = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, summed.tolist())}
 
 
 def train_loop_per_worker(config: TrainLoopConfig) -> None:
@@ -111,53 +111,54 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
 
     from dlma_ray.model.loading import load_for_training, load_tokenizer
 
-    t = config["train"]
+    train = config["train"]
     torch.set_num_threads(config["threads"])
-    torch.manual_seed(t["seed"])
+    torch.manual_seed(train["seed"])
     if not config["use_gpu"]:
         # The CPU shared-memory all-reduce op is JIT-compiled on first use (minutes); gloo needs no op.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     resume = _resume_point(ray.train.get_checkpoint(), world)
-    use_lora = lora.enabled(t)  # the base stays the round's starting policy; a checkpoint holds the adapter
+    use_lora = lora.enabled(train)  # the base stays the round's starting policy; a checkpoint holds the adapter
     start = resume["dir"] if resume and not use_lora else config["policy_path"]
 
     tokenizer = load_tokenizer(start, config["trust_remote_code"])
     # in the training precision; under ZeRO-3 built already partitioned (dlma_ray.model.loading.load_for_training)
     with phases.phase("model_load"):
-        model = load_for_training(start, t["precision"], deepspeed_config(t, world), config["trust_remote_code"])
-    if t["gradient_checkpointing"]:
+        model = load_for_training(start, train["precision"], deepspeed_config(train, world),
+                                  config["trust_remote_code"])
+    if train["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     if use_lora:
-        model = lora.wrap(model, t, adapter_from=resume["dir"] if resume else None)
-    optimizer = make_optimizer(lora.trainable(model), t)  # with LoRA the adapters only
+        model = lora.wrap(model, train, adapter_from=resume["dir"] if resume else None)
+    optimizer = make_optimizer(lora.trainable(model), train)  # with LoRA the adapters only
     total_steps = config["total_steps"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t["warmup_steps"], total_steps,
-                                                                       t["lr_schedule"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train["warmup_steps"], total_steps,
+                                                                       train["lr_schedule"]))
     with phases.phase("train_setup"):
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=deepspeed_config(t, world), dist_init_required=False)
+                                               config=deepspeed_config(train, world), dist_init_required=False)
     accum = engine.gradient_accumulation_steps()
     shard = ray.train.get_dataset_shard("train")  # the whole ordered table: sharding.worker_micro_batches
-    per_epoch = (total_steps // t["epochs"]) * accum  # this worker's micro-batches of one epoch
+    per_epoch = (total_steps // train["epochs"]) * accum  # this worker's micro-batches of one epoch
     metrics_path = os.path.join(tempfile.mkdtemp(prefix="dlma-metrics-"), TRAIN_METRICS_FILE)
     step, start_epoch, skip = 0, 0, 0
     if resume:
         step, start_epoch, skip = _restore(engine, scheduler, resume, rank, metrics_path, config["round"])
     window, report, done = [], {}, step * accum  # done: micro-batches trained, for the accumulation boundary
     # tracking (dlma_ray.workers.trainlog): rank 0 logs every optimizer step with TRL's names; a no-op elsewhere
-    steplog = StepLogger(config.get("tracking"), rank, engine, t["global_batch_size"], metrics_path,
+    steplog = StepLogger(config.get("tracking"), rank, engine, train["global_batch_size"], metrics_path,
                          total_steps)  # and the training progress bar
-    for epoch in range(start_epoch, t["epochs"]):
+    for epoch in range(start_epoch, train["epochs"]):
         micro = 0  # micro-batches read in this epoch
-        for rows in worker_micro_batches(shard, t["micro_batch_size"], rank, world, per_epoch):
+        for rows in worker_micro_batches(shard, train["micro_batch_size"], rank, world, per_epoch):
             if step >= total_steps:
                 break
             micro += 1
             if epoch == start_epoch and micro <= skip:
                 continue  # trained before the checkpoint this run resumed from
-            loss, m = config["loss"](engine, tokenizer, rows, t, engine.device)
+            loss, m = config["loss"](engine, tokenizer, rows, train, engine.device)
             finite = mean_across_workers({"finite": float(torch.isfinite(loss))}, engine.device)["finite"]
             if finite < 1.0:  # every rank stops at the same step: a lone rank leaving would hang the others
                 if rank == 0:
@@ -183,15 +184,15 @@ def train_loop_per_worker(config: TrainLoopConfig) -> None:
                     if "reward_margin" in report:  # not for context distillation (no pairs)
                         telemetry.set_gauge("dlma_train_reward_margin", report["reward_margin"], round=config["round"])
                     telemetry.inc("dlma_train_steps_total", 1, round=config["round"])
-                every = t["checkpoint_every"]
+                every = train["checkpoint_every"]
                 if every and step % every == 0 and step < total_steps:
-                    _report_checkpoint(engine, tokenizer, scheduler, t, rank, world, metrics_path, report,
+                    _report_checkpoint(engine, tokenizer, scheduler, train, rank, world, metrics_path, report,
                                        dict(step=step, epoch=epoch, micro=micro))
                 else:
                     ray.train.report(report)
     steplog.close()  # tracking
     with phases.phase("save"):
-        _save_policy(engine, tokenizer, t, rank, metrics_path, {**report, "step": step, "done": True}, config)
+        _save_policy(engine, tokenizer, train, rank, metrics_path, {**report, "step": step, "done": True}, config)
 
 
 def _resume_point(checkpoint, world: int) -> dict | None:
@@ -226,7 +227,7 @@ def _restore(engine, scheduler, resume: dict, rank: int, metrics_path: str, roun
     return resume["step"], resume["epoch"], resume["micro"]
 
 
-def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: int, metrics_path: str,
+def _report_checkpoint(engine, tokenizer, scheduler, train: dict, rank: int, world: int, metrics_path: str,
                        report: dict, progress: dict) -> None:
     """Every rank writes its whole optimizer state (dlma_ray.model.zerostate: fp32 masters, moments, counters, RNG);
     rank 0 the weights (the adapter only with LoRA), the schedule, the progress and the metrics."""
@@ -239,7 +240,7 @@ def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: 
     from dlma_ray.model.zerostate import save_training_state
 
     out = tempfile.mkdtemp(prefix="dlma-ckpt-")
-    save_training_state(engine, scheduler, out, rank, adapter_only=lora.enabled(t))  # a collective under ZeRO-3
+    save_training_state(engine, scheduler, out, rank, adapter_only=lora.enabled(train))  # a collective under ZeRO-3
     if rank == 0:
         tokenizer.save_pretrained(out)
         write_progress(out, world=world, **progress)
@@ -248,13 +249,13 @@ def _report_checkpoint(engine, tokenizer, scheduler, t: dict, rank: int, world: 
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final: dict, config=None) -> None:
+def _save_policy(engine, tokenizer, train: dict, rank: int, metrics_path: str, final: dict, config=None) -> None:
     import shutil
 
     import ray.train
     from ray.train import Checkpoint
 
-    out = write_policy(engine, tokenizer, t, rank, config["policy_path"], config["trust_remote_code"])
+    out = write_policy(engine, tokenizer, train, rank, config["policy_path"], config["trust_remote_code"])
     if out is None:
         ray.train.report(final)
         return
@@ -263,18 +264,18 @@ def _save_policy(engine, tokenizer, t: dict, rank: int, metrics_path: str, final
     ray.train.report(final, checkpoint=Checkpoint.from_directory(out))
 
 
-def write_policy(engine, tokenizer, t: dict, rank: int, policy_path: str, trust_remote_code: bool = False):
+def write_policy(engine, tokenizer, train: dict, rank: int, policy_path: str, trust_remote_code: bool = False):
     """The trained policy as an HF folder, on rank 0 (its path; None on the others). Collective: every rank
     calls it (ZeRO-3 gathers). With LoRA only the adapters are gathered (their float32 masters) and merged on
     rank 0 onto the round's stored starting policy `policy_path`, in float32 (dlma_ray.model.lora says why)."""
-    use_lora = lora.enabled(t)
+    use_lora = lora.enabled(train)
     adapters = lora.trained_adapters(engine.module) if use_lora else None
-    state = engine._zero3_consolidated_16bit_state_dict() if t["zero_stage"] == 3 and not use_lora else None
+    state = engine._zero3_consolidated_16bit_state_dict() if train["zero_stage"] == 3 and not use_lora else None
     if rank != 0:
         return None
     out = tempfile.mkdtemp(prefix="dlma-policy-")
     if use_lora:  # the merged model is the policy; the adapter goes into <policy>/adapter/
-        lora.save_policy(policy_path, t, adapters, out, tokenizer, trust_remote_code)
+        lora.save_policy(policy_path, train, adapters, out, tokenizer, trust_remote_code)
     else:
         module = engine.module
         module.save_pretrained(out, state_dict=state if state is not None else module.state_dict(),

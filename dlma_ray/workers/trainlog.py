@@ -168,9 +168,9 @@ def _sum_across_workers(value: float, device) -> float:
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.item()
+    summed = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return summed.item()
 
 
 def round_metrics(measures: dict, stages: list[dict]) -> dict[str, float]:
