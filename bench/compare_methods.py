@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24, help="training prompts per method")
     ap.add_argument("--accuracy-pairs", type=int, default=150, help="human pairs each judge is asked about")
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true")
     args = ap.parse_args()
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -60,9 +61,10 @@ def main() -> None:
               "train.micro_batch_size=4", "eval.max_prompts=24", "eval.max_new_tokens=32", "eval.max_pairs=16",
               "eval.heldout_pairs=0", "eval.neutral_text=", "self_contrast.num_samples=4",
               "self_contrast.num_negatives=2", "self_rewarding.num_judgements=2", "self_rewarding.judge_max_tokens=32"]
-    run(["judge-accuracy", "--judges", "self_reward,ab,five_point", f"run.dir={out}",
-         f"eval.preference_pairs={held}", f"eval.max_pairs={args.accuracy_pairs}",
-         "self_rewarding.judge_max_tokens=32"])
+    if not args.skip_accuracy:
+        run(["judge-accuracy", "--judges", "self_reward,ab,five_point", f"run.dir={out}",
+             f"eval.preference_pairs={held}", f"eval.max_pairs={args.accuracy_pairs}",
+             "self_rewarding.judge_max_tokens=32"])
     if not args.skip_compare:
         run(["compare", "--methods", "all", "--one-round-unless-iterative", "--judge", "distillation", *common])
 
