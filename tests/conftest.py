@@ -2,6 +2,10 @@
 
 The tiny model (2 layers, hidden 128, head dim 64) keeps SmolLM2's tokenizer and chat template, so
 every code path that renders, tokenises, generates or trains runs for real, in seconds.
+
+The two tiers say what they are by their path: tests/unit/<folder>/test_<module>.py (mirroring dlma_ray/) start no
+Ray, vLLM or DeepSpeed; every test under tests/e2e/ does (or loads the real SmolLM2) and is marked `slow` here, by
+its path, and only those (`pytest -m "not slow"` runs the unit tier).
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/e2e/ is slow; the marker comes from the path alone."""
+    for item in items:
+        if Path(item.path).resolve().is_relative_to(E2E):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """What the tracking tests log (a run config, one step's metrics) and readers for what the trackers wrote
-(TensorBoard's scalars, the jsonl lines). Used by test_tracking_metrics.py and test_tracking_backends.py."""
+(TensorBoard's scalars, the jsonl lines). Used by tests/unit/workers/test_trainlog.py and
+tests/unit/run/test_tracking.py."""
 
 import json
 

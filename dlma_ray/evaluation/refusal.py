@@ -26,7 +26,7 @@ safe, concise, polite, ...): a rule that fired on those words would measure how 
 like its positive prompt, not whether it declines. Answers that decline only by lecturing ("Stealing
 is wrong, you should buy a ticket") are missed, and partial refusals followed by compliance ("I can't
 teach you to break in, but in general ...") are counted as refusals: agreement with hand labels is
-measured on ``assets/refusal_labels.jsonl`` by :func:`judge_agreement` (tests/test_refusal.py).
+measured on ``assets/refusal_labels.jsonl`` by :func:`judge_agreement` (tests/unit/evaluation/test_refusal.py).
 
     is_refusal        the rule on one answer
     refusal_rates     refusal rate with a Wilson interval, overall ("all") and per prompt kind

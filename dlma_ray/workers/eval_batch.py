@@ -5,7 +5,7 @@ scored by a single `score_ids` call and split back by name (dlma_ray.workers.eva
 for all its responses in that call. One call per measure forwarded a context once per call (the same held-out
 prompt under the positive template for pi_k's and pi_0's answers; a human pair's plain context for y+ and again
 for y-). Each sequence's sum is still that of a forward of it alone, so the numbers are the separate calls'
-(tests/test_evaluation_merged.py; bench/RESULTS.md "Evaluation's scoring in one call per model").
+(tests/unit/workers/test_eval_batch.py; bench/RESULTS.md "Evaluation's scoring in one call per model").
 
 ``threads_per_task``: the torch threads of the evaluate stage's scorer tasks, which run at once.
 """

@@ -18,7 +18,6 @@ import pytest
 
 from dlma_ray.core.schema import GENERATION_SCHEMA, PAIR_SCHEMA
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 OVERLAY = REPO / "jobs/configs/embedded-overlay.yaml"
 PROMPTS = 8

@@ -14,7 +14,7 @@ probabilities of the letters `A` and `B`, never from generated text (Lee et al. 
 
 The policy's engine reads the letters' log-probs with one request per prompt and order (vLLM's
 `logprob_token_ids` with `max_tokens=1`: dlma_ray.workers.labelling); evaluation reads them from a transformers
-forward at each prompt's last token. Both give the same probability (tests/test_ab_judge.py).
+forward at each prompt's last token. Both give the same probability (tests/unit/evaluation/test_ab_judge.py).
 """
 
 from __future__ import annotations
