@@ -166,8 +166,9 @@ class RlaifConfig:
         "with run.seed; `helpful` = \"Please choose the response that is more helpful.\"")
     both_orders: bool = option(True, "judge each pair with the answers in both orders and average (Lee et al. 2023; "
                            "RLCD's release judged one order)")
-    margin: float = option(0.05, "drop (and count) pairs whose preference is within this of 0.5: too unsure to train on",
-                       min=0.0, max=0.5)
+    margin: float = option(0.0, "drop (and count) pairs whose preference is within this of 0.5, too unsure to train "
+                           "on (0: only exact ties; the embedded 135M judge's labels sit within 0.05 of 0.5)",
+                           min=0.0, max=0.5)
 
 
 @dataclass
