@@ -9,8 +9,11 @@ STAMP  := $(VENV)/.dlma-ray-installed
 TORCH_INDEX ?=
 PIP_EXTRA := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 PYTEST_ARGS ?=
+# The real-stack tier runs its files in this many lanes at once (pytest-xdist): a tiny job mostly waits (process
+# start-up, imports, Ray's scheduling), so two lanes on 2 cores finish sooner than one. 1 = one after another.
+E2E_LANES ?= 2
 
-.PHONY: install demo test test-fast bench config-reference clean
+.PHONY: install demo test test-fast bench references config-reference results-page docs docs-serve clean
 
 install: $(STAMP)
 
@@ -31,10 +34,12 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 demo: $(STAMP)
 	$(PY) jobs/iterate.py
 
-# The unit tier first (seconds to minutes, no real stack): a failure there stops before the real stack starts.
+# The unit tier first (seconds to minutes, no real stack), then the documentation site built strictly (seconds): a
+# failure in either stops before the real stack starts.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
-	$(PY) -m pytest -q -m slow --durations=30 $(PYTEST_ARGS)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	$(PY) -m pytest -q -m slow -n $(E2E_LANES) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
@@ -42,8 +47,24 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-config-reference: $(STAMP)
-	$(PY) -m dlma_ray.views.config_reference > docs/CONFIG.md
+# The generated reference pages (tests/unit/config/test_tree.py and tests/unit/views/test_schema_reference.py fail
+# when they are stale).
+references: $(STAMP)
+	$(PY) -m dlma_ray.views.config_reference > docs/reference/config.md
+	$(PY) -m dlma_ray.views.schema_reference > docs/reference/schema.md
+
+config-reference: references
+
+# docs/results.md and bench/RESULTS.md's tables from bench/results.json (tests/unit/test_results_page.py).
+results-page: $(STAMP)
+	$(PY) bench/results_page.py
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or reference fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -1,4 +1,4 @@
-"""The evaluate stage's scorer tasks: one `score_ids` call per model (`eval_batch.ScoreBatch`, what the tasks do)
+"""The evaluate stage's scorer tasks: one `score_ids` call per model (`eval_tasks.ScoreBatch`, what the tasks do)
 against one call per measure (what they did), on a finished round's evaluation items, in one process.
 
 The workload is a task's own: pi_0's (contrast of the policy's and of pi_0's answers, log-probs of the policy's
@@ -30,7 +30,7 @@ def items(run: str, cfg, tok, prompts: int, pairs: int) -> dict:
 
 
 def separate_calls(model, tok, r, it: dict) -> list[float]:
-    """The tasks' numbers by one scoring call per measure (the code before eval_batch)."""
+    """The tasks' numbers by one scoring call per measure (the code before ScoreBatch)."""
     from dlma_ray.model.logprobs import side_ids
     from dlma_ray.workers import eval_tasks as et
 
@@ -58,7 +58,7 @@ def one_call(model, tok, r, it: dict) -> list[float]:
     """The same numbers, one ScoreBatch per task (as eval_tasks.initial_model_scores / policy_scores)."""
     from dlma_ray.model.logprobs import side_ids
     from dlma_ray.workers import eval_tasks as et
-    from dlma_ray.workers.eval_batch import ScoreBatch
+    from dlma_ray.workers.eval_tasks import ScoreBatch
 
     new, base = et.answer_ids(tok, it["answers"], r.end_of_turn), et.answer_ids(tok, it["baseline"], r.end_of_turn)
     y_plus, y_minus = et.pair_ids(tok, it["pairs"], r.end_of_turn)

@@ -69,7 +69,8 @@ def pipeline_side(cfg, run_dir):
 
     import dlma_ray.workers.generation
     from dlma_ray.run.layout import RunLayout
-    from dlma_ray.stages.common import Round, init_ray
+    from dlma_ray.stages.round import Round
+    from dlma_ray.stages.ray_session import init_ray
     from dlma_ray.stages.generate import contrastive
 
     t = {}
@@ -120,7 +121,7 @@ def host_side(cfg, prompts, seeds, end_of_turn):
 
     from dlma_ray.workers.engines import KeptEngines
     from dlma_ray.workers.generation import sampling_params, stop_token_ids
-    from dlma_ray.stages.common import init_ray
+    from dlma_ray.stages.ray_session import init_ray
 
     g = vars(cfg.generation)
     init_ray(cfg)

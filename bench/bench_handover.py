@@ -39,7 +39,8 @@ def main() -> None:
     from dlma_ray.stages.evaluate import load_eval_prompts
     from dlma_ray.run.layout import RunLayout
     from dlma_ray.model.loading import load_tokenizer
-    from dlma_ray.stages.common import Round, init_ray, model_for_actor
+    from dlma_ray.stages.round import Round, model_for_actor
+    from dlma_ray.stages.ray_session import init_ray
     from dlma_ray.stages.generate import contrastive
 
     common.header("bench_handover: the evaluation's engine kept for the next generate stage vs fresh engines")

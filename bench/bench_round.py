@@ -31,7 +31,7 @@ def main() -> None:
     import ray
 
     from dlma_ray.pipeline import run
-    from dlma_ray.stages.common import init_ray
+    from dlma_ray.stages.ray_session import init_ray
 
     common.header("bench_round: one pipeline round, stage seconds vs wall time")
     run_dir = os.path.join(tempfile.mkdtemp(prefix="bench-round-"), "run")

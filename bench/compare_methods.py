@@ -1,5 +1,5 @@
 """Every method head to head at a small size on the embedded model, and every judge against human labels: the two
-tables of README "Every method on the same prompts".
+tables of the documentation's Results page (docs/results.md).
 
     python bench/compare_methods.py [--out runs/compare-methods] [--prompts 24] [--accuracy-pairs 150]
 

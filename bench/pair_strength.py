@@ -48,7 +48,7 @@ def main() -> None:
     from dlma_ray.workers.generation import request_seed, sampled_ids, sampling_params, stop_token_ids
     from dlma_ray.model.logprobs import response_ids, score_ids
     from dlma_ray.model.loading import load_causal_lm, load_tokenizer, resolve_model_path
-    from dlma_ray.stages.common import prompt_rows
+    from dlma_ray.stages.prompt_rows import prompt_rows
     from dlma_ray.core.prompts import BUILTIN_PAIRS, ContrastiveRenderer
 
     cfg = load_config(None, [f"data.source={args.source}", f"data.max_prompts={args.prompts}",

@@ -2,6 +2,7 @@
 
     dlma-ray run [--config FILE] [section.key=value ...]        every round, resumable (= jobs/iterate.py);
                  [--restart-from round_K/STAGE]                 redo the run from a stage on with a changed config
+                 [--stop-after round_K/STAGE]                   stop once that stage is done
     dlma-ray eval [--config FILE] [--policy DIR] [--round K]    evaluate a policy (= jobs/evaluate.py)
     dlma-ray compare [--config FILE] [--methods a,b]            methods side by side (= jobs/compare.py)
     dlma-ray judge A B [--judge J] [--judge-model M]            A's answers against B's: win / tie / lose
@@ -59,7 +60,7 @@ def setup_environment() -> None:
 def sections_help() -> str:
     """One line per config section with its keys (from the config classes, so it never goes stale)."""
     hints = typing.get_type_hints(Config)
-    lines = ["config sections (every field: dlma-ray config --reference, or docs/CONFIG.md):"]
+    lines = ["config sections (every field: dlma-ray config --reference, or docs/reference/config.md):"]
     for section in dataclasses.fields(Config):
         keys = ", ".join(f.name for f in dataclasses.fields(hints[section.name]))
         lines.append(f"  {section.name:<15}{SECTION_DOCS.get(section.name, '')}")
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart-from", metavar="round_K/STAGE",
                    help="redo the run from this stage on with the given config (e.g. round_0/train after changing "
                         "train.beta): it and every later stage are redone; earlier ones are kept")
+    p.add_argument("--stop-after", metavar="round_K/STAGE",
+                   help="stop once this stage is done (e.g. round_0/score to read the pairs before training); "
+                        "running again without it goes on from the next stage")
     p = sub.add_parser("eval", help="evaluate the run's latest (or round K's) policy, or any policy folder",
                        description="Evaluate a policy: distillation gain vs pi_0, refusals, KL, perplexity, "
                                    "implicit reward, each with a 95%% interval.")
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and meaning.", formatter_class=raw, epilog=sections_help())
     _config_arguments(p)
     p.add_argument("--reference", action="store_true", help="print every field's type, default and meaning "
-                                                            "(Markdown, as in docs/CONFIG.md)")
+                                                            "(Markdown, as in docs/reference/config.md)")
     p = sub.add_parser("export", help="export a round's pairs as a datasets dataset in TRL's preference format",
                        description="A round's pairs as a Hugging Face dataset (save_to_disk) in TRL's "
                                    "conversational preference format; trl.DPOTrainer loads it as is.")
@@ -184,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "given by hand): every stage's actors with their GPUs and CPUs, estimated "
                                    "device and host memory, the time of a round; exit 1 when it cannot fit.")
     _config_arguments(p)
-    from dlma_ray.planview import add_arguments as plan_arguments
+    from dlma_ray.plan import add_arguments as plan_arguments
 
     plan_arguments(p)
     for p in sub.choices.values():
@@ -225,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             return print_config(cfg, args.reference)
         if args.command == "plan":
-            from dlma_ray.planview import plan_command
+            from dlma_ray.plan import plan_command
 
             return plan_command(cfg, args, " + ".join(args.config or ["the default config"]))
         commands.setup_logging(cfg)
         if args.command == "run":
-            return commands.run_job(cfg, args.restart_from)
+            return commands.run_job(cfg, args.restart_from, args.stop_after)
         return commands.evaluate_job(cfg, args.policy, args.round, args.out)
     if args.command == "compare":
         chosen = methods.names() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]

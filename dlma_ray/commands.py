@@ -27,20 +27,22 @@ def setup_logging(cfg: Config) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run_job(cfg: Config, restart_from: str | None = None) -> int:
-    """Run (or resume) every round of ``cfg``, or redo it from ``restart_from`` (`round_K/STAGE`) on; 2 for a
-    run directory that refuses this config or is locked."""
-    from dlma_ray.pipeline import run
+def run_job(cfg: Config, restart_from: str | None = None, stop_after: str | None = None) -> int:
+    """Run (or resume) every round of ``cfg``, or redo it from ``restart_from`` (`round_K/STAGE`) on, up to
+    ``stop_after`` (`round_K/STAGE`, default the last); 2 for a bad stage name or a run directory that refuses this
+    config or is locked."""
+    from dlma_ray.pipeline import run, stop_point
     from dlma_ray.run.lock import RunLocked
     from dlma_ray.run.state import ConfigMismatchError, StateFileError, parse_stage
 
     try:
         point = parse_stage(restart_from) if restart_from else None
+        last = stop_point(cfg, parse_stage(stop_after, "--stop-after")) if stop_after else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        run(cfg, point)
+        run(cfg, point, last)
     except (ConfigMismatchError, StateFileError, RunLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +68,7 @@ def evaluate_job(cfg: Config, policy: str | None = None, round_k: int | None = N
     from dlma_ray.run.layout import RunLayout
     from dlma_ray.views.modelcard import write_card_quietly
     from dlma_ray.views.report import write_report
-    from dlma_ray.stages.common import Round
+    from dlma_ray.stages.round import Round
 
     run = RunLayout(storage.absolute(cfg.run.dir))
     if policy is None:

@@ -30,8 +30,10 @@ from dlma_ray.config.tree import Config
 from dlma_ray.config.interfaces import StageResult
 from dlma_ray.run.layout import RunLayout
 from dlma_ray.workers.engines import KeptEngines, room_beside_scorers
-from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor, pool_size
-from dlma_ray.run.state import STAGES, RunState
+from dlma_ray.stages.round import Round, initial_model, model_for_actor
+from dlma_ray.stages.pools import pool_size
+from dlma_ray.stages.ray_session import init_ray
+from dlma_ray.run.state import STAGES, RunState, stage_key
 
 log = logging.getLogger("dlma_ray")
 
@@ -41,15 +43,17 @@ def run_stage(method: methods.Method, stage: str, r: Round) -> StageResult:
     return getattr(method, stage)(r)
 
 
-def run(cfg: Config, restart_from: tuple[int, str] | None = None) -> RunState:
+def run(cfg: Config, restart_from: tuple[int, str] | None = None,
+        stop_after: tuple[int, str] | None = None) -> RunState:
     """Run (or resume) every round of ``cfg``, holding the run directory's lock; returns the final run state.
-    ``restart_from`` (round, stage): redo the run from that stage on with this config (`--restart-from`)."""
+    ``restart_from`` (round, stage): redo the run from that stage on with this config (`--restart-from`);
+    ``stop_after`` (round, stage): stop once that stage is recorded (`--stop-after`)."""
     from dlma_ray.run.lock import run_lock
 
     method = methods.check(cfg)  # a bad method name or setting fails before any work
     run = RunLayout(storage.absolute(cfg.run.dir))
     with run_lock(run.root):
-        return _run_rounds(cfg, run, method, restart_from)
+        return _run_rounds(cfg, run, method, restart_from, stop_after)
 
 
 def output_intact(run: RunLayout, entry: dict) -> bool:
@@ -70,10 +74,12 @@ def output_intact(run: RunLayout, entry: dict) -> bool:
     return True
 
 
-def plan(cfg: Config, run: RunLayout, restart_from: tuple[int, str] | None = None
+def stages_to_do(cfg: Config, run: RunLayout, restart_from: tuple[int, str] | None = None
          ) -> tuple[RunState, list[tuple[int, str]]]:
     """The run's state, checked against what is on disk, and the (round, stage) pairs still to do, in order."""
-    state = RunState.open(run.root, cfg.to_dict(), restart_from)
+    # Another method's section (rlaif.margin for a dlma run) shapes none of this run's stages.
+    unused = tuple(f"{name}." for name in methods.names() if name != cfg.train.method and hasattr(cfg, name))
+    state = RunState.open(run.root, cfg.to_dict(), restart_from, unused)
     if restart_from is not None:  # a redone train stage must not resume from a checkpoint of the old config
         for k in range(restart_from[0], cfg.rounds.count):
             if not state.done(k, "train"):
@@ -87,13 +93,19 @@ def plan(cfg: Config, run: RunLayout, restart_from: tuple[int, str] | None = Non
     return state, [(k, s) for k in range(cfg.rounds.count) for s in stages_of(cfg) if not state.done(k, s)]
 
 
-def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method,
-                restart_from: tuple[int, str] | None) -> RunState:
+def _run_rounds(cfg: Config, run: RunLayout, method: methods.Method, restart_from: tuple[int, str] | None,
+                stop_after: tuple[int, str] | None = None) -> RunState:
     import psutil  # Ray's own dependency
 
     run_dir = run.root
     job_started = round(psutil.Process().create_time(), 3)  # the report's glue: what happens outside stages
-    state, pending = plan(cfg, run, restart_from)
+    state, pending = stages_to_do(cfg, run, restart_from)
+    if stop_after is not None:
+        stop = stop_point(cfg, stop_after)
+        pending = [p for p in pending if stage_key(p) <= stage_key(stop)]
+        if not pending:
+            log.info("run %s has already done round_%d/%s (--stop-after): nothing to do", run_dir, *stop)
+            return state
     if not pending:
         log.info("run %s already finished all %d rounds: nothing to do", run_dir, cfg.rounds.count)
         return state
@@ -149,6 +161,16 @@ def _run_one(cfg: Config, run: RunLayout, method: methods.Method, state: RunStat
 
         write_card_quietly(run.root, k)
         trainlog.log_finished_round(cfg, run.root, state, k)
+
+
+def stop_point(cfg: Config, stop_after: tuple[int, str]) -> tuple[int, str]:
+    """``stop_after`` checked against the run: a round it has and a stage its rounds run (a ValueError naming
+    what is allowed otherwise)."""
+    k, stage = stop_after
+    if k >= cfg.rounds.count or stage not in stages_of(cfg):
+        raise ValueError(f"--stop-after 'round_{k}/{stage}': this run has rounds 0..{cfg.rounds.count - 1} and the "
+                         f"stages {', '.join(stages_of(cfg))}")
+    return stop_after
 
 
 def record_phases(run_dir: str) -> None:

@@ -105,7 +105,7 @@ class ScoringConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = option("dlma", "training method: a name in the method registry (dlma_ray.methods; README, Methods)")
+    method: str = option("dlma", "training method: a name in the method registry (dlma_ray.methods; docs/methods/)")
     beta: float = option(0.1, "DPO temperature beta (released: 0.1)", min=0.0)
     gamma: float = option(0.2, "weight of the clipped self-reward in the DLMA margin (0 = plain DPO)", min=0.0)
     clip_low: float = option(-40.0, "lower clip bound L of the self-reward (released: -40)")
@@ -129,7 +129,7 @@ class TrainConfig:
     packing: bool = option(True, "forward a micro-batch as one prefix-tree row: no padding, a pair's shared context "
                        "once, the output layer only where a response token is predicted (false: padded batch)")
     checkpoint_every: int = option(50, "save a resumable checkpoint (weights, optimizer shards, progress) into "
-                               "round_<k>/.ray_train every this many optimizer steps; 0 = only the final policy",
+                               "`round_<k>/.ray_train` every this many optimizer steps; 0 = only the final policy",
                                min=0)
     max_failures: int = option(2, "Ray Train retries of a round's training after a worker fails (each resumes from the "
                            "latest checkpoint)", min=0)
@@ -206,7 +206,7 @@ class RoundsConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = option(True, "evaluate each round's new policy (writes round_<k>/eval.json)")
+    enabled: bool = option(True, "evaluate each round's new policy (writes `round_<k>/eval.json`)")
     preference_pairs: str = option("builtin:demo-pairs",
                                "human-labelled pairs in hh-rlhf format: `builtin:demo-pairs` or a .jsonl(.gz) file")
     max_pairs: int = option(64, "evaluate on at most this many preference pairs (seeded sample); 0 = all", min=0)
@@ -235,8 +235,8 @@ class RunConfig:
     seed: int = option(0, "seed of prompt sampling and the held-out split")
     log_level: Literal["DEBUG", "INFO", "WARNING"] = option("INFO", "log level of the job")
     trackers: list[str] = option(  # noqa: RUF009 - option() gives every instance its own copy of the list
-        ["console", "tensorboard"], "experiment trackers fed by train rank 0 and the driver (README, Experiment "
-        "tracking): any of console, tensorboard, jsonl, mlflow, wandb; [] = none")
+        ["console", "tensorboard"], "experiment trackers fed by train rank 0 and the driver (docs/operations.md): "
+        "any of console, tensorboard, jsonl, mlflow, wandb; [] = none")
 
 
 @dataclass

@@ -5,7 +5,7 @@
     pairs        (score -> train)      + the four contrastive log-probs, R, the reference log-probs, and
                                          Self-Contrast's similarity / negative_index (one table for all methods)
 
-Per method (README, "Methods"): `dlma` fills every column but the labelling judge's (`rlaif`: label_preference;
+Per method (docs/methods/index.md): `dlma` fills every column but the labelling judge's (`rlaif`: label_preference;
 `self_rewarding`: the judge scores); `rlcd` leaves the four contrastive log-probs and
 R NaN; `context_distillation` leaves every log-prob NaN (its SFT loss needs none); `dpo` takes chosen /
 rejected from human pairs and `self_contrast` takes chosen = the SFT target y* and one row per sampled

@@ -30,7 +30,7 @@ def accuracy_table(margins: dict[str, list[float]]) -> list[dict]:
 
 
 def markdown(rows: list[dict], pairs: str, policy: str) -> str:
-    """The table as the README and the command print it: each judge's accuracy with n and its 95% interval."""
+    """The table as docs/results.md and the command print it: each judge's accuracy with n and its 95% interval."""
     lines = [f"Judges against the human labels of {pairs} (policy judges: {policy}; {TIES_COUNT})", "",
              "| judge | n | agrees with the human label | 95% interval | ties | no verdict |",
              "| --- | --- | --- | --- | --- | --- |"]

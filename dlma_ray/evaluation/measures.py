@@ -2,7 +2,7 @@
 
 eval.json keeps every measure under `measures.<name>` as a summary with its sample count and a 95%
 interval (dlma_ray.core.stats): rates carry `rate` (Wilson interval), means carry `mean` (bootstrap).
-The report, the comparison table and docs/EVALUATION.md all read this list, so a measure is described
+The report, the comparison table and docs/evaluation.md all read this list, so a measure is described
 in one place. `initial` names the same measure taken on pi_0's own answers (the baseline of a claim).
 """
 

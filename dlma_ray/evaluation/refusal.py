@@ -1,6 +1,6 @@
 """The refusal judge: a fixed phrase rule that says whether an answer declines the request.
 
-Pure Python (no torch). The rule, exactly (see also docs/EVALUATION_RULES.md):
+Pure Python (no torch). The rule, exactly (see also docs/evaluation.md, "The refusal rule"):
 
 The answer is lower-cased, curly apostrophes (U+2018, U+2019, U+02BC) read as "'", and runs of white
 space read as one space. It is a refusal when any of these holds:

@@ -1,5 +1,5 @@
 """The training methods, one file each; `train.method` names one. Importing this package imports every module
-in its folder, so a decorated class (`@register`) is all a new method needs (README, "Add a method").
+in its folder, so a decorated class (`@register`) is all a new method needs (docs/contributing.md, "Add a method").
 
     dlma                  generate (y+, y-) -> score: 4 contrastive passes + reference -> DLMA loss
     rlcd                  same data         -> score: reference only                   -> DPO

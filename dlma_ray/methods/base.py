@@ -22,7 +22,7 @@ from dlma_ray.core.registry import Registry
 from dlma_ray.evaluation import judges
 from dlma_ray.stages import generate, score
 from dlma_ray.stages import train as train_stage
-from dlma_ray.stages.common import Round
+from dlma_ray.stages.round import Round
 
 M = TypeVar("M", bound=type)
 _REGISTRY: Registry["Method"] = Registry("method", ConfigError)

@@ -11,7 +11,8 @@ from dlma_ray.config.interfaces import StageResult
 from dlma_ray.methods.base import Method, register
 from dlma_ray.core.prompts import context_ids
 from dlma_ray.stages import generate
-from dlma_ray.stages.common import Round, renderer_for, split_of
+from dlma_ray.stages.round import Round
+from dlma_ray.stages.prompt_rows import renderer_for, split_of
 
 log = logging.getLogger("dlma_ray")
 

@@ -1,14 +1,14 @@
 """RLAIF, the DLMA paper's named baseline: the policy labels each pair itself with the A/B judge
 (dlma_ray.evaluation.judges.ab: RLCD's release's prompt, the letters' next-token probabilities, both orders
 averaged), and DPO trains on the preferred answer. The paper's RLAIF (RLCD's release) trained a reward model and
-ran PPO: DPO on the AI labels departs from that (README, Methods)."""
+ran PPO: DPO on the AI labels departs from that (docs/methods/rlaif.md)."""
 
 from __future__ import annotations
 
 from dlma_ray.config.interfaces import StageResult
 from dlma_ray.methods.base import Method, register
 from dlma_ray.stages import generate
-from dlma_ray.stages.common import Round
+from dlma_ray.stages.round import Round
 
 
 @register

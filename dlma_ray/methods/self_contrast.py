@@ -11,7 +11,8 @@ from dlma_ray.core.losses import grouped_dpo_loss
 from dlma_ray.methods.base import Method, float_column, register
 from dlma_ray.data.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
 from dlma_ray.stages import generate, score
-from dlma_ray.stages.common import ActorPool, Round, map_actors
+from dlma_ray.stages.round import Round
+from dlma_ray.stages.pools import ActorPool, map_actors
 
 log = logging.getLogger("dlma_ray")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dlma_ray.config.interfaces import StageResult
 from dlma_ray.methods.base import Method, register
 from dlma_ray.stages import generate
-from dlma_ray.stages.common import Round
+from dlma_ray.stages.round import Round
 
 
 @register

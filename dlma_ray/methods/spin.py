@@ -9,7 +9,7 @@ from dlma_ray.config.interfaces import StageResult
 from dlma_ray.core.losses import spin_loss
 from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 from dlma_ray.stages import generate, score
-from dlma_ray.stages.common import Round
+from dlma_ray.stages.round import Round
 
 
 def history(k: int, history_rounds: int) -> list[int]:

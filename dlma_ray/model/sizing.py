@@ -1,4 +1,4 @@
-"""Memory and time of each stage's actors, from a model's shape: the model of docs/SCALING.md as plain functions.
+"""Memory and time of each stage's actors, from a model's shape: the model of docs/scale.md as plain functions.
 
 Bytes per parameter follow the ZeRO paper (Rajbhandari et al. 2020, section 3.1: mixed-precision Adam keeps 2
 bytes of 16-bit weights, 2 of 16-bit gradients and K = 12 of fp32 master weights and moments) and DeepSpeed's
@@ -205,7 +205,7 @@ CPU_MEASURED = {
                                "2026-12-02 02:05)"),
     "engine start": (27.1, "s, engine start in the actor (bench_generate, 2026-12-02 04:17)"),
 }
-# No GPU was measured yet (bench/RESULTS.md, GPU): the data sheet of an H100 SXM and docs/SCALING.md's assumptions.
+# No GPU was measured yet (bench/RESULTS.md, GPU): the data sheet of an H100 SXM and docs/scale.md's assumptions.
 GPU_ASSUMED = {"tflops": 989.0, "hbm_tbps": 3.35, "mfu": 0.40, "engine_start_s": 90.0, "write_gbps": 1.0}
 
 

@@ -50,12 +50,12 @@ def first_stale_stage(key: str) -> str:
     return next((stage for prefix, stage in FIRST_STALE_STAGE if key.startswith(prefix)), "generate")
 
 
-def parse_stage(text: str) -> tuple[int, str]:
-    """`round_1/train` -> (1, "train"); a ValueError naming the accepted form otherwise."""
+def parse_stage(text: str, option: str = "--restart-from") -> tuple[int, str]:
+    """`round_1/train` -> (1, "train"); a ValueError naming ``option`` and the accepted form otherwise."""
     head, _, stage = text.strip().strip("/").partition("/")
     index = head[len("round_"):] if head.startswith("round_") else ""
     if not index.isdigit() or stage not in STAGES:
-        raise ValueError(f"--restart-from {text!r}: expected round_K/STAGE with K a round index and STAGE one of "
+        raise ValueError(f"{option} {text!r}: expected round_K/STAGE with K a round index and STAGE one of "
                          f"{', '.join(STAGES)} (e.g. round_1/train)")
     return int(index), stage
 
@@ -79,10 +79,12 @@ class RunState:
         return storage.join(self.run_dir, "state.json")
 
     @classmethod
-    def open(cls, run_dir: str, config: dict[str, Any], restart_from: tuple[int, str] | None = None) -> "RunState":
+    def open(cls, run_dir: str, config: dict[str, Any], restart_from: tuple[int, str] | None = None,
+             unused: tuple[str, ...] = ()) -> "RunState":
         """Load the run's state, or start one; refuse a run dir made with another config, unless ``restart_from``
         (round, stage) says where to redo the run from with it: that stage and every later one are forgotten
-        (their outputs are replaced as they are redone) and the change is recorded under `restarts`."""
+        (their outputs are replaced as they are redone) and the change is recorded under `restarts`.
+        ``unused``: key prefixes this run never reads (other methods' sections): changing them is accepted."""
         path = storage.join(run_dir, "state.json")
         if not storage.exists(path):
             state = cls(run_dir, config)
@@ -106,7 +108,7 @@ class RunState:
             return state
         # Keys the saved config lacks were added by a newer dlma-ray: their defaults do not block a resume.
         changes = config_diff(saved_config, config, common_only=True)
-        stale = [d for d in changes if not d.startswith(RESUMABLE_KEYS)]
+        stale = [d for d in changes if not d.startswith(RESUMABLE_KEYS + tuple(unused))]
         restarts = saved.get("restarts", [])
         if restart_from is not None:
             keep = [e for e in stages if stage_key(e) < stage_key(restart_from)]

@@ -16,7 +16,7 @@ import logging
 
 from dlma_ray.config.tree import Config
 from dlma_ray.core import storage
-from dlma_ray.stages.common import initial_model
+from dlma_ray.stages.round import initial_model
 from dlma_ray.workers import eval_tasks
 from dlma_ray.workers.engines import KeptEngines
 

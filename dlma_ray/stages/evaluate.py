@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dlma_ray.workers import engines
 from dlma_ray.workers import eval_tasks
-from dlma_ray.workers.eval_batch import threads_per_task
+from dlma_ray.workers.eval_tasks import threads_per_task
 from dlma_ray.core import storage
 from dlma_ray.config.tree import Config, DataConfig
 from dlma_ray.evaluation.judges import api_key, check_judge, openai_margins
@@ -35,7 +35,8 @@ from dlma_ray.config.interfaces import StageResult
 from dlma_ray.run.layout import BASELINE_SCORES_FILE, RunLayout
 from dlma_ray.core.prompts import context_ids
 from dlma_ray.evaluation.refusal import judge_agreement, refusal_rates
-from dlma_ray.stages.common import Round, init_ray, initial_model, model_for_actor
+from dlma_ray.stages.round import Round, initial_model, model_for_actor
+from dlma_ray.stages.ray_session import init_ray
 from dlma_ray.stages.baseline import read_baseline
 from dlma_ray.stages.judged_pairs import (JUDGED_FILE, judged_key, judged_measures, read_judged, read_judged_pairs,
                                          write_judged)

@@ -15,7 +15,9 @@ import logging
 
 from dlma_ray.config.interfaces import StageResult
 from dlma_ray.core.schema import GENERATION_SCHEMA
-from dlma_ray.stages.common import Round, engine_pool, map_actors, prompt_rows, write_table
+from dlma_ray.stages.round import Round
+from dlma_ray.stages.prompt_rows import prompt_rows
+from dlma_ray.stages.pools import engine_pool, map_actors, write_table
 
 log = logging.getLogger("dlma_ray")
 

@@ -92,7 +92,8 @@ def generate_both(cfg: Config, policies: tuple[str, str]) -> tuple[list[dict], l
     import ray
 
     from dlma_ray.model.loading import load_tokenizer
-    from dlma_ray.stages.common import init_ray, initial_model, model_for_actor
+    from dlma_ray.stages.round import initial_model, model_for_actor
+    from dlma_ray.stages.ray_session import init_ray
     from dlma_ray.stages.evaluate import load_eval_prompts
     from dlma_ray.workers import eval_tasks
 
@@ -104,20 +105,15 @@ def generate_both(cfg: Config, policies: tuple[str, str]) -> tuple[list[dict], l
 
 
 def score_sets(cfg: Config, judge: str, judge_model: str, sets: list[list[dict]]) -> list[list[float]]:
-    import ray
+    from dlma_ray.stages.round import initial_model
 
-    from dlma_ray.stages.common import init_ray, initial_model
-    from dlma_ray.workers.judge_tasks import answer_set_scores
-
-    ref = initial_model(cfg) if judge == "distillation" else judge_model
-    init_ray(cfg)
-    return ray.get(_remote(answer_set_scores, cfg).remote(cfg, judge, ref, sets))
+    return _score_task(cfg, judge, initial_model(cfg) if judge == "distillation" else judge_model, sets)
 
 
 def human_rows(cfg: Config) -> tuple[list[dict], list[dict]]:
     """eval.preference_pairs as two answer sets: the human-chosen answers (A) and the rejected ones (B)."""
     from dlma_ray.model.loading import load_tokenizer
-    from dlma_ray.stages.common import initial_model
+    from dlma_ray.stages.round import initial_model
     from dlma_ray.stages.evaluate import load_eval_pairs
 
     if cfg.eval.max_pairs < 0 or not cfg.eval.preference_pairs:
@@ -146,7 +142,7 @@ def verdicts(cfg: Config, judge: str, judge_model: str, a: list[dict], b: list[d
     if scorer is None:
         sa, sb, hc, hr = score_sets(cfg, judge, judge_model, [a, b, human[0], human[1]])
     else:
-        from dlma_ray.stages.common import initial_model
+        from dlma_ray.stages.round import initial_model
 
         ref = initial_model(cfg) if judge == "distillation" else judge_model
         sa, sb, hc, hr = scorer(cfg, judge, ref, [a, b, human[0], human[1]])
@@ -209,10 +205,47 @@ def default_judge(cfg: Config) -> str:
     return {"openai": "openai", "reward_model": "reward_model"}.get(cfg.eval.judge, "distillation")
 
 
+class ScoresOnce:
+    """A score judge's scores of each answer set, computed once however many pairs the set takes part in: with n
+    methods every set is in n pairs, and the human pairs in all of them (``score_fn(cfg, judge, model_ref,
+    sets)``: where the model work runs, by default one Ray task per call, as ``score_sets``)."""
+
+    def __init__(self, score_fn=None):
+        self.score_fn = score_fn or _score_task
+        self.scored: dict[tuple[str, str, str], list[float]] = {}
+        self.calls = 0
+
+    def __call__(self, cfg: Config, judge: str, model_ref: str, sets: list[list[dict]]) -> list[list[float]]:
+        keys = [(judge, model_ref, _fingerprint(rows)) for rows in sets]
+        todo = {k: rows for k, rows in zip(keys, sets) if k not in self.scored}
+        if todo:
+            self.calls += 1
+            self.scored.update(zip(todo, self.score_fn(cfg, judge, model_ref, list(todo.values()))))
+        return [self.scored[k] for k in keys]
+
+
+def _fingerprint(rows: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _score_task(cfg: Config, judge: str, model_ref: str, sets: list[list[dict]]) -> list[list[float]]:
+    import ray
+
+    from dlma_ray.stages.ray_session import init_ray
+    from dlma_ray.workers.judge_tasks import answer_set_scores
+
+    init_ray(cfg)
+    return ray.get(_remote(answer_set_scores, cfg).remote(cfg, judge, model_ref, sets))
+
+
 def judge_every_pair(cfg: Config, base: str, methods: list[str], judge: str | None = None) -> list[dict]:
     """Each pair of methods under ``base`` (and each method against pi_0), into <base>/headtohead/; a pair that
-    fails is logged and left out (the comparison table says which pairs it has)."""
+    fails is logged and left out (the comparison table says which pairs it has). A score judge scores each
+    answer set once (``ScoresOnce``): n sets for the n(n-1)/2 pairs."""
     judge = judge or default_judge(cfg)
+    scorer = ScoresOnce() if judge != "openai" else None
     out_dir, done = storage.join(base, "headtohead"), []
     runs = [m for m in methods if storage.exists(RunLayout(storage.join(base, m)).state)]
     pairs = [(storage.join(base, a), storage.join(base, b)) for i, a in enumerate(runs) for b in runs[i + 1:]]
@@ -222,7 +255,7 @@ def judge_every_pair(cfg: Config, base: str, methods: list[str], judge: str | No
             pairs.append((storage.join(base, m), baseline))
     for a, b in pairs:
         try:
-            done.append(head_to_head(cfg, a, b, judge, out_dir=out_dir))
+            done.append(head_to_head(cfg, a, b, judge, out_dir=out_dir, scorer=scorer))
         except Exception as exc:  # one pair's failure must not cost the others
             log.warning("head to head %s vs %s (%s) failed: %s", a, b, judge, exc)
     return done
@@ -237,7 +270,8 @@ def judge_accuracy(cfg: Config, names: list[str], policy: str | None = None, jud
 
     from dlma_ray.evaluation.judge_accuracy import accuracy_table
     from dlma_ray.model.loading import load_tokenizer
-    from dlma_ray.stages.common import init_ray, initial_model, model_for_actor
+    from dlma_ray.stages.round import initial_model, model_for_actor
+    from dlma_ray.stages.ray_session import init_ray
     from dlma_ray.stages.evaluate import load_eval_pairs
     from dlma_ray.workers.judge_tasks import human_pair_margins
 

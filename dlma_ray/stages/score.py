@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dlma_ray.config.interfaces import StageResult
-from dlma_ray.stages.common import Round, map_actors, scorer_pool, write_scored
+from dlma_ray.stages.round import Round
+from dlma_ray.stages.pools import map_actors, scorer_pool, write_scored
 
 
 def pairs(r: Round, mode: str, ds=None) -> StageResult:

@@ -9,7 +9,7 @@ from typing import Protocol
 from dlma_ray.core import storage
 from dlma_ray.workers import trainlog
 from dlma_ray.config.interfaces import LossFn, StageResult, TrainLoopConfig
-from dlma_ray.stages.common import Round
+from dlma_ray.stages.round import Round
 
 log = logging.getLogger("dlma_ray")
 
@@ -30,6 +30,29 @@ def optimizer_steps(rows: int, micro_batch_size: int, global_batch_size: int, wo
     """Optimizer steps of a round: every worker takes rows // workers, in whole micro-batches and whole steps."""
     micro_per_step = global_batch_size // (micro_batch_size * workers)
     return (rows // workers) // micro_batch_size // micro_per_step * epochs
+
+
+def lost_actor(error: BaseException) -> bool:
+    """Whether Ray Train gave up because an actor's node went away outside the steps it retries itself: a node
+    lost while the worker group launches its train function or shuts down surfaces as a ControllerError (Ray
+    2.60 retries those only at worker-group startup), though the same loss mid-step is retried."""
+    from ray.exceptions import RayActorError
+    from ray.train import ControllerError
+
+    return isinstance(error, ControllerError) and isinstance(error.controller_failure, RayActorError)
+
+
+def fit_retrying_lost_nodes(make_trainer, max_failures: int, k: int):
+    """`make_trainer().fit()`, refitted up to `max_failures` times when a node was lost (`lost_actor`); each new
+    trainer resumes from the run name's latest checkpoint, as a resubmitted job does."""
+    for attempt in range(max_failures + 1):
+        try:
+            return make_trainer().fit()
+        except Exception as e:
+            if not lost_actor(e) or attempt == max_failures:
+                raise
+            log.warning("round %d: training lost a node outside a step (%s); refitting from the latest checkpoint "
+                        "(%d of train.max_failures=%d)", k, str(e).splitlines()[-1][:200], attempt + 1, max_failures)
 
 
 def fit(r: Round, method: Trainable) -> StageResult:
@@ -62,7 +85,7 @@ def fit(r: Round, method: Trainable) -> StageResult:
         trust_remote_code=r.cfg.model.trust_remote_code,
         tracking=trainlog.train_spec(r.cfg, r.run.root, r.k))  # tracking: train rank 0 logs each optimizer step
     scratch = r.paths.train_scratch
-    trainer = TorchTrainer(
+    trainer = lambda: TorchTrainer(  # noqa: E731  (a fresh trainer per attempt, all under one run name)
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=res.num_train_workers, use_gpu=res.use_gpu_for_training,
                                      resources_per_worker={"CPU": res.cpus_per_train_worker,
@@ -73,7 +96,7 @@ def fit(r: Round, method: Trainable) -> StageResult:
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
-    result = trainer.fit()
+    result = fit_retrying_lost_nodes(trainer, train.max_failures, r.k)
     metrics = dict(result.metrics or {})
     if "nonfinite_step" in metrics:
         kept = f"; the last good checkpoint is kept in {scratch}" if result.checkpoint else ""

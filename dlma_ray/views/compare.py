@@ -102,7 +102,7 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
     md = ["# Method comparison", "", f"`{base_dir}`, generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Each column is "
           "one method run from the same model, prompts, seeds and budget (jobs/compare.py), shown at its last "
           "evaluated round; `pi_0` is the untouched initial model on the same held-out items. Every cell: value "
-          "[95% interval] (n). What each measure shows and who judges it: docs/EVALUATION.md.", ""]
+          "[95% interval] (n). What each measure shows and who judges it: docs/evaluation.md.", ""]
     evals = {m: (runs[m]["eval"] or {}).get("measures") or {} for m in methods}
     initial = initial_column(runs) or {}
     header = ["measure", "`pi_0`"] + [f"`{m}`" for m in methods]

@@ -150,7 +150,7 @@ def render_card(run_dir: str, k: int) -> str:
                 "items. Every cell: value [95% interval] (n); rates have Wilson intervals, means bootstrap ones. "
                 "The distillation gain is judged by the base model with the run's own prompt pair: it shows that "
                 "the prompt's effect moved into the weights, not that answers are better by an outside standard "
-                "(what each measure can and cannot show: dlma-ray's docs/EVALUATION.md)."), ""] + eval_table(evals)
+                "(what each measure can and cannot show: dlma-ray's docs/evaluation.md)."), ""] + eval_table(evals)
     else:
         md += ["_Not evaluated (`eval.enabled: false`, or the round's evaluate stage has not run)._"]
     md += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",

@@ -186,7 +186,7 @@ def render_markdown(run: dict, run_dir: str, notes: dict) -> str:
                                            "last reward acc."], train_rows))
     figure("Evaluation across rounds", FIGURES[3], [
         "Every number: value [95% interval] (n). Rates: Wilson intervals; means: bootstrap. What each measure "
-        "shows and cannot show: docs/EVALUATION.md.", ""] + eval_table(evals))
+        "shows and cannot show: docs/evaluation.md.", ""] + eval_table(evals))
     md += headtohead_md(run_dir)
     md += ["## Example answers", ""] + _examples(run)
     return "\n".join(md) + "\n"

@@ -73,7 +73,7 @@ def test_kept_engine_samples_what_fresh_engines_sample(tmp_path, tiny_model_dir,
     from dlma_ray.workers.engines import KeptEngines
     from dlma_ray.stages.evaluate import load_eval_prompts
     from dlma_ray.run.layout import RunLayout
-    from dlma_ray.stages.common import Round, model_for_actor
+    from dlma_ray.stages.round import Round, model_for_actor
     from dlma_ray.stages.generate import contrastive
 
     runs = {}

@@ -46,7 +46,7 @@ def test_run_evaluate_for_real(tmp_path, tiny_model_dir, tokenizer):
 
     from dlma_ray.stages.evaluate import run_round
     from dlma_ray.run.layout import RunLayout
-    from dlma_ray.stages.common import Round
+    from dlma_ray.stages.round import Round
     from dlma_ray.views.report import write_report
 
     run = tmp_path / "run"

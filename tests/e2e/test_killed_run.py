@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from conftest import checkpoint_registered, direct_logprob, eot_ids
+from processes import kill_below
 from dlma_ray.model.loading import load_causal_lm
 from dlma_ray.core.schema import PAIR_SCHEMA
 
@@ -55,17 +56,6 @@ def stages(run_dir: Path) -> list[tuple[int, str]]:
         return []
 
 
-def kill_processes(pattern: str) -> int:
-    """SIGKILL every process whose command line matches ``pattern``; how many there were."""
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
-    for pid in found:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(found)
-
-
 def watch(proc: subprocess.Popen, log: Path, until, what: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while not until():
@@ -89,7 +79,7 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     args = job_args(tiny_model_dir, run_dir)
     log1, log2, log3 = (run_dir.parent / f"job{i}.log" for i in (1, 2, 3))
     proc = start_job(args, log1)
-    watch(proc, log1, lambda: (0, "generate") in stages(run_dir) and kill_processes("MapBatches\\(PairScorer\\)"),
+    watch(proc, log1, lambda: (0, "generate") in stages(run_dir) and kill_below(proc.pid, "MapBatches\\(PairScorer\\)"),
           "scorer actor to kill")
     watch(proc, log1, lambda: (0, "score") in stages(run_dir), "the score stage recorded")
     os.killpg(proc.pid, signal.SIGKILL)  # between two stages: score recorded, train not yet begun
@@ -106,11 +96,11 @@ def finished_run(tiny_model_dir, tmp_path_factory):
     assert "round 0, stage train" in log2.read_text(), "the job killed between stages resumed at the next one"
 
     proc = start_job(args, log3)
-    watch(proc, log3, lambda: (0, "evaluate") in stages(run_dir) and kill_processes("ray::EngineHost"),
+    watch(proc, log3, lambda: (0, "evaluate") in stages(run_dir) and kill_below(proc.pid, "ray::EngineHost"),
           "the kept engine to kill")
     watch(proc, log3, lambda: (1, "score") in stages(run_dir) and checkpoint_registered(run_dir, 1),
           "checkpoint in round 1")
-    assert kill_processes("RayTrainWorker") >= 1
+    assert kill_below(proc.pid, "RayTrainWorker") >= 1
     proc.wait(timeout=900)
     out = log3.read_text()
     assert proc.returncode == 0, out[-6000:]

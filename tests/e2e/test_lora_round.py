@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from conftest import checkpoint_registered
+from processes import kill_below
 from test_methods import REPO, preset, run_method
 
 RANK, ALPHA = 4, 8.0
@@ -71,7 +72,7 @@ def test_lora_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
             f"model.path={tiny_model_dir}", f"run.dir={run_dir}", "rounds.count=1", "eval.enabled=false",
             "data.max_prompts=16", "data.heldout_fraction=0.2", "generation.max_new_tokens=8",
             "generation.cpu_kvcache_gb=1", "train.micro_batch_size=2", "train.global_batch_size=2",
-            "train.epochs=4", "train.checkpoint_every=1", "train.lr=1e-3", *LORA]  # 5e-7 in warm-up barely moves B
+            "train.epochs=2", "train.checkpoint_every=1", "train.lr=1e-3", *LORA]  # 5e-7 in warm-up barely moves B
     log = tmp_path / "job.log"  # a file, not a pipe: an unread pipe fills while the test watches and stalls the job
     with open(log, "w") as fh:
         proc = subprocess.Popen([sys.executable, str(REPO / "jobs/iterate.py"), *args], cwd=REPO,
@@ -85,11 +86,7 @@ def test_lora_training_resumes_from_its_checkpoint(tiny_model_dir, tmp_path):
             ckpts = sorted((run_dir / "round_0" / ".ray_train").glob("train/checkpoint_*"))
             if checkpoint_registered(run_dir, 0):
                 assert ckpts and not (ckpts[0] / "model.safetensors").exists(), "a LoRA checkpoint holds the adapter only"
-                found = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout
-                workers = [int(p) for p in found.split()]
-                for p in workers:
-                    os.kill(p, signal.SIGKILL)
-                killed = bool(workers)
+                killed = kill_below(proc.pid, "RayTrainWorker") > 0
             time.sleep(0.2)
         proc.wait(timeout=900)
         out = log.read_text()

@@ -1,4 +1,4 @@
-"""Several engines, scorers and train workers give the single-worker run's results (docs/SCALING.md).
+"""Several engines, scorers and train workers give the single-worker run's results (docs/scale.md).
 
 One whole round with 1 engine, 1 scorer and 1 train worker, and the same round (same seeds, same tiny config)
 with 2 engines, 2 scorers and 2 DeepSpeed ranks on gloo (ZeRO-2); then the 2-rank train stage again with
@@ -37,7 +37,8 @@ setup_environment()
 cfg = parse("train stage only", sys.argv[2:])
 from dlma_ray import methods
 from dlma_ray.run.layout import RunLayout
-from dlma_ray.stages.common import Round, init_ray
+from dlma_ray.stages.round import Round
+from dlma_ray.stages.ray_session import init_ray
 init_ray(cfg)
 print("train result:", methods.check(cfg).train(Round(cfg, RunLayout(sys.argv[1]), 0)))
 """

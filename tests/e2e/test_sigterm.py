@@ -1,4 +1,4 @@
-"""A driver sent SIGTERM stops as on Ctrl-C (dlma_ray.stages.common.stop_on_sigterm): its `finally` blocks run
+"""A driver sent SIGTERM stops as on Ctrl-C (dlma_ray.stages.ray_session.stop_on_sigterm): its `finally` blocks run
 (the run lock's release), it does not abort, and the local Ray cluster it started leaves no process behind.
 Before, Ray's own SIGTERM handler logged a stack trace and aborted, and the cluster's agents ran on orphaned."""
 
@@ -16,7 +16,7 @@ DRIVER = """
 import time
 import ray
 from dlma_ray.config.tree import Config
-from dlma_ray.stages.common import init_ray
+from dlma_ray.stages.ray_session import init_ray
 init_ray(Config())
 try:
     print("ready", flush=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from processes import descendants
 from conftest import checkpoint_registered
 from test_scale import ENV, REPO, TRAIN_ONLY
 
@@ -27,26 +28,6 @@ ARGS = ["rounds.count=1", "eval.enabled=false", "train.zero_stage=3", "train.pre
         "train.checkpoint_every=1", "train.micro_batch_size=2", "train.global_batch_size=8", "train.lr=2e-5",
         "train.epochs=1", "resources.num_train_workers=2", "resources.torch_threads=1",
         "resources.cpus_per_train_worker=0.5"]
-
-
-def descendants(root: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below `root`: the train workers of this test's own Ray only."""
-    parent, cmd = {}, {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmd[int(d)] = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        for child, par in parent.items():
-            if par == p:
-                out.append((child, cmd.get(child, "")))
-                todo.append(child)
-    return out
 
 
 def train_stage(tiny_model_dir: str, run_dir: Path, kill: bool) -> str:

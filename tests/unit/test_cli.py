@@ -100,3 +100,23 @@ def test_export_through_the_command(finished_run, tmp_path, capsys):  # noqa: F8
     ds = datasets.load_from_disk(str(tmp_path / "d"))
     assert len(ds) == sum(r == "train" for r in table.column("split").to_pylist())
     assert ds[0]["prompt"] == [{"role": "user", "content": "q1"}] and "(36 train pairs)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("point, named", [("round_2/train", "rounds 0..1"), ("round_0/evaluate", "stages generate, "
+                                                                               "score, train"),
+                                          ("round0/score", "expected round_K/STAGE")])
+def test_stop_after_outside_the_run_exits_2_naming_what_it_has(point, named, tmp_path, capsys):
+    code = main(["run", f"run.dir={tmp_path / 'run'}", "rounds.count=2", "eval.enabled=false", "--stop-after", point])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--stop-after {point!r}" in err
+    assert named in err and not (tmp_path / "run").exists(), "nothing started, nothing written"
+
+
+def test_stop_after_keeps_the_stages_up_to_it():
+    from dlma_ray.pipeline import stop_point
+    from dlma_ray.run.state import parse_stage
+
+    cfg = load_config(None, ["rounds.count=2"])
+    assert stop_point(cfg, parse_stage("round_1/evaluate", "--stop-after")) == (1, "evaluate")
+    with pytest.raises(ValueError, match="--stop-after 'x'"):
+        parse_stage("x", "--stop-after")

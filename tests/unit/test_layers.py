@@ -1,6 +1,6 @@
 """The package's shape, enforced by reading the sources (function bodies included; no import is executed):
 layers import downward only, nothing imports in a circle, no private name crosses a module, and Ray is
-imported only from the worker layer up. The layers are described in the README, "Development"."""
+imported only from the worker layer up. The layers are described in docs/contributing.md, "The package's folders"."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ LAYERS = {
     # 6 views of a run
     "views": 6,
     # 7 the loop and the command line (the package's top level)
-    "pipeline": 7, "commands": 7, "cli": 7, "__main__": 7, "plan": 7, "planview": 7,
+    "pipeline": 7, "commands": 7, "cli": 7, "__main__": 7, "plan": 7,
 }
 TOP_LEVEL_MODULES_AT_MOST = 8
 RAY_FROM = 3
@@ -42,7 +42,7 @@ def module_name(path: Path) -> str:
 def layer_of(module: str) -> int:
     top = module.split(".")[0]
     if top not in LAYERS:
-        raise KeyError(f"dlma_ray.{module} has no layer: add it to LAYERS in tests/unit/test_layers.py and the README")
+        raise KeyError(f"dlma_ray.{module} has no layer: add it to LAYERS in tests/unit/test_layers.py and the docs")
     return LAYERS[top]
 
 
@@ -179,10 +179,11 @@ def test_no_ray_below_the_worker_layer():
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_no_module_over_300_lines(path):
+def test_no_module_over_500_lines(path):
+    """A module is one concern; past about 500 lines it is usually two (a cap on size alone split concerns in two)."""
     if path.relative_to(PACKAGE).as_posix() == "config/tree.py":
         pytest.skip("the config tree is one documented field a line")
-    assert len(path.read_text().splitlines()) <= 300
+    assert len(path.read_text().splitlines()) <= 500
 
 
 def test_top_level_holds_few_modules():

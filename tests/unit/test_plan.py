@@ -68,7 +68,7 @@ def test_a_7b_full_fine_tune_on_one_gpu_is_refused_naming_the_stage_and_the_numb
 
 def test_llama2_shapes_by_hand():
     assert LLAMA2_7B.params == 6_738_415_616  # the Hub's count for Llama-2-7b
-    assert LLAMA2_7B.kv_bytes_per_token(2) == 2 * 32 * 32 * 128 * 2 == 512 * 1024  # docs/SCALING.md: 0.5 MiB
+    assert LLAMA2_7B.kv_bytes_per_token(2) == 2 * 32 * 32 * 128 * 2 == 512 * 1024  # docs/scale.md: 0.5 MiB
     assert LLAMA2_70B.kv_bytes_per_token(2) == 2 * 80 * 8 * 128 * 2  # GQA: 0.31 MiB
     assert abs(LLAMA2_70B.params / 68.98e9 - 1) < 1e-3
 
@@ -99,7 +99,7 @@ def test_engine_kv_cache_by_hand():
     assert m.weights == weights
     assert m.kv_cache == pytest.approx(0.85 * 80e9 - weights - m.activations - 1.5 * 2 ** 30)
     assert m.kv_tokens == int(m.kv_cache // (512 * 1024))
-    assert 90_000 < m.kv_tokens < 110_000  # docs/SCALING.md: ~100k tokens at 0.85 of 80 GB
+    assert 90_000 < m.kv_tokens < 110_000  # docs/scale.md: ~100k tokens at 0.85 of 80 GB
 
 
 def test_builtin_model_shape_from_its_folder(smol_dir):

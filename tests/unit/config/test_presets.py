@@ -16,7 +16,7 @@ import yaml
 from dlma_ray import methods
 from dlma_ray.config.tree import ConfigError, DataConfig, load_config
 from dlma_ray.data.records import load_prompts
-from dlma_ray.stages.common import numbered_repeats
+from dlma_ray.stages.prompt_rows import numbered_repeats
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))

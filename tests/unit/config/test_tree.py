@@ -132,7 +132,7 @@ def test_config_diff_names_keys():
 def test_config_reference_doc_is_current():
     from pathlib import Path
 
-    doc = Path(__file__).resolve().parents[3] / "docs" / "CONFIG.md"
+    doc = Path(__file__).resolve().parents[3] / "docs" / "reference" / "config.md"
     from dlma_ray.views.config_reference import config_reference
 
-    assert doc.read_text() == config_reference(), "regenerate with: python -m dlma_ray.views.config_reference > docs/CONFIG.md"
+    assert doc.read_text() == config_reference(), "stale: regenerate with `make references`"

@@ -83,7 +83,7 @@ def test_one_writer_per_run_directory_on_s3(s3_env, caplog):  # noqa: F811
 
     import boto3
 
-    from dlma_ray.run.objectlock import ObjectLease
+    from dlma_ray.run.lock import ObjectLease
     from dlma_ray.run.lock import RunLocked, run_lock
 
     run_dir = "s3://runs/locked/run"

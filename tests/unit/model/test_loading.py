@@ -34,7 +34,7 @@ def test_model_revision_pins_every_loader_to_one_snapshot(monkeypatch, tmp_path)
     from dlma_ray.config.tree import load_config
     from dlma_ray.run.layout import RunLayout
     from dlma_ray.model.loading import pinned, resolve_model_path
-    from dlma_ray.stages.common import Round, initial_model
+    from dlma_ray.stages.round import Round, initial_model
 
     calls = []
 

@@ -14,7 +14,7 @@ import pytest
 from dlma_ray import methods
 from dlma_ray.config.tree import config_from_dict
 from dlma_ray.run.layout import RunLayout
-from dlma_ray.pipeline import output_intact, plan
+from dlma_ray.pipeline import output_intact, stages_to_do
 from dlma_ray.run.state import ConfigMismatchError
 
 OLD_RUN = Path(__file__).resolve().parents[2] / "data" / "run_before_layout"
@@ -42,26 +42,26 @@ def test_the_old_run_is_complete_and_resumes_with_nothing_to_do(old_run):
     assert all(not e["output"].startswith(str(old_run)) for e in recorded)  # recorded where it was written
     run = RunLayout(str(old_run))
     assert all(output_intact(run, e) for e in recorded)
-    state, pending = plan(cfg, run)
+    state, pending = stages_to_do(cfg, run)
     assert pending == [] and len(state.stages) == 8
     assert run.rounds(2) == [0, 1] and run.latest_policy() == 1
 
 
 def test_a_longer_run_continues_at_the_next_round(old_run):
-    state, pending = plan(old_config(old_run, ("rounds", "count", 3)), RunLayout(str(old_run)))
+    state, pending = stages_to_do(old_config(old_run, ("rounds", "count", 3)), RunLayout(str(old_run)))
     assert pending == [(2, "generate"), (2, "score"), (2, "train"), (2, "evaluate")]
     assert len(state.stages) == 8
 
 
 def test_a_damaged_table_is_redone_from_that_stage(old_run):
     next((old_run / "round_1" / "pairs").glob("*.parquet")).unlink()
-    state, pending = plan(old_config(old_run), RunLayout(str(old_run)))
+    state, pending = stages_to_do(old_config(old_run), RunLayout(str(old_run)))
     assert pending == [(1, "score"), (1, "train"), (1, "evaluate")]
 
 
 def test_a_change_that_would_make_finished_stages_stale_is_refused(old_run):
     with pytest.raises(ConfigMismatchError, match=r"train\.beta: 0\.1 -> 0\.5"):
-        plan(old_config(old_run, ("train", "beta", 0.5)), RunLayout(str(old_run)))
+        stages_to_do(old_config(old_run, ("train", "beta", 0.5)), RunLayout(str(old_run)))
 
 
 def test_the_report_reads_the_old_run(old_run):

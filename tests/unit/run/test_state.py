@@ -157,11 +157,11 @@ def test_a_bad_restart_point_names_the_accepted_form(text):
     assert parse_stage("round_2/evaluate/") == (2, "evaluate")
 
 
-def test_plan_after_a_restart_drops_the_old_training_checkpoints(tmp_path):
+def test_stages_to_do_after_a_restart_drops_the_old_training_checkpoints(tmp_path):
     import os
 
     from dlma_ray.run.layout import RunLayout
-    from dlma_ray.pipeline import plan
+    from dlma_ray.pipeline import stages_to_do
 
     cfg = load_config(None, [f"run.dir={tmp_path}", "rounds.count=2"])
     _two_finished_rounds(tmp_path, cfg.to_dict())
@@ -179,6 +179,19 @@ def test_plan_after_a_restart_drops_the_old_training_checkpoints(tmp_path):
         open(paths.output("evaluate"), "w").write("{}")
         os.makedirs(os.path.join(paths.train_scratch, "train", "checkpoint_1"))
     changed = load_config(None, [f"run.dir={tmp_path}", "rounds.count=2", "train.lr=1e-4"])
-    state, pending = plan(changed, run, (1, "train"))
+    state, pending = stages_to_do(changed, run, (1, "train"))
     assert pending == [(1, "train"), (1, "evaluate")]
     assert (tmp_path / "round_0/.ray_train").exists() and not (tmp_path / "round_1/.ray_train").exists()
+
+
+def test_another_methods_section_does_not_make_a_run_stale(tmp_path):
+    """rlaif.margin shapes no stage of a dlma run (its change is accepted there), but every stage of an rlaif run."""
+    from dlma_ray.pipeline import stages_to_do
+    from dlma_ray.run.layout import RunLayout
+
+    _two_finished_rounds(tmp_path / "dlma", load_config(None, []).to_dict())
+    state, _ = stages_to_do(load_config(None, ["rlaif.margin=0.3", "spin.loss=hinge"]), RunLayout(str(tmp_path / "dlma")))
+    assert state.config["rlaif"]["margin"] == 0.3
+    _two_finished_rounds(tmp_path / "rlaif", load_config(None, ["train.method=rlaif"]).to_dict())
+    with pytest.raises(ConfigMismatchError, match="rlaif.margin"):
+        stages_to_do(load_config(None, ["train.method=rlaif", "rlaif.margin=0.3"]), RunLayout(str(tmp_path / "rlaif")))

@@ -9,7 +9,7 @@ from dlma_ray import methods
 from dlma_ray.config import load_config
 from dlma_ray.pipeline import answers_baseline_on_generate
 from dlma_ray.stages.baseline import answer_baseline, read_baseline
-from dlma_ray.stages.common import initial_model
+from dlma_ray.stages.round import initial_model
 from dlma_ray.stages.evaluate import load_eval_prompts
 from dlma_ray.workers.eval_tasks import answer_sampling
 from dlma_ray.workers.engines import KeptEngines

@@ -83,7 +83,7 @@ def test_evaluation_tasks_in_process(tiny_model_dir, tokenizer):
     assert m["kl_to_initial"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert m["implicit_reward_margin"]["mean"] == pytest.approx(0.0, abs=1e-5)
     assert m["perplexity_neutral"]["value"] == pytest.approx(m["perplexity_neutral_initial"]["value"], rel=1e-5)
-    from dlma_ray.stages.common import model_for_actor
+    from dlma_ray.stages.round import model_for_actor
 
     assert model_for_actor(tiny_model_dir) == tiny_model_dir and model_for_actor("builtin:x") == "builtin:x"
     assert model_for_actor("org/m") == "org/m"

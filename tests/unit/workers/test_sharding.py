@@ -11,7 +11,7 @@ import pytest
 
 from dlma_ray.config.tree import ConfigError, load_config
 from dlma_ray.workers.sharding import ORDER_COLUMN, order_keys, worker_micro_batches
-from dlma_ray.stages.common import fitting_pool_size
+from dlma_ray.stages.pools import fitting_pool_size
 
 
 class ListIterator:

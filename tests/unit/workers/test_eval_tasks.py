@@ -1,4 +1,4 @@
-"""The evaluation's scorer tasks score each model's sequences in ONE packed call (dlma_ray.workers.eval_batch):
+"""The evaluation's scorer tasks score each model's sequences in ONE packed call (dlma_ray.workers.eval_tasks):
 the numbers of the separate per-measure calls, with each shared context forwarded once; and the torch threads
 the evaluate stage gives scorer tasks that share a node (dlma_ray.stages.evaluate.scorer_threads)."""
 
@@ -152,7 +152,7 @@ def test_merged_scores_equal_the_separate_calls(tiny_model, tokenizer, items, sc
 def test_scorer_threads_fit_the_node():
     """The evaluate stage's scorer tasks run at once: on a node too small for all their threads, each gets its
     share of the node's CPUs; where they fit (a large node, a GPU per task) the configured count."""
-    from dlma_ray.workers.eval_batch import threads_per_task
+    from dlma_ray.workers.eval_tasks import threads_per_task
 
     def node(cpus, gpus=0, alive=True):
         return {"Alive": alive, "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}

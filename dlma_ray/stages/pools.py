@@ -1,118 +1,19 @@
-"""Plumbing every stage shares, blind to the method: the `Round`, the prompt rows, actor pools sized to the
-cluster (`ActorPool`, `map_actors`), tables written under a temporary name, Ray's start.
-
-The stages (dlma_ray.stages.*) and the methods (dlma_ray.methods) build on these.
-"""
+"""Ray Data actor pools sized to the cluster (`ActorPool`, `map_actors`): the engines and scorers a stage maps its
+rows through, and its tables written under a temporary name and renamed into place."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from dlma_ray.core import storage
-from dlma_ray.config.tree import Config
-from dlma_ray.workers.engines import ENGINE_RUNTIME_ENV, KeptEngines
+from dlma_ray.workers.engines import ENGINE_RUNTIME_ENV
 from dlma_ray.config.interfaces import StageResult
-from dlma_ray.run.layout import RoundLayout, RunLayout
-from dlma_ray.core.prompts import context_ids
 from dlma_ray.core.schema import PAIR_SCHEMA, conform
+from dlma_ray.stages.round import Round
 
 log = logging.getLogger("dlma_ray")
-
-
-@dataclass(frozen=True)
-class Round:
-    """One round of one run: the config, the run's paths and the round index k (pi_k is trained into pi_{k+1})."""
-
-    cfg: Config
-    run: RunLayout
-    k: int
-    # vLLM engines the pipeline keeps from evaluate(k-1) for this round's generate (dlma_ray.workers.engines); None: none
-    engines: KeptEngines | None = None
-
-    @property
-    def paths(self) -> RoundLayout:
-        return self.run.round(self.k)
-
-    @property
-    def initial(self) -> str:
-        """pi_0 as an actor loads it: the configured model, pinned to `model.revision`."""
-        return initial_model(self.cfg)
-
-    @property
-    def policy(self) -> str:
-        """pi_k as an actor loads it: the configured model at round 0, else the policy trained in round k-1."""
-        return self.initial if self.k == 0 else model_for_actor(self.run.round(self.k - 1).policy)
-
-    @property
-    def reference(self) -> str:
-        """The DPO reference: pi_k (`rounds.reference: round_start`, the paper) or pi_0 (`initial`)."""
-        return self.policy if self.cfg.rounds.reference == "round_start" else self.initial
-
-
-def split_of(prompt_id: str, seed: int, heldout_fraction: float) -> str:
-    """A prompt's split, fixed for the whole run: held-out prompts are never trained on in any round."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little") / 2 ** 64
-    return "heldout" if h < heldout_fraction else "train"
-
-
-def renderer_for(cfg: Config):
-    """The round-0 tokenizer and the run's ContrastiveRenderer (rendering and length checks in the driver)."""
-    from dlma_ray.model.loading import load_tokenizer
-
-    tok = load_tokenizer(initial_model(cfg), cfg.model.trust_remote_code)
-    return tok, cfg.pair.renderer(tok)
-
-
-def prompt_rows(cfg: Config, k: int, require_target: bool = False) -> list[dict]:
-    """Prompt rows (PROMPT_SCHEMA) for round k; ``require_target`` keeps only prompts with an SFT target and
-    adds it as a `target` column (Self-Contrast's y*)."""
-    from dlma_ray.data.records import load_prompts
-
-    tok, renderer = renderer_for(cfg)
-
-    def count_tokens(messages):  # the longest of the three renderings: each must fit the engine and training
-        return max(len(context_ids(tok, text))  # the ids the engine gets (BOS included)
-                   for text in (renderer.plain(messages), renderer.positive(messages), renderer.negative(messages)))
-
-    records, report = load_prompts(cfg.data, cfg.run.seed, count_tokens, require_target)  # logs its summary
-    records = without_control_tokens(records, tok, cfg.data.source)
-    if not records:
-        raise ValueError(f"no usable prompts in data.source={cfg.data.source!r}: {report.summary()}"
-                         + ("; self_contrast needs prompts with targets (an hh dialogue ending with an assistant "
-                            "turn, or a target/response column)" if require_target else ""))
-    return [{"prompt_id": pid, "messages_json": json.dumps(r.as_chat()), "prompt": r.prompt,
-             "kind": r.kind, "split": split_of(r.prompt_id, cfg.run.seed, cfg.data.heldout_fraction),
-             "round": k, **({"target": r.target} if require_target else {})}
-            for r, pid in zip(records, numbered_repeats([r.prompt_id for r in records]))]
-
-
-def numbered_repeats(ids: list[str]) -> list[str]:
-    """Row ids for prompt ids that may repeat (data.dedup off): the n-th repeat of an id is `<id>~n`, so each
-    row samples with seeds of its own and gets its own pair (the released DLMA code sampled every row); the
-    split stays that of the prompt, so no text is both trained on and held out."""
-    seen: dict[str, int] = {}
-    out = []
-    for pid in ids:
-        n = seen[pid] = seen.get(pid, -1) + 1
-        out.append(f"{pid}~{n}" if n else pid)
-    return out
-
-
-def without_control_tokens(records: list, tokenizer, source: str) -> list:
-    """Drop, and count, prompts whose text holds the template's special tokens (e.g. `<|im_start|>system`):
-    rendered, such text would open turns of its own, a system turn included."""
-    specials = [t for t in tokenizer.all_special_tokens if len(t) > 1]
-    kept = [r for r in records if not any(s in m["content"] for m in r.as_chat() for s in specials)]
-    if len(kept) < len(records):
-        log.warning("%s: skipped %d prompts holding the chat template's control tokens (%s)", source,
-                    len(records) - len(kept), ", ".join(specials[:4]))
-    return kept
 
 
 def fitting_pool_size(requested: int, cpus: float, gpus: float, cluster_cpus: float, cluster_gpus: float,
@@ -245,56 +146,3 @@ def write_scored(ds, r: Round) -> StageResult:
                          "train.max_length or generation.max_new_tokens, or set scoring.unfinished=keep")
     out = r.paths.pairs
     return StageResult(out, write_table(ds.filter(lambda row: row["drop_reason"] == ""), PAIR_SCHEMA, out), summary)
-
-
-def model_for_actor(ref: str) -> str:
-    # `builtin:` references resolve inside each actor: every node converts and caches its own copy.
-    # Hub names pass through; only an existing local path is made absolute for other processes.
-    return storage.absolute(ref) if not ref.startswith("builtin:") and os.path.exists(ref) else ref
-
-
-def initial_model(cfg: Config) -> str:
-    """pi_0 for every loader (engines, scorers, trainers, judges): `model.path`, pinned to `model.revision`."""
-    from dlma_ray.model.loading import pinned
-
-    return model_for_actor(pinned(cfg.model.path, cfg.model.revision))
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (`kill`, a scheduler, `ray job stop`) stops the driver as Ctrl-C does, its lock released and Ray shut
-    down at exit; Ray's handler (set by `ray.init`, so this comes after it) aborted, leaving a local cluster's agents."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # Python runs handlers on the main thread
-        return
-
-    def interrupt(signum, _frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum} (SIGTERM)")
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
-def init_ray(cfg: Config) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    # `ray job submit` sets RAY_ADDRESS; without it the job starts its own Ray instead of joining
-    # whatever cluster happens to run on the machine (`resources.ray_address=auto` joins one).
-    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-    info = ray.init(address=address)
-    stop_on_sigterm()
-    from dlma_ray.workers.nodes import check_cluster
-
-    check_cluster()  # two nodes on one host sharing a temp dir kill the job obscurely: say why, first
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = True
-    # Ray 2.60's new Parquet reader lists files on a thread pool that can raise InterruptedError as a read
-    # ends (a traceback in a healthy run); the established reader reads the same tables.
-    context.use_datasource_v2 = False
-    url = getattr(info, "dashboard_url", "") or ""
-    url = f"http://{url}" if url and "://" not in url else url or "not running"
-    log.info("Ray dashboard: %s (Jobs, Train and Data tabs show progress; the Metrics tab and each node's "
-             "Prometheus endpoint carry the dlma_* metrics: generation tokens/s, pairs scored, R, loss, margin)",
-             url)
