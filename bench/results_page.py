@@ -251,28 +251,14 @@ def pct(x) -> str:
 def import_comparison(base: str) -> dict:
     """Each method's last eval.json beside pi_0 (dlma_ray.views.compare), and the head-to-head results."""
     from dlma_ray.evaluation.headtohead import TABLE_HEADER, table_rows
-    from dlma_ray.evaluation.measures import MEASURES, format_summary, is_rate
-    from dlma_ray.views.compare import discover_methods, headtohead_results, initial_column, load_method
+    from dlma_ray.views.compare import discover_methods, headtohead_results, load_method, measure_rows
 
     methods = discover_methods(base)
     runs = {m: load_method(str(Path(base) / m)) for m in methods}
     evals = {m: (runs[m]["eval"] or {}).get("measures") or {} for m in methods}
-    initial = initial_column(runs) or {}
-    rows = [["evaluated round", "–"] + [str(runs[m]["eval_round"]) if runs[m]["eval_round"] is not None else "–"
-                                        for m in methods]]
-    numbers = {}
-    for measure in MEASURES:
-        cells = [evals[m].get(measure.name) for m in methods]
-        if not any(cells):
-            continue
-        rate = is_rate(measure.name, next(c for c in cells if c))
-        better = {"higher": " ↑", "lower": " ↓"}.get(measure.better, "")
-        rows.append([measure.label + better, format_summary(initial.get(measure.initial), rate)
-                     if measure.initial else "–"] + [format_summary(c, rate) for c in cells])
-        for m, c in zip(methods, cells):
-            if c and measure.name in ("distillation_gain", "win_rate"):
-                numbers[f"{m}_{measure.name}"] = {k: c[k] for k in ("mean", "rate", "ci95", "n") if k in c}
-    rows.append(["rounds trained", "0"] + [str(runs[m]["rounds_trained"]) for m in methods])
+    rows = measure_rows(runs, methods)
+    numbers = {f"{m}_{name}": {k: c[k] for k in ("mean", "rate", "ci95", "n") if k in c}
+               for name in ("distillation_gain", "win_rate") for m in methods if (c := evals[m].get(name))}
     out = [{"title": "Every measure at each method's last evaluated round, value [95% interval] (n)",
             "columns": ["measure", "`pi_0`"] + [f"`{m}`" for m in methods], "rows": rows, "page": True}]
     h2h = headtohead_results(str(Path(base) / "headtohead"))

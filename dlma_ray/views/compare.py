@@ -95,17 +95,13 @@ def headtohead_section(results: list[dict]) -> list[str]:
             *md_table(TABLE_HEADER, table_rows(results)), "", *(f"_{c}_" for c in caveats(results)), ""]
 
 
-def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
+def measure_rows(runs: dict, methods: list[str]) -> list[list[str]]:
+    """The comparison table's rows (measure, pi_0, one cell per method): the round shown, each measure some method
+    has as "value [95% interval] (n)", and the rounds trained."""
     from dlma_ray.evaluation.measures import MEASURES, format_summary, is_rate
 
-    methods = list(runs)
-    md = ["# Method comparison", "", f"`{base_dir}`, generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Each column is "
-          "one method run from the same model, prompts, seeds and budget (jobs/compare.py), shown at its last "
-          "evaluated round; `pi_0` is the untouched initial model on the same held-out items. Every cell: value "
-          "[95% interval] (n). What each measure shows and who judges it: docs/evaluation.md.", ""]
     evals = {m: (runs[m]["eval"] or {}).get("measures") or {} for m in methods}
     initial = initial_column(runs) or {}
-    header = ["measure", "`pi_0`"] + [f"`{m}`" for m in methods]
     rows = [["evaluated round", "–"] + [str(runs[m]["eval_round"]) if runs[m]["eval_round"] is not None else "–"
                                         for m in methods]]
     for measure in MEASURES:
@@ -117,6 +113,17 @@ def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, st
         rows.append([measure.label + better, format_summary(initial.get(measure.initial), pct) if measure.initial
                      else "–"] + [format_summary(c, pct) for c in cells])
     rows.append(["rounds trained", "0"] + [str(runs[m]["rounds_trained"]) for m in methods])
+    return rows
+
+
+def render_markdown(base_dir: str, runs: dict[str, dict], failures: dict[str, str] | None = None) -> str:
+    methods = list(runs)
+    md = ["# Method comparison", "", f"`{base_dir}`, generated {time.strftime('%Y-%m-%d %H:%M:%S')}. Each column is "
+          "one method run from the same model, prompts, seeds and budget (jobs/compare.py), shown at its last "
+          "evaluated round; `pi_0` is the untouched initial model on the same held-out items. Every cell: value "
+          "[95% interval] (n). What each measure shows and who judges it: docs/evaluation.md.", ""]
+    header = ["measure", "`pi_0`"] + [f"`{m}`" for m in methods]
+    rows = measure_rows(runs, methods)
     rows.append(["training rows (all rounds)", "0"] + [str(runs[m]["train_rows"]) for m in methods])
     rows.append(["stage seconds (all)", "–"] + [fmt_num(runs[m]["seconds"], 0) for m in methods])
     md += md_table(header, rows) + [""]

@@ -18,7 +18,9 @@ def logical_gpu_cluster():
     configs name."""
     import ray
 
-    ray.init(num_cpus=256, num_gpus=32, resources={"accelerator_type:H100": 1, "engine_node": 1, "train_slot": 2},
+    # address="local": a Ray of its own, never another test lane's (ray.init() alone may join a running one)
+    ray.init(address="local", num_cpus=256, num_gpus=32,
+             resources={"accelerator_type:H100": 1, "engine_node": 1, "train_slot": 2},
              include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
