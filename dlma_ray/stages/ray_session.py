@@ -49,12 +49,19 @@ def own_dashboard(address: str):
                 return 0
             return s.getsockname()[1]
 
-    port = free(8265) or free(0)  # Ray's usual port while it is free: what users open
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    try:
-        yield {"dashboard_port": port}
-    finally:
-        os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+    import fcntl
+    import tempfile
+
+    # Held while ray.init starts the dashboard: two jobs starting at once would both find 8265 free, and the
+    # second dashboard would die on the taken port (seen with two test lanes).
+    with open(os.path.join(tempfile.gettempdir(), "dlma-ray-dashboard-port.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        port = free(8265) or free(0)  # Ray's usual port while it is free: what users open
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        try:
+            yield {"dashboard_port": port}
+        finally:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
 def init_ray(cfg: Config) -> None:

@@ -115,12 +115,20 @@ def submit(cluster: dict, run_dir: str, model_dir: str, *extra: str) -> subproce
             *extra]
     excludes = json.dumps({"excludes": [".git", ".venv", "runs", "__pycache__", ".pytest_cache"]})
     # The job's log goes to a file, not a pipe: an unread pipe fills while a test watches, and stalls the job.
-    log = tempfile.NamedTemporaryFile("w+", prefix="dlma-job-", suffix=".log", delete=False)  # noqa: SIM115
-    job = subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dash']}",
-                            "--working-dir", str(REPO), "--runtime-env-json", excludes, "--",
-                            "python", "jobs/iterate.py", *(a for c in CONFIGS for a in ("--config", c)), *args],
-                           env=cluster["env"], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    job.log_path = log.name
+    for _ in range(30):
+        log = tempfile.NamedTemporaryFile("w+", prefix="dlma-job-", suffix=".log", delete=False)  # noqa: SIM115
+        job = subprocess.Popen([RAY, "job", "submit", "--address", f"http://127.0.0.1:{cluster['dash']}",
+                                "--working-dir", str(REPO), "--runtime-env-json", excludes, "--",
+                                "python", "jobs/iterate.py", *(a for c in CONFIGS for a in ("--config", c)), *args],
+                               env=cluster["env"], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        job.log_path = log.name
+        # A loaded machine starts the nodes' job agents late: the head then refuses the submission at once, and
+        # nothing was submitted. Anything else (accepted, or another failure) is the test's to judge.
+        while job.poll() is None and "submitted successfully" not in Path(log.name).read_text(errors="replace"):
+            time.sleep(0.5)
+        if job.returncode is None or "No available agent to submit job" not in Path(log.name).read_text():
+            return job
+        time.sleep(3)
     return job
 
 

@@ -2,7 +2,7 @@
 embedded-model overlay; the data fields they need (an hf: dataset's folder and revision, a word limit, no
 de-duplication) do what their docs say. The presets' end-to-end runs ride existing tests: tests/e2e/test_methods.py
 (rlcd, context distillation, self-contrast), tests/e2e/test_lora_round.py (the three DLMA presets) and
-tests/e2e/test_labelled_methods.py (rlaif, self-rewarding, spin)."""
+tests/e2e/test_rlaif.py, test_self_rewarding.py and test_spin.py."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ OVERLAY = str(REPO / "jobs" / "configs" / "embedded-overlay.yaml")
 PAPERS = [p for p in CONFIGS if "-paper-" in p.name]
 # The iterative papers' presets run more than one round; every other paper preset runs one.
 ROUNDS = {"self-rewarding-paper-7b.yaml": 2, "spin-paper-ultrachat-7b.yaml": 4}
-# The presets whose end-to-end run is tests/e2e/test_labelled_methods.py (it names each with `preset("<name>")`).
-LABELLED_E2E = REPO / "tests" / "e2e" / "test_labelled_methods.py"
-LABELLED = ("rlaif-paper-pku-7b.yaml", "self-rewarding-paper-7b.yaml", "spin-paper-ultrachat-7b.yaml")
+# The presets whose end-to-end run is a test file of its own (each names its preset with `preset("<name>")`).
+LABELLED = {"rlaif-paper-pku-7b.yaml": "test_rlaif.py", "self-rewarding-paper-7b.yaml": "test_self_rewarding.py",
+            "spin-paper-ultrachat-7b.yaml": "test_spin.py"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -162,12 +162,13 @@ def test_every_paper_preset_goes_generate_score_train_in_make_test():
     resolves with the overlay to exactly the config of one that is: self-contrast-paper-ultrachat differs from the hh-rlhf preset
     only in the model and data the overlay replaces, so that run is its run."""
     tests = [p for p in (REPO / "tests").rglob("*.py") if p.name not in ("test_presets.py", "test_plan.py")]
-    assert LABELLED_E2E in tests  # tests/e2e/ is searched too
+    assert all(REPO / "tests" / "e2e" / f in tests for f in LABELLED.values())  # tests/e2e/ is searched too
     text = "\n".join(p.read_text(encoding="utf-8") for p in tests)
     started = [p for p in PAPERS if p.name in text or p.stem in text]
     assert len(started) >= 9, [p.name for p in started]
-    labelled = LABELLED_E2E.read_text(encoding="utf-8")
-    assert [n for n in LABELLED if f'preset("{n}")' not in labelled] == [], f"{LABELLED_E2E.name} runs {LABELLED}"
+    missing = [n for n, f in LABELLED.items()
+               if f'preset("{n}")' not in (REPO / "tests" / "e2e" / f).read_text(encoding="utf-8")]
+    assert missing == [], f"each of {list(LABELLED.values())} runs its preset"
     for path in PAPERS:
         if path not in started:
             twins = [s.name for s in started if _overlaid(s) == _overlaid(path)]
