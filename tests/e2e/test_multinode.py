@@ -81,7 +81,7 @@ def ray_cli(args: list[str], env: dict, timeout: int = 180, check: bool = True) 
 def start_second_node(cluster: dict) -> None:
     ray_cli(["start", f"--address=127.0.0.1:{cluster['gcs']}", "--num-cpus=2", "--disable-usage-stats",
              "--resources", json.dumps({"train_slot": 1, "engine_node": 1}), f"--temp-dir={cluster['temp2']}",
-             f"--metrics-export-port={cluster['prom'][1]}"],
+             f"--metrics-export-port={cluster['prom'][1]}", f"--dashboard-agent-listen-port={free_port()}"],
             cluster["env"])
 
 
@@ -98,7 +98,10 @@ def cluster(s3_env, tmp_path_factory):  # noqa: F811
     try:
         ray_cli(["start", "--head", f"--port={gcs}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                  "--num-cpus=2", "--disable-usage-stats", "--resources", json.dumps({"train_slot": 1}),
-                 f"--temp-dir={temp1}", f"--metrics-export-port={prom1}"], env)
+                 f"--temp-dir={temp1}", f"--metrics-export-port={prom1}",
+                 # Not Ray's fixed 52365: a Ray of another test lane may hold it, and a head whose job agent
+                 # cannot bind refuses every submission ("No available agent to submit job").
+                 f"--dashboard-agent-listen-port={free_port()}"], env)
         start_second_node(info)
         for _ in range(60):  # the job agent comes up a few seconds after `ray start` returns
             if ray_cli(["job", "list", "--address", f"http://127.0.0.1:{dash}"], env, check=False).returncode == 0:
