@@ -139,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="distillation", choices=judges.names(head_to_head=True),
                    help="openai: an OpenAI-compatible endpoint (--judge-url, key from eval.judge_api_key_env); "
                         "reward_model / cost_model: a folder (safe-rlhf score model or sequence classifier; a cost "
-                        "model prefers the lower score); distillation: C under pi_0 (default)")
-    p.add_argument("--judge-model", default="", help="the endpoint's model name, or the reward/cost model's folder "
-                                                     "(default: eval.judge_model)")
+                        "model prefers the lower score); distillation: C under pi_0 (default); ab / five_point: "
+                        "RLAIF's A/B reading (both orders) / Self-Rewarding's 5-point rubric, asked of --judge-model "
+                        "on a vLLM engine")
+    p.add_argument("--judge-model", default="", help="the endpoint's model name, the reward/cost model's folder "
+                                                     "(default: eval.judge_model), or the model that judges for ab / "
+                                                     "five_point (default: the run's pi_0, model.path)")
     p.add_argument("--judge-url", default="", help="the endpoint's base URL, e.g. http://localhost:8000/v1 "
                                                    "(default: eval.judge_url)")
     p.add_argument("--out", help="folder of the result JSON (default: <A>/headtohead for a run dir, else "

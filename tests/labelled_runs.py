@@ -55,8 +55,11 @@ def table(run_dir: Path, k: int, name: str, schema) -> list[dict]:
 
 
 def same_rows(a: list[dict], b: list[dict], columns) -> bool:
+    """The same rows, matched by (round, prompt id), in ``columns`` (NaN equals NaN: a column the row leaves unset)."""
     key = lambda r: (r["round"], r["prompt_id"])  # noqa: E731
-    return [[r[c] for c in columns] for r in sorted(a, key=key)] == [[r[c] for c in columns] for r in sorted(b, key=key)]
+    value = lambda v: "NaN" if isinstance(v, float) and v != v else v  # noqa: E731
+    return ([[value(r[c]) for c in columns] for r in sorted(a, key=key)]
+            == [[value(r[c]) for c in columns] for r in sorted(b, key=key)])
 
 
 def finished(args: list[str]) -> Path:

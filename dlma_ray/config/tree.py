@@ -186,6 +186,13 @@ class SelfRewardingConfig:
     constrained_score: bool = option(True, "generate the justification up to `Score:`, then sample the points from the "
                                  "digits 0-5 alone, so every judgement parses (a 135M model's rarely do unaided); "
                                  "off: free text, parsed for `Score: d`")
+    length_control: float = option(0.0, "rho of NeMo-Aligner's length control, below 0.5: the chosen is the shortest "
+                                  "answer scoring within rho x (max - min) of the best, the rejected the longest "
+                                  "within it of the worst; 0 = best against worst (the paper)", min=0.0, max=0.5)
+    meta_judge: bool = option(False, "Meta-Rewarding (arXiv 2407.19594): the policy also compares its own judgements "
+                              "of the answer they disagree on most, in both orders, and trains on its best judgement "
+                              "against its worst (a `judgements` pair row beside the prompt's answer pair); off: "
+                              "the paper")
 
 
 @dataclass

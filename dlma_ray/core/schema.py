@@ -53,7 +53,7 @@ GENERATION_COLUMNS = PROMPT_COLUMNS + [
                                                "end-of-turn token (given texts: their tokenisation)"),
     ("rejected_token_ids", pa.list_(pa.int32()), "the token ids of y-, likewise"),
     # The labelling judge's columns (methods whose pairs a judge labels: rlaif, self_rewarding); tables written
-    # before they existed read with their defaults (LABEL_DEFAULTS).
+    # before they existed, and other methods' engines, get their defaults (LABEL_DEFAULTS).
     ("label_preference", pa.float64(), "rlaif: the A/B judge's probability that the answer generated as y+ (under "
                                        "the positive prompt, or the first sample) is the better one, both orders "
                                        "averaged; chosen / rejected are swapped when it is below 0.5. NaN otherwise"),
@@ -67,10 +67,14 @@ GENERATION_COLUMNS = PROMPT_COLUMNS + [
     ("judge_json", pa.string(), "the labelling judge's readings as JSON (rlaif: P(A) in each order and the "
                                 "instruction; self_rewarding: every judgement's points, the means, unparsed "
                                 "judgements); '' when no judge labelled the row"),
+    ("pair_of", pa.string(), "what the pair compares: `answers` (every method's pairs), or `judgements` "
+                             "(self_rewarding with meta_judge: two of the policy's judgements of one answer, the "
+                             "better by its own meta-judge as `chosen`; the judge's question is the prompt and its "
+                             "context all three contexts; prompt_id `<the prompt's id>:judge`, split train)"),
 ]
 
 LABEL_DEFAULTS = {"label_preference": float("nan"), "chosen_judge_score": float("nan"),
-                  "rejected_judge_score": float("nan"), "label_drop": "", "judge_json": ""}
+                  "rejected_judge_score": float("nan"), "label_drop": "", "judge_json": "", "pair_of": "answers"}
 
 PAIR_COLUMNS = GENERATION_COLUMNS + [
     ("logp_pos_chosen", pa.float64(), "l+(y+): summed log pi_k(y+ | pos_context)"),

@@ -14,6 +14,7 @@ give the same pick by construction.
     order_winner        +1 / -1 / 0: who a pick favours, given the order
     outcome             "win" / "tie" / "lose" of one verdict
     score_verdicts      verdicts from per-answer scores (lower_is_better for a cost model)
+    probability_pick    the pick of a judge that gives P(the first answer is better), e.g. the policy's A/B reading
     pick_verdicts       verdicts from an A/B judge's picks in the two orders
     tally               {n, win, tie, lose (each a rate with its 95% interval), split, ...}
     human_agreement     the judge's accuracy on human-labelled pairs (A = chosen, B = rejected)
@@ -32,9 +33,15 @@ TRAINED_SIGNAL_NOTE = ("The `distillation` judge is the contrastive signal DLMA,
                        "took, not quality. For a quality claim judge with `openai` or a reward/cost model.")
 
 
+POLICY_JUDGE_NOTE = ("The `ab` and `five_point` judges, asked of pi_0 (their default), are the labels RLAIF and "
+                     "Self-Rewarding trained their first round on: those methods are expected to do well under them.")
+
+
 def caveats(results: list[dict]) -> list[str]:
     """Lines a reader must see beside the table: which rows are judged by the signal the policies trained on."""
-    return [TRAINED_SIGNAL_NOTE] if any(r.get("judge") == "distillation" for r in results) else []
+    judges = {r.get("judge") for r in results}
+    return ([TRAINED_SIGNAL_NOTE] if "distillation" in judges else []) + (
+        [POLICY_JUDGE_NOTE] if judges & {"ab", "five_point"} else [])
 
 
 def order_winner(pick: str, a_shown_first: bool) -> int:
@@ -61,10 +68,16 @@ def is_split(verdict: dict) -> bool:
 
 
 def score_pick(first: float, second: float, lower_is_better: bool = False) -> str:
-    """The pick of a score judge between the answer shown first and the one shown second."""
-    if first == second:
+    """The pick of a score judge between the answer shown first and the one shown second; a tie when they are
+    equal or either has no score (NaN: e.g. a 5-point judge with too few parsed judgements)."""
+    if first == second or first != first or second != second:
         return "tie"
     return "A" if (first < second) == lower_is_better else "B"
+
+
+def probability_pick(p_first: float) -> str:
+    """The pick of a judge that gives P(the answer shown first is better): A above 0.5, B below, a tie at 0.5."""
+    return "A" if p_first > 0.5 else "B" if p_first < 0.5 else "tie"
 
 
 def score_verdicts(prompt_ids, scores_a, scores_b, lower_is_better: bool = False) -> list[dict]:

@@ -63,30 +63,42 @@ def labelled(r: Round, engine: type, prompts_per_call: int, **engine_kwargs) -> 
     summary = labelling_summary(r.paths.generations)
     log.info("round %d: the policy labelled %d of %d prompts' pairs (no pair: %s)", r.k, summary["labelled"],
              summary["prompts"], summary["no_pair"] or "none")
+    if "judgement_pairs" in summary:
+        log.info("round %d: the meta-judge gave %d judgement pairs (none: %s)", r.k, summary["judgement_pairs"],
+                 summary["no_judgement_pair"] or "none")
     return StageResult(r.paths.generations, rows, summary)
 
 
 def labelling_summary(generations: str) -> dict:
     """What the labelling judge did in a generations table: prompts, pairs labelled, prompts with no pair by reason,
     and the judge's own counts (rlaif: answers swapped, mean confidence; self_rewarding: unparsed judgements,
-    samples without a score)."""
+    samples without a score; with its meta-judge: judgement pairs, and prompts with none by reason)."""
     import math
 
     from dlma_ray.core import storage
 
-    table = storage.read_table(generations, ["label_drop", "label_preference", "judge_json"]).to_pydict()
-    drops = table["label_drop"]
+    wanted = ["label_drop", "label_preference", "judge_json", "pair_of"]
+    table = storage.read_table(generations)
+    table = table.select([c for c in wanted if c in table.column_names]).to_pydict()
+    kinds = table.get("pair_of") or ["answers"] * len(table["label_drop"])  # a table from before judgement pairs
+    answers = [i for i, kind in enumerate(kinds) if kind != "judgements"]
+    drops = [table["label_drop"][i] for i in answers]
     no_pair: dict[str, int] = {}
     for d in drops:
         if d:
             no_pair[d] = no_pair.get(d, 0) + 1
     out = {"prompts": len(drops), "labelled": sum(not d for d in drops), "no_pair": no_pair}
-    prefs = [p for p, d in zip(table["label_preference"], drops) if p is not None and not math.isnan(p)]
+    prefs = [p for p, d in zip((table["label_preference"][i] for i in answers), drops)
+             if p is not None and not math.isnan(p)]
     if prefs:
         out["swapped"] = sum(p < 0.5 for p in prefs)
         out["mean_confidence"] = sum(max(p, 1 - p) for p in prefs) / len(prefs)
-    details = [json.loads(j) for j in table["judge_json"] if j]
+    details = [json.loads(table["judge_json"][i]) for i in answers if table["judge_json"][i]]
     for key in ("unparsed", "samples_without_score"):
         if any(key in d for d in details):
             out[key] = sum(d.get(key, 0) for d in details)
+    outcomes = [d["meta_judge"] for d in details if "meta_judge" in d]
+    if outcomes:
+        out["judgement_pairs"] = len(kinds) - len(answers)
+        out["no_judgement_pair"] = {r: outcomes.count(r) for r in sorted(set(outcomes)) if r != "pair"}
     return out

@@ -11,8 +11,10 @@
 
 Judges (`judge`): "openai" (an OpenAI-compatible endpoint, asked here in the driver: no model loads),
 "reward_model" / "cost_model" (a folder: safe-rlhf score model or HF classification head; a cost model
-prefers the LOWER score) and "distillation" (C under pi_0 with the run's prompt pair, as the evaluation's
-own judge). Model work runs in Ray tasks with max_calls=1, like the evaluate stage.
+prefers the LOWER score), "distillation" (C under pi_0 with the run's prompt pair, as the evaluation's
+own judge), and the policy judges "ab" (RLAIF's A/B reading, both orders) and "five_point" (Self-Rewarding's
+rubric), asked of a model on a vLLM engine (`--judge-model`, default the run's pi_0). Model work runs in Ray tasks
+with max_calls=1, like the evaluate stage.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dlma_ray.run.layout import RunLayout
 log = logging.getLogger("dlma_ray.stages.judging")
 JUDGES = judges.names(head_to_head=True)  # the judges of dlma_ray.evaluation.judges that can judge two policies
 ACCURACY_JUDGES = ("self_reward", "distillation", "ab", "five_point", "reward_model", "cost_model")
+POLICY_JUDGES = ("ab", "five_point")  # judges a language model runs on a vLLM engine (head to head: --judge-model)
 SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
 
 
@@ -139,6 +142,19 @@ def verdicts(cfg: Config, judge: str, judge_model: str, a: list[dict], b: list[d
                                          [r["answer"] for r in x], [r["answer"] for r in y])
             out.append(h2h.pick_verdicts(pid, first, second))
         return out[0], out[1]
+    if judge == "ab":  # a pairwise judge on an engine: P(A) in both orders, each order's pick its own
+        import ray
+
+        from dlma_ray.stages.ray_session import init_ray
+        from dlma_ray.workers.judge_tasks import ab_pair_readings
+
+        init_ray(cfg)
+        sets = [[{"prompt_id": x["prompt_id"], "messages": x["messages"], "chosen": x["answer"], "rejected": y["answer"]}
+                 for x, y in zip(first, second)] for first, second in ((a, b), human)]
+        readings = ray.get(_remote(ab_pair_readings, cfg, engine=True).remote(cfg, judge_model, sets))
+        return tuple(h2h.pick_verdicts(pid, [h2h.probability_pick(p) for p in p_first],
+                                       [h2h.probability_pick(p) for p in p_second])
+                     for pid, (p_first, p_second) in zip((ids, hids), readings))
     if scorer is None:
         sa, sb, hc, hr = score_sets(cfg, judge, judge_model, [a, b, human[0], human[1]])
     else:
@@ -172,6 +188,10 @@ def head_to_head(cfg: Config, ref_a: str, ref_b: str, judge: str, judge_model: s
         raise ValueError(f"--judge: {judge!r} cannot judge two policies' answers; expected one of {', '.join(JUDGES)} "
                          f"(the judges: {', '.join(judges.names())})")
     judge_model = judge_model or (cfg.eval.judge_model if judge in ("openai", "reward_model", "cost_model") else "")
+    if judge in POLICY_JUDGES and not judge_model:  # the policy judges read with the run's pi_0 unless told
+        from dlma_ray.stages.round import initial_model
+
+        judge_model = initial_model(cfg)
     check_judge_model(judge, judge_model)
     start = time.time()
     side_a, side_b = read_side(ref_a), read_side(ref_b)
@@ -237,7 +257,7 @@ def _score_task(cfg: Config, judge: str, model_ref: str, sets: list[list[dict]])
     from dlma_ray.workers.judge_tasks import answer_set_scores
 
     init_ray(cfg)
-    return ray.get(_remote(answer_set_scores, cfg).remote(cfg, judge, model_ref, sets))
+    return ray.get(_remote(answer_set_scores, cfg, engine=judge in POLICY_JUDGES).remote(cfg, judge, model_ref, sets))
 
 
 def judge_every_pair(cfg: Config, base: str, methods: list[str], judge: str | None = None) -> list[dict]:

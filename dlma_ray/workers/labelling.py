@@ -7,9 +7,11 @@ like dlma_ray.workers.generation's): the answers and their judgements come from 
                           max_tokens 1)
     SelfRewardingEngine   N answers per prompt under the plain context, each judged `num_judgements` times with the
                           5-point rubric (`five_point_judgements`; dlma_ray.evaluation.judges.five_point); the pair
-                          is the best mean against the worst
+                          is the best mean against the worst; with `meta_judge`, a second row per prompt: its best
+                          judgement against its worst, as the policy meta-judges them (judges.meta_judge)
 
-Both write one generation row per prompt (GENERATION_SCHEMA) with the judge's columns; a prompt the judge gives no
+Both write one generation row per prompt (GENERATION_SCHEMA) with the judge's columns (and the meta-judge its
+judgement pairs after them); a prompt the judge gives no
 pair keeps its row, with `label_drop` saying why, so the score stage counts it (and never scores it).
 """
 
@@ -19,10 +21,11 @@ import json
 
 import numpy as np
 
-from dlma_ray.core.prompts import engine_prompt
-from dlma_ray.evaluation.judges import ab, five_point
+from dlma_ray.core.prompts import context_ids, engine_prompt
+from dlma_ray.core.schema import LABEL_DEFAULTS
+from dlma_ray.evaluation.judges import ab, five_point, meta_judge
 from dlma_ray.workers.engines import plain_logprobs
-from dlma_ray.workers.generation import GenerationEngine, request_seed, sampling_params
+from dlma_ray.workers.generation import GenerationEngine, request_seed, sampled_ids, sampling_params
 
 
 def judge_context(tokenizer, question: str, style: str, reply_start: str = "") -> str:
@@ -131,7 +134,10 @@ class RlaifEngine(GenerationEngine):
 
 class SelfRewardingEngine(GenerationEngine):
     """N answers per prompt, each scored by the policy with the 5-point rubric (``self_rewarding``: the config's
-    `self_rewarding` section); the best mean against the worst is the prompt's pair."""
+    `self_rewarding` section); the best mean against the worst is the prompt's pair (with `length_control`: the
+    shortest of the best band against the longest of the worst). With `meta_judge` the policy also compares its
+    judgements of the answer they disagree on most, and its best judgement against its worst is a second row
+    (`pair_of`: judgements) for each training prompt that has one."""
 
     def __init__(self, *args, self_rewarding: dict, **kwargs):
         super().__init__(*args, **kwargs)
@@ -150,6 +156,7 @@ class SelfRewardingEngine(GenerationEngine):
         context = self._context_columns(chats, range(n))
         params = [self._sample_params(ids[j], f"sample{i}") for j in range(n) for i in range(m)]
         answers = self._generate([c for c in context["plain_context"] for _ in range(m)], params, n)
+        lengths = [len(sampled_ids(a, self.stop_ids)[0]) for a in answers]
         questions = [five_point.question_of(c) for c in chats]
         asked = [(j, i, k) for j in range(n) for i in range(m) for k in range(t)]
         texts = five_point_judgements(
@@ -161,7 +168,7 @@ class SelfRewardingEngine(GenerationEngine):
         for j in range(n):
             per_sample = [scores[(j * m + i) * t:(j * m + i + 1) * t] for i in range(m)]
             means = five_point.mean_scores(per_sample, sr["min_valid_judgements"])
-            pick = five_point.best_vs_worst(means)
+            pick = five_point.best_vs_worst(means, lengths[j * m:(j + 1) * m], sr["length_control"])
             judged = sum(not np.isnan(x) for x in means)
             reason = "" if pick else ("too_few_judged" if judged < 2 else "tie")
             b, w = pick or (0, 1)
@@ -170,12 +177,95 @@ class SelfRewardingEngine(GenerationEngine):
             drop.append(reason)
             chosen_score.append(means[b] if pick else np.nan)
             rejected_score.append(means[w] if pick else np.nan)
-            details.append(json.dumps({"scores": per_sample, "means": [None if np.isnan(x) else x for x in means],
-                                       "unparsed": sum(s is None for row in per_sample for s in row),
-                                       "samples_without_score": m - judged, "best": b, "worst": w}))
-        return {**batch, **context,
-                **self._response_columns("chosen", [answers[i] for i in best]),
-                **self._response_columns("rejected", [answers[i] for i in worst]),
-                "chosen_judge_score": np.array(chosen_score, dtype=np.float64),
-                "rejected_judge_score": np.array(rejected_score, dtype=np.float64),
-                "label_drop": np.array(drop, dtype=object), "judge_json": np.array(details, dtype=object)}
+            details.append({"scores": per_sample, "means": [None if np.isnan(x) else x for x in means],
+                            "unparsed": sum(s is None for row in per_sample for s in row),
+                            "samples_without_score": m - judged, "best": b, "worst": w,
+                            "lengths": lengths[j * m:(j + 1) * m]})
+        judgement_rows = []
+        if sr["meta_judge"]:
+            judgement_rows = self._judgement_pairs(batch, questions, answers, texts, scores, details)
+        out = {**batch, **context,
+               **self._response_columns("chosen", [answers[i] for i in best]),
+               **self._response_columns("rejected", [answers[i] for i in worst]),
+               "chosen_judge_score": np.array(chosen_score, dtype=np.float64),
+               "rejected_judge_score": np.array(rejected_score, dtype=np.float64),
+               "label_drop": np.array(drop, dtype=object),
+               "judge_json": np.array([json.dumps(d) for d in details], dtype=object),
+               "pair_of": np.array(["answers"] * n, dtype=object)}
+        return with_rows(out, judgement_rows)
+
+    def _judgement_pairs(self, batch, questions: list[str], answers: list, texts: list[str],
+                         scores: list[float | None], details: list[dict]) -> list[dict]:
+        """Meta-Rewarding's judge pairs of a batch, one engine call for every prompt's contests in both orders: the
+        rows (GENERATION_SCHEMA, `pair_of` judgements), and each prompt's outcome in ``details`` (`meta_judge`:
+        `pair`, or why not: `heldout`, `judgements_agree`, `too_long`, `wins_tie`, `same_points`)."""
+        tok, m, t = self.llm.get_tokenizer(), self.sr["num_samples"], self.sr["num_judgements"]
+        style, limit = self.renderer.style, self.gen["max_model_len"] - 1  # room for the letter
+        asked = []  # (prompt j, answer i, contest (a, b), context with a shown as A, context with b shown as A)
+        for j, d in enumerate(details):
+            if str(batch["split"][j]) != "train":  # held-out prompts are never trained on, judgements included
+                d["meta_judge"] = "heldout"
+                continue
+            i = meta_judge.disputed_answer(d["scores"])
+            contests = [] if i is None else meta_judge.contests(d["scores"][i], texts[(j * m + i) * t:(j * m + i + 1) * t])
+            d["meta_judge"] = "judgements_agree" if not contests else "too_long"
+            for a, b in contests:
+                pair = [judge_context(tok, meta_judge.meta_question(questions[j], answers[j * m + i].text, x, y),
+                                      style, meta_judge.WINNER_CUE)
+                        for x, y in ((texts[(j * m + i) * t + a], texts[(j * m + i) * t + b]),
+                                     (texts[(j * m + i) * t + b], texts[(j * m + i) * t + a]))]
+                if all(len(context_ids(tok, c)) <= limit for c in pair):
+                    asked.append((j, i, (a, b), *pair))
+        if not asked:
+            return []
+        seeds = [request_seed(self.gen["seed"], self.round_index, str(batch["prompt_id"][j]), f"meta{i}.{a}.{b}")
+                 for j, i, (a, b), _, _ in asked]
+        readings = ab_readings(self.llm, [x[3] for x in asked] + [x[4] for x in asked], seeds + seeds)
+        first, second = readings[:len(asked)], readings[len(asked):]
+        rows = []
+        for j in sorted({x[0] for x in asked}):
+            mine = [(x, p1, p2) for x, p1, p2 in zip(asked, first, second) if x[0] == j]
+            i = mine[0][0][1]
+            points = details[j]["scores"][i]
+            wins = meta_judge.judgement_wins(t, [x[2] for x, _, _ in mine], [p for _, p, _ in mine],
+                                             [p for _, _, p in mine])
+            pick = meta_judge.judgement_pair(points, wins)
+            details[j]["meta_judge"] = "pair" if isinstance(pick, tuple) else pick
+            record = {"answer": i, "points": points, "wins": [None if np.isnan(w) else w for w in wins],
+                      "contests": [[a, b, p1, p2] for (_, _, (a, b), _, _), p1, p2 in mine]}
+            if isinstance(pick, tuple):
+                question = five_point.judge_question(questions[j], answers[j * m + i].text)
+                chosen, rejected = (texts[(j * m + i) * t + k] for k in pick)
+                rows.append(self._judgement_row(batch, j, question, chosen, rejected,
+                                                {**record, "best": pick[0], "worst": pick[1]}))
+        return rows
+
+    def _judgement_row(self, batch, j: int, question: str, chosen: str, rejected: str, record: dict) -> dict:
+        """One generation row whose pair is two judgements of an answer: the judge's question is its prompt (its
+        three contexts are the one the judgements were written in), the judgements its responses, as given texts."""
+        tok = self.llm.get_tokenizer()
+        messages = [{"role": "user", "content": question}]
+        context = judge_context(tok, question, self.renderer.style)
+        row = {"prompt_id": f"{batch['prompt_id'][j]}:judge", "messages_json": json.dumps(messages),
+               "prompt": question, "kind": batch["kind"][j], "split": "train", "round": batch["round"][j],
+               "policy": self.model_ref, "pos_context": context, "neg_context": context, "plain_context": context,
+               "end_of_turn": self.renderer.end_of_turn, "label_preference": np.nan, "chosen_judge_score": np.nan,
+               "rejected_judge_score": np.nan, "label_drop": "", "judge_json": json.dumps({"meta_judge": record}),
+               "pair_of": "judgements"}
+        for side, text in (("chosen", chosen), ("rejected", rejected)):
+            ids = list(tok(text, add_special_tokens=False)["input_ids"])
+            row.update({side: text, f"{side}_token_ids": ids, f"{side}_tokens": len(ids), f"{side}_finished": True})
+        return row
+
+
+def with_rows(columns: dict[str, np.ndarray], rows: list[dict]) -> dict[str, np.ndarray]:
+    """``columns`` (a batch) with ``rows`` appended; a row lacking a column fills it with the column's default."""
+    if not rows:
+        return columns
+    out = {}
+    for name, values in columns.items():
+        extra = np.empty(len(rows), dtype=object)
+        extra[:] = [r.get(name, LABEL_DEFAULTS.get(name)) for r in rows]  # lists stay one object each
+        joined = np.concatenate([np.asarray(values, dtype=object), extra])
+        out[name] = joined if values.dtype.kind in "OUS" else joined.astype(values.dtype)  # text never cut to width
+    return out

@@ -217,3 +217,4 @@ class Ab(Judge):
     verdict = "prefer"
     runs_on = "policy"
     order = 20
+    head_to_head = True  # `--judge-model` (default the run's pi_0) reads both answers on a vLLM engine

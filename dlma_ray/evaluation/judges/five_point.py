@@ -4,7 +4,8 @@ with an additive 5-point rubric, writes a short justification and ends with `Sco
     judge_question   the rubric with the user's question and the answer, as one user turn (question_of: a chat's)
     parse_score      the points of a judgement (the last `Score: d`, d in 0..5), None when it has none
     mean_scores      each sample's mean over its valid judgements; a sample with too few is left out (NaN)
-    best_vs_worst    the pair of a prompt: its highest mean against its lowest; None when they tie
+    best_vs_worst    the pair of a prompt: its highest mean against its lowest (with length control: the shortest
+                     of the high band against the longest of the low band); None when they tie
 
 A 135M model rarely ends a free-form judgement with a parseable score, so the engine may decode the score
 constrained (`self_rewarding.constrained_score`, on by default): the justification is generated up to
@@ -74,15 +75,30 @@ def mean_scores(judgements: list[list[float | None]], min_valid: int) -> list[fl
     return out
 
 
-def best_vs_worst(means: list[float]) -> tuple[int, int] | None:
-    """(index of the highest mean, index of the lowest) among the samples with a mean; the first sample wins a
-    tie for either end. None when fewer than two samples have a mean or the highest equals the lowest."""
+def best_vs_worst(means: list[float], lengths: list[int] | None = None,
+                  length_control: float = 0.0) -> tuple[int, int] | None:
+    """(index of the chosen sample, index of the rejected) among the samples with a mean; None when fewer than two
+    samples have a mean or the highest equals the lowest.
+
+    ``length_control`` rho = 0: the highest mean against the lowest, the first sample winning a tie for either end
+    (the paper). rho > 0 (NeMo-Aligner's `length_control`, against the judge's taste for long answers): the chosen
+    is the SHORTEST of the samples whose mean lies within rho x (max - min) of the max, the rejected the LONGEST of
+    those within rho x (max - min) of the min (``lengths``: each sample's tokens; the earlier sample wins a tie).
+    rho < 0.5 keeps the two bands apart, so the chosen always scores above the rejected."""
     valid = [i for i, m in enumerate(means) if not math.isnan(m)]
     if len(valid) < 2:
         return None
-    best = max(valid, key=lambda i: (means[i], -i))
-    worst = min(valid, key=lambda i: (means[i], i))
-    return None if means[best] == means[worst] else (best, worst)
+    high, low = max(means[i] for i in valid), min(means[i] for i in valid)
+    if high == low:
+        return None
+    if length_control <= 0:
+        return (max(valid, key=lambda i: (means[i], -i)), min(valid, key=lambda i: (means[i], i)))
+    if lengths is None or not 0 < length_control < 0.5:
+        raise ValueError(f"length_control={length_control} needs each sample's length and 0 <= rho < 0.5")
+    band = length_control * (high - low)
+    chosen = min((i for i in valid if means[i] >= high - band), key=lambda i: (lengths[i], i))
+    rejected = max((i for i in valid if means[i] <= low + band), key=lambda i: (lengths[i], -i))
+    return chosen, rejected
 
 
 @register
@@ -92,3 +108,4 @@ class FivePoint(Judge):
     verdict = "score"
     runs_on = "policy"
     order = 30
+    head_to_head = True  # `--judge-model` (default the run's pi_0) reads both answers on a vLLM engine

@@ -76,6 +76,7 @@ def test_paper_presets_pin_their_data_and_say_what_they_match(path):
         assert cfg.train.method == "self_rewarding" and cfg.model.revision
         assert (sr.num_samples, sr.temperature, sr.top_p, sr.num_judgements) == (4, 0.7, 0.9, 3)
         assert (sr.min_valid_judgements, sr.constrained_score, cfg.train.epochs) == (2, False, 1)
+        assert (sr.length_control, sr.meta_judge) == (0.0, False)  # neither is in the paper
         assert 1e-7 <= cfg.train.lr <= 3e-7 and cfg.train.lr_schedule == "linear"
     if path.name.startswith("spin-"):
         assert (cfg.train.method, cfg.model.path) == ("spin", "alignment-handbook/zephyr-7b-sft-full")

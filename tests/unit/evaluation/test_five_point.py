@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from dlma_ray.evaluation.judges import five_point as fp
 
 REAL = ("The response is relevant and addresses the question directly, but it lacks detail about the steps. "
@@ -46,3 +48,21 @@ def test_judge_question_holds_the_rubric_the_question_and_the_answer():
     q = fp.judge_question(" What is 2+2? ", " 4 ")
     assert "additive 5-point scoring system" in q and "Bestow a fifth point" in q
     assert "User: What is 2+2?\n<response>4</response>" in q and q.count('"Score: <total points>"') == 1
+
+
+def test_length_control_picks_the_shortest_of_the_best_band_and_the_longest_of_the_worst():
+    means, lengths = [5.0, 4.5, 2.0, 1.0, 1.4], [90, 30, 10, 20, 60]
+    # rho 0: best against worst, whatever the lengths (the paper)
+    assert fp.best_vs_worst(means, lengths, 0.0) == (0, 3)
+    # rho 0.2: band 0.8 wide; high band >= 4.2 holds answers 0 and 1 (1 is shorter), low band <= 1.8 holds 3 and 4
+    # (4 is longer); answer 2 (mean 2.0) is in neither
+    assert fp.best_vs_worst(means, lengths, 0.2) == (1, 4)
+    # rho 0.1: band 0.4; only answer 0 reaches 4.6, and 3 and 4 (<= 1.4) stay in the low band
+    assert fp.best_vs_worst(means, lengths, 0.1) == (0, 4)
+    # equal lengths: the earlier sample wins either end
+    assert fp.best_vs_worst([3.0, 3.0, 1.0, 1.0], [5, 5, 5, 5], 0.3) == (0, 2)
+    assert fp.best_vs_worst([2.0, 2.0], [1, 9], 0.3) is None  # a tie stays a tie
+    with pytest.raises(ValueError, match="length_control"):
+        fp.best_vs_worst(means, None, 0.2)
+    with pytest.raises(ValueError, match="length_control"):
+        fp.best_vs_worst(means, lengths, 0.5)

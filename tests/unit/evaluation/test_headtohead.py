@@ -61,6 +61,24 @@ def test_score_judges_direction_and_human_agreement():
                                   "33% [6%, 79%]", "33% [6%, 79%]", "50% [15%, 85%] (n=4)"]]
 
 
+
+def test_policy_judges_picks_a_missing_score_and_their_caveat():
+    from dlma_ray.evaluation.headtohead import caveats, pick_verdicts, probability_pick
+
+    nan = float("nan")
+    # a 5-point mean is NaN when too few judgements parsed: no score, no preference
+    v = score_verdicts([0, 1, 2], [nan, 3.0, 4.5], [2.0, nan, 1.5])
+    assert [outcome(x) for x in v] == ["tie", "tie", "win"]
+    # the A/B reading: P(the answer shown first is better), each order its own pick
+    assert [probability_pick(p) for p in (0.7, 0.3, 0.5)] == ["A", "B", "tie"]
+    ab = pick_verdicts([0, 1, 2], [probability_pick(p) for p in (0.8, 0.6, 0.4)],
+                       [probability_pick(p) for p in (0.3, 0.7, 0.8)])
+    # prompt 0: A's answer preferred in both orders; 1: the first shown each time (split); 2: B's in both
+    assert [outcome(x) for x in ab] == ["win", "tie", "lose"]
+    assert caveats([{"judge": "ab"}]) and "Self-Rewarding" in caveats([{"judge": "five_point"}])[0]
+    assert caveats([{"judge": "openai"}]) == []
+
+
 # ---------------------------------------------------------------- score models built in the test
 
 def tiny_llama_config(vocab: int):

@@ -38,7 +38,7 @@ def test_methods_name_registered_judges():
 def test_eval_and_head_to_head_choices_come_from_the_registry():
     allowed = typing.get_args(typing.get_type_hints(EvalConfig)["judge"])
     assert set(allowed) == set(judges.names(answers_vs_round0=True))
-    assert judges.names(head_to_head=True) == ["distillation", "reward_model", "cost_model", "openai"]
+    assert judges.names(head_to_head=True) == ["distillation", "ab", "five_point", "reward_model", "cost_model", "openai"]
     from dlma_ray.cli import build_parser
 
     parser = build_parser()

@@ -27,3 +27,15 @@ def test_spin_needs_the_previous_iterate_as_reference():
 def test_self_rewarding_checks_its_judgement_counts():
     with pytest.raises(ConfigError, match="self_rewarding.min_valid_judgements: 4 can never be met"):
         check(load_config(None, ["train.method=self_rewarding", "self_rewarding.min_valid_judgements=4"]))
+    with pytest.raises(ConfigError, match="self_rewarding.length_control: 0.5 lets the chosen and the rejected"):
+        check(load_config(None, ["train.method=self_rewarding", "self_rewarding.length_control=0.5"]))
+    with pytest.raises(ConfigError, match="self_rewarding.meta_judge: .* needs self_rewarding.num_judgements >= 2"):
+        check(load_config(None, ["train.method=self_rewarding", "self_rewarding.meta_judge=true",
+                                 "self_rewarding.num_judgements=1", "self_rewarding.min_valid_judgements=1"]))
+    sr = check(load_config(None, ["train.method=self_rewarding", "self_rewarding.meta_judge=true",
+                                  "self_rewarding.length_control=0.3"]))
+    cfg = load_config(None, ["train.method=self_rewarding", "self_rewarding.meta_judge=true"])
+    plain = load_config(None, ["train.method=self_rewarding"])
+    # the meta-judge's requests (3 judgements: 3 pairs x 2 orders) make each engine call hold fewer prompts
+    assert sr.engine_call(cfg)[0] < sr.engine_call(plain)[0]
+    assert sr.judge_work(cfg)[0] == sr.judge_work(plain)[0] + 6

@@ -22,4 +22,4 @@ def test_schema_reference_documents_every_column_once():
         assert text.count(row) == 1, f.name
         assert f.metadata[b"doc"].decode().replace("|", "\\|") in text, f.name
     assert "## `prompts`" in text and f"{len(PROMPT_SCHEMA)} columns." in text
-    assert f"{len(PAIR_SCHEMA)} columns: the 24 of `generations`" in text
+    assert f"{len(PAIR_SCHEMA)} columns: the 25 of `generations`" in text
