@@ -6,6 +6,9 @@
 
 Its defaults: the contrastive generate stage, the score stage computing reference log-probs only, training
 on pair rows with the DPO loss, the standard evaluation. A method overrides what differs, nothing else.
+
+Importing the registry loads no torch (the CLI lists methods in a fraction of a second): a loss imports the math
+(dlma_ray.core.losses, dlma_ray.model.logprobs) when it first runs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import numpy as np
 
 from dlma_ray.config.tree import Config, ConfigError
 from dlma_ray.config.interfaces import Batch, StageResult
-from dlma_ray.model.logprobs import collate, encode_response, pad_id, response_logprobs, side_ids
-from dlma_ray.core.losses import dlma_loss
 from dlma_ray.core.registry import Registry
 from dlma_ray.evaluation import judges
 from dlma_ray.stages import generate, score
@@ -75,6 +76,8 @@ class Method:
 
     def loss(self, model, tokenizer, rows: Batch, train: dict[str, Any], device) -> tuple[Any, dict]:
         """DPO on (y+, y-) against the stored reference log-probs (the DLMA loss with gamma 0)."""
+        from dlma_ray.core.losses import dlma_loss
+
         logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, train["max_length"], device,
                                                    train.get("packing", True))
         return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),
@@ -93,6 +96,8 @@ def float_column(values, device):
 def preference_encoded(tokenizer, rows: Batch, max_length: int) -> list[tuple[list[int], list[int]]]:
     """2B (context ids, response ids): the B chosen responses, then the B rejected ones, after the plain
     context, as the token ids the score stage scored (`logprobs.side_ids`)."""
+    from dlma_ray.model.logprobs import encode_response, side_ids
+
     contexts = [str(c) for c in rows["plain_context"]] * 2
     responses = side_ids(tokenizer, rows, "chosen") + side_ids(tokenizer, rows, "rejected")
     return [encode_response(tokenizer, c, r, max_length) for c, r in zip(contexts, responses)]
@@ -100,11 +105,15 @@ def preference_encoded(tokenizer, rows: Batch, max_length: int) -> list[tuple[li
 
 def preference_batch(tokenizer, rows: Batch, max_length: int):
     """``preference_encoded`` as one padded batch (the unpacked path, and the benchmarks' baseline)."""
+    from dlma_ray.model.logprobs import collate, pad_id
+
     return collate(preference_encoded(tokenizer, rows, max_length), pad_id(tokenizer))
 
 
 def pair_logprobs(model, tokenizer, rows: Batch, max_length: int, device, packed: bool = True):
     """log pi(y+|x) and log pi(y-|x) under the plain context, in one forward (``logprobs.response_logprobs``)."""
+    from dlma_ray.model.logprobs import pad_id, response_logprobs
+
     logp = response_logprobs(model, preference_encoded(tokenizer, rows, max_length), pad_id(tokenizer), device,
                              packed)
     n = len(rows["chosen"])

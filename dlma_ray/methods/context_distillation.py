@@ -3,8 +3,6 @@ context. No reference model: the score stage only checks lengths."""
 
 from __future__ import annotations
 
-from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
-from dlma_ray.core.losses import sft_loss
 from dlma_ray.methods.base import Method, float_column, register
 
 
@@ -16,6 +14,9 @@ class ContextDistillation(Method):
     summary = "SFT on y+ after the plain context (the rejected side is unused)"
 
     def loss(self, model, tokenizer, rows, train, device):
+        from dlma_ray.core.losses import sft_loss
+        from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
+
         enc = [encode_response(tokenizer, str(c), r, train["max_length"]) for c, r in
                zip(rows["plain_context"], side_ids(tokenizer, rows, "chosen"))]
         tokens = float_column([len(r) for _, r in enc], device)

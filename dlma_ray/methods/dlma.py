@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dlma_ray.core.losses import dlma_loss
 from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 
 
@@ -16,6 +15,8 @@ class Dlma(Method):
     summary = "contrastive pairs, self-rewarding score R, DPO with margin beta*gamma*clip(R)"
 
     def loss(self, model, tokenizer, rows, train, device):
+        from dlma_ray.core.losses import dlma_loss
+
         logp_chosen, logp_rejected = pair_logprobs(model, tokenizer, rows, train["max_length"], device,
                                                    train.get("packing", True))
         return dlma_loss(logp_chosen, logp_rejected, float_column(rows["ref_logp_chosen"], device),

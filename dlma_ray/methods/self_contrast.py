@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 
 from dlma_ray.config.interfaces import StageResult
-from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
-from dlma_ray.core.losses import grouped_dpo_loss
 from dlma_ray.methods.base import Method, float_column, register
 from dlma_ray.data.negatives import expand_groups, filter_prompt_group, group_pairs, shuffle_partitions
 from dlma_ray.stages import generate, score
@@ -79,6 +77,9 @@ class SelfContrast(Method):
             group_pairs, batch_format="pyarrow")
 
     def loss(self, model, tokenizer, rows, train, device):
+        from dlma_ray.core.losses import grouped_dpo_loss
+        from dlma_ray.model.logprobs import encode_response, pad_id, response_logprobs, side_ids
+
         """y* is encoded once per prompt, then each of its negatives: B + M sequences in one forward."""
         import torch
 

@@ -6,7 +6,6 @@ rounds' (`spin.history_rounds`), all re-scored by this round's opponent."""
 from __future__ import annotations
 
 from dlma_ray.config.interfaces import StageResult
-from dlma_ray.core.losses import spin_loss
 from dlma_ray.methods.base import Method, float_column, pair_logprobs, register
 from dlma_ray.stages import generate, score
 from dlma_ray.stages.round import Round
@@ -52,6 +51,8 @@ class Spin(Method):
         return scored
 
     def loss(self, model, tokenizer, rows, train, device):
+        from dlma_ray.core.losses import spin_loss
+
         target, sample = pair_logprobs(model, tokenizer, rows, train["max_length"], device, train.get("packing", True))
         return spin_loss(target, sample, float_column(rows["ref_logp_chosen"], device),
                          float_column(rows["ref_logp_rejected"], device), beta=train["beta"],

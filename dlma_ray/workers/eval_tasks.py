@@ -286,7 +286,7 @@ def initial_model_scores(cfg: Config, round0_ref: str, answers: list[dict], base
     if cfg.eval.judge == "reward_model":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from dlma_ray.evaluation.judges import reward_model_scores
+        from dlma_ray.model.scoremodel import reward_model_scores
 
         model = None
         free_memory()

@@ -87,7 +87,7 @@ def _check_generated_pairs_judged(run: Path, ev: dict, rm, tiny_model_dir: str, 
     """The paper's Figure 3 on the round's 6 generated pairs (4 held-out first): the reward model was asked
     about y+ and y- of each, its margins are its own scores computed here, the text judge was pi_0 (the model
     whose R they carry in round 0), and eval.json's numbers follow from the verdicts kept for a resume."""
-    from dlma_ray.evaluation.judges import reward_model_scores
+    from dlma_ray.model.scoremodel import reward_model_scores
     from dlma_ray.evaluation.score_analysis import score_analysis
 
     info = ev["details"]["generated_pairs_judged"]

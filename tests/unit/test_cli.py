@@ -32,6 +32,15 @@ def test_console_script_is_declared():
     assert (module, func) == ("dlma_ray.cli", "main")
 
 
+def test_the_cli_and_the_registries_load_without_torch():
+    """`dlma-ray --help`, a config error or `dlma-ray plan` answer in a fraction of a second: the command line, the
+    methods and the judges import no torch, transformers, vLLM or Ray (each loads where its work runs)."""
+    code = ("import sys, dlma_ray.cli, dlma_ray.methods, dlma_ray.evaluation.judges; dlma_ray.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_help_lists_the_commands_and_config_help_the_sections():
     top = cli("--help")
     assert top.returncode == 0

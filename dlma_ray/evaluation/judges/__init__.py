@@ -27,8 +27,7 @@ from dlma_ray.core.prompts import dialogue_text  # noqa: E402
 from dlma_ray.evaluation.judges.ab import (  # noqa: E402
     ab_preference, judge_prompt, judge_text, letter_token_ids, preference_for_chosen, rlaif_judge, rlaif_summary)
 from dlma_ray.evaluation.judges.endpoint import api_key, openai_choice, openai_margins, openai_picks  # noqa: E402
-from dlma_ray.model.scoremodel import reward_model_scores  # noqa: E402
 
 __all__ = ["Judge", "JudgeError", "ab_preference", "api_key", "check_judge", "dialogue_text", "get", "judge_prompt",
            "judge_text", "letter_token_ids", "names", "openai_choice", "openai_margins", "openai_picks",
-           "preference_for_chosen", "register", "reward_model_scores", "rlaif_judge", "rlaif_summary"]
+           "preference_for_chosen", "register", "rlaif_judge", "rlaif_summary"]

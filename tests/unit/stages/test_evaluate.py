@@ -111,7 +111,8 @@ def test_self_reward_against_a_reward_model_judge(tmp_path, tiny_model_dir, tiny
     """With eval.judge=reward_model, the round's generated pairs are judged by the reward model and R's sign
     is scored against it by |R| range; the margins are the reward model's own scores, computed directly."""
     from dlma_ray.workers.eval_tasks import initial_model_scores, text_judge_preferences
-    from dlma_ray.evaluation.judges import reward_model_scores, rlaif_judge
+    from dlma_ray.evaluation.judges import rlaif_judge
+    from dlma_ray.model.scoremodel import reward_model_scores
     from dlma_ray.evaluation.score_analysis import score_analysis
 
     rm = tiny_reward_model(tmp_path / "rm", tiny_model_dir, tokenizer)
