@@ -214,7 +214,7 @@ def main() -> None:
                    "/".join(f"{x:.4f}" for x in losses[k])] for k in wall])
     trl_rate = b / med["TRL DPOTrainer"]
     for name in ours:
-        common.say(f"ratio {name}/TRL pairs/s: {b / med[name] / trl_rate:.2f} (goal >= 1.2, issue 25)")
+        common.say(f"ratio {name}/TRL pairs/s: {b / med[name] / trl_rate:.2f} (goal >= 1.2)")
     worst = max(diffs)
     common.say(f"log-prob agreement, initial weights, {len(diffs)} sequences: max |ours pair_logprobs - TRL "
                f"compute_ref_log_probs| = {worst:.2e} nats ({'<=' if worst <= 1e-4 else '>'} 1e-4: "
