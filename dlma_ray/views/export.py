@@ -13,7 +13,8 @@ which is TRL's "conversational, explicit prompt" preference type: `trl.DPOTraine
 datasets.load_from_disk(DIR))` takes it as is and applies the model's own chat template. The prompt is
 the plain one the run trained on: the contrastive system prompts (pos/neg_context) are not in it.
 
-Extra columns, kept for reading and filtering: `prompt_id`, `round`, `kind`, `self_reward` (R, NaN for
+Extra columns, kept for reading and filtering: `prompt_id`, `round`, `kind`, `pair_of` (`answers`, or
+`judgements` for Self-Rewarding's meta-judge pairs, whose prompt is the judge's question), `self_reward` (R, NaN for
 methods that do not compute it), `ref_logp_chosen` / `ref_logp_rejected` (the run's reference log-probs),
 `chosen_finished` / `rejected_finished`. TRL's DPOTrainer drops columns it does not know (its
 `remove_unused_columns`); the reference log-probs are deliberately NOT named TRL's `ref_chosen_logps`:
@@ -33,7 +34,7 @@ import sys
 from dlma_ray.core import storage
 from dlma_ray.run.layout import RunLayout
 
-EXTRA_COLUMNS = ("prompt_id", "round", "kind", "self_reward", "ref_logp_chosen", "ref_logp_rejected",
+EXTRA_COLUMNS = ("prompt_id", "round", "kind", "pair_of", "self_reward", "ref_logp_chosen", "ref_logp_rejected",
                  "chosen_finished", "rejected_finished")
 SPLITS = ("train", "heldout", "all")
 
@@ -59,6 +60,7 @@ def trl_row(row: dict) -> dict:
     for c in ("self_reward", "ref_logp_chosen", "ref_logp_rejected"):
         out[c] = _number(out[c])
     out["kind"] = out["kind"] or ""
+    out["pair_of"] = out["pair_of"] or "answers"  # a table from before judgement pairs
     return out
 
 
@@ -90,6 +92,7 @@ def to_dataset(rows: list[dict]):
     features = datasets.Features({
         "prompt": message, "chosen": message, "rejected": message,
         "prompt_id": datasets.Value("string"), "round": datasets.Value("int32"), "kind": datasets.Value("string"),
+        "pair_of": datasets.Value("string"),
         "self_reward": datasets.Value("float64"), "ref_logp_chosen": datasets.Value("float64"),
         "ref_logp_rejected": datasets.Value("float64"), "chosen_finished": datasets.Value("bool"),
         "rejected_finished": datasets.Value("bool")})

@@ -74,6 +74,7 @@ def test_export_is_trl_conversational_with_extras(pairs_run, tmp_path):
         assert got["chosen"] == [{"role": "assistant", "content": want["chosen"]}]
         assert got["rejected"] == [{"role": "assistant", "content": want["rejected"]}]
         assert (got["prompt_id"], got["round"], got["kind"]) == (want["prompt_id"], 1, want["kind"])
+        assert got["pair_of"] == "answers"  # unset in the fixture, as in a table from before the column
         assert got["ref_logp_chosen"] == want["ref_logp_chosen"]
         assert got["rejected_finished"] == want["rejected_finished"]
         assert (math.isnan(got["self_reward"]) and math.isnan(want["self_reward"])
