@@ -183,7 +183,7 @@ class SelfRewardingEngine(GenerationEngine):
                             "lengths": lengths[j * m:(j + 1) * m]})
         judgement_rows = []
         if sr["meta_judge"]:
-            judgement_rows = self._judgement_pairs(batch, questions, answers, texts, scores, details)
+            judgement_rows = self._judgement_pairs(batch, questions, answers, texts, details)
         out = {**batch, **context,
                **self._response_columns("chosen", [answers[i] for i in best]),
                **self._response_columns("rejected", [answers[i] for i in worst]),
@@ -195,49 +195,49 @@ class SelfRewardingEngine(GenerationEngine):
         return with_rows(out, judgement_rows)
 
     def _judgement_pairs(self, batch, questions: list[str], answers: list, texts: list[str],
-                         scores: list[float | None], details: list[dict]) -> list[dict]:
+                         details: list[dict]) -> list[dict]:
         """Meta-Rewarding's judge pairs of a batch, one engine call for every prompt's contests in both orders: the
         rows (GENERATION_SCHEMA, `pair_of` judgements), and each prompt's outcome in ``details`` (`meta_judge`:
         `pair`, or why not: `heldout`, `judgements_agree`, `too_long`, `wins_tie`, `same_points`)."""
         tok, m, t = self.llm.get_tokenizer(), self.sr["num_samples"], self.sr["num_judgements"]
-        style, limit = self.renderer.style, self.gen["max_model_len"] - 1  # room for the letter
-        asked = []  # (prompt j, answer i, contest (a, b), context with a shown as A, context with b shown as A)
+        limit = self.gen["max_model_len"] - 1  # room for the letter
+        disputes = {}  # prompt j -> (answer i, its judgements, the contests, their contexts: each pair in both orders)
         for j, d in enumerate(details):
             if str(batch["split"][j]) != "train":  # held-out prompts are never trained on, judgements included
                 d["meta_judge"] = "heldout"
                 continue
             i = meta_judge.disputed_answer(d["scores"])
-            contests = [] if i is None else meta_judge.contests(d["scores"][i], texts[(j * m + i) * t:(j * m + i + 1) * t])
-            d["meta_judge"] = "judgements_agree" if not contests else "too_long"
-            for a, b in contests:
-                pair = [judge_context(tok, meta_judge.meta_question(questions[j], answers[j * m + i].text, x, y),
-                                      style, meta_judge.WINNER_CUE)
-                        for x, y in ((texts[(j * m + i) * t + a], texts[(j * m + i) * t + b]),
-                                     (texts[(j * m + i) * t + b], texts[(j * m + i) * t + a]))]
-                if all(len(context_ids(tok, c)) <= limit for c in pair):
-                    asked.append((j, i, (a, b), *pair))
-        if not asked:
+            judged = texts[(j * m + i) * t:(j * m + i + 1) * t] if i is not None else []
+            contests = meta_judge.contests(d["scores"][i], judged) if i is not None else []
+            if not contests:
+                d["meta_judge"] = "judgements_agree"
+                continue
+            contexts = [judge_context(tok, meta_judge.meta_question(questions[j], answers[j * m + i].text, judged[x],
+                                                                    judged[y]), self.renderer.style,
+                                      meta_judge.WINNER_CUE)
+                        for a, b in contests for x, y in ((a, b), (b, a))]
+            if any(len(context_ids(tok, c)) > limit for c in contexts):
+                d["meta_judge"] = "too_long"  # a round robin missing a contest would rank its judgements unfairly
+                continue
+            disputes[j] = (i, judged, contests, contexts)
+        if not disputes:
             return []
         seeds = [request_seed(self.gen["seed"], self.round_index, str(batch["prompt_id"][j]), f"meta{i}.{a}.{b}")
-                 for j, i, (a, b), _, _ in asked]
-        readings = ab_readings(self.llm, [x[3] for x in asked] + [x[4] for x in asked], seeds + seeds)
-        first, second = readings[:len(asked)], readings[len(asked):]
+                 for j, (i, _, contests, _) in disputes.items() for a, b in contests for _ in range(2)]
+        readings = iter(ab_readings(self.llm, [c for *_, contexts in disputes.values() for c in contexts], seeds))
         rows = []
-        for j in sorted({x[0] for x in asked}):
-            mine = [(x, p1, p2) for x, p1, p2 in zip(asked, first, second) if x[0] == j]
-            i = mine[0][0][1]
+        for j, (i, judged, contests, _) in disputes.items():
+            both = [(next(readings), next(readings)) for _ in contests]  # P(A) with a shown first, then with b
             points = details[j]["scores"][i]
-            wins = meta_judge.judgement_wins(t, [x[2] for x, _, _ in mine], [p for _, p, _ in mine],
-                                             [p for _, _, p in mine])
+            wins = meta_judge.judgement_wins(t, contests, [p for p, _ in both], [q for _, q in both])
             pick = meta_judge.judgement_pair(points, wins)
             details[j]["meta_judge"] = "pair" if isinstance(pick, tuple) else pick
-            record = {"answer": i, "points": points, "wins": [None if np.isnan(w) else w for w in wins],
-                      "contests": [[a, b, p1, p2] for (_, _, (a, b), _, _), p1, p2 in mine]}
             if isinstance(pick, tuple):
+                record = {"answer": i, "points": points, "wins": [None if np.isnan(w) else w for w in wins],
+                          "contests": [[a, b, p, q] for (a, b), (p, q) in zip(contests, both)],
+                          "best": pick[0], "worst": pick[1]}
                 question = five_point.judge_question(questions[j], answers[j * m + i].text)
-                chosen, rejected = (texts[(j * m + i) * t + k] for k in pick)
-                rows.append(self._judgement_row(batch, j, question, chosen, rejected,
-                                                {**record, "best": pick[0], "worst": pick[1]}))
+                rows.append(self._judgement_row(batch, j, question, judged[pick[0]], judged[pick[1]], record))
         return rows
 
     def _judgement_row(self, batch, j: int, question: str, chosen: str, rejected: str, record: dict) -> dict:
